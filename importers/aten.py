@@ -1,0 +1,472 @@
+"""ATen op records -> ChannelGraph: the framework-neutral half of the PyTorch importer.
+
+Both capture paths (a live ``torch.export`` ExportedProgram, and the JSON inside a ``.pt2``
+file, read without unpickling) are first turned into :class:`OpRecord` lists; this module
+turns those into a :class:`~morphscope.graph.ChannelGraph`. It imports no framework.
+
+Naming: an op that owns a weight is named after it (``layer1.0.conv1.weight`` ->
+``layer1.0.conv1``); an op run by a leaf module without weights takes the module path
+(``layer1.0.relu``); a functional op inside a container module is ``<module>.<op>``
+(``layer1.0.add``). Repeats get ``_1``, ``_2``, ... as torch.fx does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from morphscope.graph import ChannelGraph, Kind
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A tensor value, by its name in the captured program."""
+
+    name: str
+
+
+@dataclass
+class OpRecord:
+    """One ATen call: ``op`` is the short name (``conv2d``; in-place ``_`` and overload dropped)."""
+
+    name: str
+    op: str
+    args: dict[str, Any]  # schema argument name -> Ref, list of Ref, or a Python constant
+    outputs: list[str | None]  # tensor value names, None where unused
+    module_path: str = ""
+    module_is_leaf: bool = False
+
+
+@dataclass
+class Program:
+    """A captured program in plain data: what both capture paths produce."""
+
+    records: list[OpRecord]
+    shapes: dict[str, tuple[int, ...]]  # tensor value name -> shape
+    parameters: dict[str, str]  # placeholder name -> state_dict key (learnable parameters)
+    constants: set[str] = field(default_factory=set)  # buffers and lifted constants
+    user_inputs: list[str] = field(default_factory=list)
+    user_outputs: list[str] = field(default_factory=list)
+
+
+def short_op_name(target: str) -> str:
+    """``torch.ops.aten.add_.Tensor`` -> ``add``; ``aten.conv2d.default`` -> ``conv2d``."""
+    parts = target.split(".")
+    if "aten" in parts:
+        parts = parts[parts.index("aten") + 1:]
+    name = parts[0]
+    if name.endswith("_") and not name.startswith("_"):
+        name = name[:-1]
+    return name
+
+
+# -- classification: one registry, ATen short name -> Kind (or a rule picking one) -----------
+
+def _is_channel_dim(dim_arg: str) -> Callable[["_Ctx"], Kind]:
+    """Kind rule for ops acting along one axis: channel axis -> concat/split, else opaque."""
+
+    def rule(ctx: "_Ctx") -> Kind:
+        return ctx.kind_if_channel_axis(dim_arg)
+
+    return rule
+
+
+def _global_or_window_pool(ctx: "_Ctx") -> Kind:
+    out_shape = ctx.out_shape
+    return Kind.GLOBAL_POOL if all(s == 1 for s in out_shape[2:]) else Kind.POOL
+
+
+def _mean_kind(ctx: "_Ctx") -> Kind:
+    dims = ctx.record.args.get("dim") or []
+    rank = len(ctx.in_shape)
+    spatial = {d % rank for d in dims}
+    axis = ctx.in_axis
+    return Kind.GLOBAL_POOL if axis is not None and axis not in spatial and spatial else Kind.OPAQUE
+
+
+def _weighted_matmul_kind(ctx: "_Ctx") -> Kind:
+    return Kind.LINEAR if ctx.param_refs else Kind.OPAQUE
+
+
+_CONV = ("conv1d", "conv2d", "conv3d", "convolution", "_convolution",
+         "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+_BN = ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+       "native_batch_norm", "layer_norm", "native_layer_norm", "group_norm",
+       "native_group_norm", "instance_norm")
+_ACT = ("relu", "relu6", "silu", "gelu", "sigmoid", "hardswish", "hardsigmoid", "hardtanh",
+        "tanh", "softmax", "_softmax", "log_softmax", "leaky_relu", "elu", "mish", "clamp",
+        "clamp_min", "clamp_max", "softplus", "prelu", "selu", "erf", "exp", "neg", "sqrt",
+        "rsqrt", "abs")
+_POOL = ("max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "avg_pool1d",
+         "avg_pool2d", "avg_pool3d")
+_RESHAPE = ("view", "reshape", "_unsafe_view", "permute", "transpose", "t", "contiguous",
+            "squeeze", "unsqueeze", "expand", "slice", "select", "roll", "movedim")
+_IDENTITY = ("dropout", "feature_dropout", "alpha_dropout", "clone", "alias", "detach",
+             "_to_copy", "to", "type_as", "lift_fresh_copy")
+
+ATEN_TO_KIND: Mapping[str, Kind | Callable[["_Ctx"], Kind]] = {
+    **{op: Kind.CONV for op in _CONV},
+    "linear": Kind.LINEAR,
+    "addmm": _weighted_matmul_kind,
+    "mm": _weighted_matmul_kind,
+    "matmul": _weighted_matmul_kind,
+    **{op: Kind.BN for op in _BN},
+    "add": Kind.ADD,
+    "sub": Kind.ADD,
+    "rsub": Kind.ADD,
+    "mul": Kind.MUL,
+    "div": Kind.MUL,
+    "cat": _is_channel_dim("dim"),
+    "concat": _is_channel_dim("dim"),
+    "split": _is_channel_dim("dim"),
+    "split_with_sizes": _is_channel_dim("dim"),
+    "chunk": _is_channel_dim("dim"),
+    "unbind": _is_channel_dim("dim"),
+    **{op: Kind.ACT for op in _ACT},
+    **{op: Kind.POOL for op in _POOL},
+    "adaptive_avg_pool1d": _global_or_window_pool,
+    "adaptive_avg_pool2d": _global_or_window_pool,
+    "_adaptive_avg_pool2d": _global_or_window_pool,
+    "adaptive_avg_pool3d": _global_or_window_pool,
+    "adaptive_max_pool2d": _global_or_window_pool,
+    "mean": _mean_kind,
+    "flatten": Kind.FLATTEN,
+    **{op: Kind.RESHAPE for op in _RESHAPE},
+    "pad": Kind.PAD,
+    "constant_pad_nd": Kind.PAD,
+    "upsample_nearest2d": Kind.RESIZE,
+    "upsample_bilinear2d": Kind.RESIZE,
+    "interpolate": Kind.RESIZE,
+    **{op: Kind.IDENTITY for op in _IDENTITY},
+}
+
+# Ops whose tensor outputs are a list, one graph node per used output.
+MULTI_OUTPUT_SPLITS = frozenset({"split", "split_with_sizes", "chunk", "unbind"})
+
+
+# -- per-op context: shapes and channel axes of the op's tensors ------------------------------
+
+@dataclass
+class _Ctx:
+    record: OpRecord
+    act_refs: list[Ref]
+    param_refs: list[Ref]
+    shapes: dict[str, tuple[int, ...]]
+    axes: dict[str, int | None]
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.shapes[self.act_refs[0].name]
+
+    @property
+    def in_axis(self) -> int | None:
+        return self.axes.get(self.act_refs[0].name)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        first = next((o for o in self.record.outputs if o is not None), None)
+        return self.shapes.get(first, ()) if first else ()
+
+    def kind_if_channel_axis(self, dim_arg: str) -> Kind:
+        dim = self.record.args.get(dim_arg, 0)
+        rank = len(self.in_shape)
+        on_channels = self.in_axis is not None and dim % rank == self.in_axis
+        if not on_channels:
+            return Kind.OPAQUE
+        return Kind.CONCAT if self.record.op in ("cat", "concat") else Kind.SPLIT
+
+
+def classify_aten(ctx: _Ctx) -> Kind:
+    """The Kind of one ATen op; unknown ops are OPAQUE (and pinned), never guessed."""
+    entry = ATEN_TO_KIND.get(ctx.record.op)
+    if entry is None:
+        return Kind.OPAQUE
+    return entry if isinstance(entry, Kind) else entry(ctx)
+
+
+# -- attributes per kind ----------------------------------------------------------------------
+
+def _weight_shape(ctx: _Ctx, arg: str) -> tuple[int, ...] | None:
+    ref = ctx.record.args.get(arg)
+    return ctx.shapes[ref.name] if isinstance(ref, Ref) else None
+
+
+def _conv_attrs(ctx: _Ctx) -> dict[str, Any]:
+    args = ctx.record.args
+    w_shape = _weight_shape(ctx, "weight")
+    groups = int(args.get("groups", 1) or 1)
+    transposed = bool(args.get("transposed", False)) or "transpose" in ctx.record.op
+    spatial_rank = len(w_shape) - 2
+    out_channels = w_shape[1] * groups if transposed else w_shape[0]
+    stride = args.get("stride") or [1] * spatial_rank
+    return {
+        "in_channels": ctx.in_shape[1],
+        "out_channels": out_channels,
+        "groups": groups,
+        "kernel": tuple(w_shape[2:]),
+        "stride": tuple(stride if len(stride) == spatial_rank else stride * spatial_rank),
+        "in_spatial": tuple(ctx.in_shape[2:]),
+        "out_spatial": tuple(ctx.out_shape[2:]),
+        "bias": args.get("bias") is not None,
+        "transposed": transposed,
+    }
+
+
+def _linear_attrs(ctx: _Ctx) -> dict[str, Any]:
+    args = ctx.record.args
+    op = ctx.record.op
+    if op == "linear":
+        out_f, in_f = _weight_shape(ctx, "weight")
+        has_bias = args.get("bias") is not None
+    else:  # addmm(bias, x, W^T) / mm(x, W^T) / matmul(x, W^T): weight stored (in, out)
+        weight_arg = "mat2" if op in ("addmm", "mm") else "other"
+        in_f, out_f = _weight_shape(ctx, weight_arg)
+        has_bias = op == "addmm"
+    return {
+        "in_channels": in_f,
+        "out_channels": out_f,
+        "groups": 1,
+        "kernel": (),
+        "in_spatial": tuple(ctx.in_shape[1:-1]),
+        "out_spatial": tuple(ctx.out_shape[1:-1]),
+        "bias": has_bias,
+    }
+
+
+def _matmul_dims(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int, int, int]:
+    batch = math.prod(max(x, y) for x, y in zip(a[:-2][::-1], b[:-2][::-1]))
+    batch *= math.prod(a[:-2][: max(0, len(a) - len(b))]) * math.prod(b[:-2][: max(0, len(b) - len(a))])
+    return (batch, a[-2] if len(a) > 1 else 1, a[-1], b[-1])
+
+
+def _einsum_macs(equation: str, shapes: list[tuple[int, ...]]) -> int:
+    sizes: dict[str, int] = {}
+    for letters, shape in zip(equation.split("->")[0].replace(" ", "").split(","), shapes):
+        sizes.update(zip(letters, shape))
+    return math.prod(sizes.values())
+
+
+def _opaque_attrs(ctx: _Ctx) -> dict[str, Any]:
+    """Opaque ops keep their channels pinned; matrix products record their dimensions."""
+    op = ctx.record.op
+    act = [ctx.shapes[r.name] for r in ctx.act_refs]
+    if op in ("bmm", "matmul", "mm") and len(act) == 2:
+        return {"matmuls": [_matmul_dims(act[0], act[1])]}
+    if op == "scaled_dot_product_attention":
+        q, k, v = act[:3]
+        batch = math.prod(q[:-2])
+        return {"matmuls": [(batch, q[-2], q[-1], k[-2]), (batch, q[-2], k[-2], v[-1])]}
+    if op == "einsum" and len(act) == 2:
+        return {"matmuls": [(1, 1, _einsum_macs(ctx.record.args["equation"], act), 1)]}
+    return {}
+
+
+def _split_attrs(ctx: _Ctx, index: int, sizes: list[int]) -> dict[str, Any]:
+    return {"channel_offset": sum(sizes[:index]), "out_channels": sizes[index]}
+
+
+ATTRS_BY_KIND: Mapping[Kind, Callable[[_Ctx], dict[str, Any]]] = {
+    Kind.CONV: _conv_attrs,
+    Kind.LINEAR: _linear_attrs,
+    Kind.OPAQUE: _opaque_attrs,
+}
+
+
+# -- channel axis propagation -----------------------------------------------------------------
+
+def _axis_after(op: str, args: dict[str, Any], kind: Kind, in_shape: tuple[int, ...],
+                in_axis: int | None, out_shape: tuple[int, ...]) -> int | None:
+    """Which axis of the output holds the channels, or None when it is lost."""
+    if kind == Kind.CONV:
+        return 1
+    if kind == Kind.LINEAR:
+        return len(out_shape) - 1
+    if in_axis is None or not out_shape:
+        return None
+    if op == "permute":
+        dims = [d % len(in_shape) for d in args["dims"]]
+        return dims.index(in_axis)
+    if op in ("transpose", "t"):
+        d0, d1 = (args.get("dim0", 0) % len(in_shape), args.get("dim1", 1) % len(in_shape))
+        return {d0: d1, d1: d0}.get(in_axis, in_axis)
+    if len(out_shape) == len(in_shape) and op not in _RESHAPE:
+        return in_axis
+    prefix = math.prod(in_shape[:in_axis])
+    channels = in_shape[in_axis]
+    for k in range(len(out_shape)):
+        if math.prod(out_shape[:k]) == prefix and out_shape[k] % channels == 0:
+            return k
+    return None
+
+
+# -- building the graph ------------------------------------------------------------------------
+
+class _Namer:
+    """Unique node names from module paths, as described in the module docstring."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def take(self, base: str) -> str:
+        name, n = base, 0
+        while name in self.used:
+            n += 1
+            name = f"{base}_{n}"
+        self.used.add(name)
+        return name
+
+
+def _param_owner_name(key: str) -> str:
+    for suffix in (".weight", "_weight"):
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
+
+
+def _refs_in(value: Any) -> list[Ref]:
+    if isinstance(value, Ref):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [r for v in value for r in _refs_in(v)]
+    return []
+
+
+def build_graph(program: Program, name: str) -> ChannelGraph:
+    """Turn a captured :class:`Program` into a ChannelGraph (one node per ATen op).
+
+    Raises
+    ------
+    GraphError
+        If the program has no tensor input.
+    """
+    from morphscope.errors import GraphError
+
+    if not program.user_inputs:
+        raise GraphError(f"{name}: the captured program has no tensor input")
+    shapes = program.shapes
+    input_shape = shapes[program.user_inputs[0]][1:]
+    graph = ChannelGraph(name, "torch", input_shape)
+    namer = _Namer()
+    producer: dict[str, str] = {}  # activation value -> graph node
+    axes: dict[str, int | None] = {}
+    param_sources: dict[str, frozenset[str]] = {
+        v: frozenset({k}) for v, k in program.parameters.items()}
+    param_sources.update({c: frozenset() for c in program.constants})
+    numel = {key: math.prod(shapes[v]) for v, key in program.parameters.items()}
+    owned: set[str] = set()
+
+    for i, inp in enumerate(program.user_inputs):
+        shape = shapes[inp]
+        node = graph.add_op(namer.take(inp), Kind.INPUT, order=-1, out_channels=shape[1],
+                            out_spatial=tuple(shape[2:]), shape=tuple(shape[1:]))
+        producer[inp] = node
+        axes[inp] = 1
+
+    for order, record in enumerate(program.records):
+        refs = _refs_in(list(record.args.values()))
+        act_refs = [r for r in refs if r.name in producer]
+        param_refs = [r for r in refs if r.name in param_sources]
+        if not act_refs:  # computes on weights/constants only: fold into its consumer
+            keys = frozenset().union(*(param_sources[r.name] for r in param_refs))
+            for out in record.outputs:
+                if out is not None:
+                    param_sources[out] = keys
+            continue
+        ctx = _Ctx(record, act_refs, param_refs, shapes, axes)
+        kind = classify_aten(ctx)
+        keys = sorted(frozenset().union(*(param_sources[r.name] for r in param_refs)) - owned)
+        owned.update(keys)
+        if keys and kind in (Kind.CONV, Kind.LINEAR, Kind.BN):
+            base = _param_owner_name(_weight_key(record, program, keys))
+        elif record.module_is_leaf and not keys:
+            base = record.module_path or record.op
+        else:
+            base = f"{record.module_path}.{record.op}" if record.module_path else record.op
+        attrs: dict[str, Any] = {"op": f"aten.{record.op}", "order": order}
+        if keys:
+            attrs["params"] = attrs["trainable_params"] = sum(numel[k] for k in keys)
+            attrs["param_keys"] = keys
+        if kind == Kind.BN:
+            weight = record.args.get("weight")
+            if isinstance(weight, Ref) and weight.name in program.parameters:
+                attrs["gamma_key"] = program.parameters[weight.name]
+        outputs = [(i, o) for i, o in enumerate(record.outputs) if o is not None]
+        if record.op in MULTI_OUTPUT_SPLITS:
+            _add_split_nodes(graph, namer, base, record, ctx, kind, attrs, outputs, producer, axes)
+            continue
+        node = namer.take(base)
+        attrs.update(ATTRS_BY_KIND.get(kind, _generic_attrs)(ctx))
+        graph.add_op(node, kind, **{**_generic_attrs(ctx), **attrs})
+        for port, ref in enumerate(act_refs):
+            graph.connect(producer[ref.name], node, port)
+        out_name = record.outputs[0]
+        if out_name is not None:
+            producer[out_name] = node
+            axes[out_name] = _axis_after(record.op, record.args, kind, ctx.in_shape,
+                                         ctx.in_axis, shapes.get(out_name, ()))
+            _set_channels(graph[node], shapes.get(out_name, ()), axes[out_name])
+
+    for out in program.user_outputs:
+        if out in producer:
+            node = graph.add_op(namer.take("output"), Kind.OUTPUT, order=len(program.records),
+                                in_channels=graph[producer[out]].get("out_channels"))
+            graph.connect(producer[out], node)
+
+    detached: dict[str, int] = {}
+    for key in set(program.parameters.values()) - owned:
+        module = key.rsplit(".", 1)[0] if "." in key else ""
+        detached[module] = detached.get(module, 0) + numel[key]
+    graph.detached_params = dict(sorted(detached.items()))
+    return graph
+
+
+def _weight_key(record: OpRecord, program: Program, keys: list[str]) -> str:
+    weight = record.args.get("weight")
+    if isinstance(weight, Ref) and weight.name in program.parameters:
+        return program.parameters[weight.name]
+    return keys[-1] if len(keys) == 1 else min(keys, key=len)
+
+
+def _generic_attrs(ctx: _Ctx) -> dict[str, Any]:
+    axis = ctx.in_axis
+    attrs: dict[str, Any] = {}
+    if axis is not None:
+        attrs["in_channels"] = ctx.in_shape[axis]
+    if len(ctx.in_shape) > 2 and axis == 1:
+        attrs["in_spatial"] = tuple(ctx.in_shape[2:])
+    return attrs
+
+
+def _set_channels(attrs: dict[str, Any], out_shape: tuple[int, ...], axis: int | None) -> None:
+    if axis is None or not out_shape:
+        return
+    attrs.setdefault("out_channels", out_shape[axis])
+    if axis == 1 and len(out_shape) > 2:
+        attrs.setdefault("out_spatial", tuple(out_shape[2:]))
+
+
+def _split_sizes(record: OpRecord, channels: int) -> list[int]:
+    """Channel counts of each output of split/split_with_sizes/chunk/unbind."""
+    args = record.args
+    if record.op == "split_with_sizes" or isinstance(args.get("split_size"), list):
+        return list(args.get("split_sizes") or args["split_size"])
+    if record.op == "unbind":
+        return [1] * channels
+    if record.op == "chunk":
+        step = -(-channels // args["chunks"])
+    else:
+        step = args["split_size"]
+    return [min(step, channels - start) for start in range(0, channels, step)]
+
+
+def _add_split_nodes(graph, namer, base, record, ctx, kind, attrs, outputs, producer, axes):
+    sizes = _split_sizes(record, ctx.in_shape[ctx.in_axis]) if kind == Kind.SPLIT else []
+    for index, out_name in outputs:
+        node = namer.take(f"{base}.{index}")
+        extra = _split_attrs(ctx, index, sizes) if kind == Kind.SPLIT else {}
+        graph.add_op(node, kind, **{**_generic_attrs(ctx), **attrs, **extra})
+        graph.connect(producer[ctx.act_refs[0].name], node, 0)
+        producer[out_name] = node
+        axes[out_name] = ctx.in_axis
+        _set_channels(graph[node], ctx.shapes[out_name], ctx.in_axis)

@@ -1,0 +1,318 @@
+"""PyTorch models -> ChannelGraph, captured with ``torch.export`` (torch imported lazily).
+
+Three entry points: :func:`load_module` (an ``nn.Module`` and an input shape),
+:func:`load_torchvision` (``torchvision:NAME``, built on the meta device: no weights are
+allocated, so even regnet_y_128gf imports in seconds) and :func:`load_pt2` (a file written by
+``torch.export.save``, parsed as JSON and raw bytes: never unpickled, never ``torch.export.load``,
+DESIGN section 10).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from importers.aten import OpRecord, Program, Ref, build_graph, short_op_name
+from morphscope.errors import GraphError, UnsupportedFileError
+from morphscope.graph import ChannelGraph
+
+MAX_MODEL_JSON_BYTES = 512 * 2**20  # a .pt2's graph description; resnet152's is ~2 MB
+
+
+# -- live capture -----------------------------------------------------------------------------
+
+def load_module(model: Any, input_shape: tuple[int, ...], name: str | None = None) -> ChannelGraph:
+    """Capture an ``nn.Module`` at a per-image ``input_shape`` (C, H, W), batch 1, eval mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; it is put in eval mode (bn uses running statistics, dropout is off).
+    input_shape : tuple of int
+        Channels-first shape of one input, without the batch axis.
+    name : str, optional
+        What to call the graph; defaults to the model's class name.
+
+    Raises
+    ------
+    GraphError
+        If ``torch.export`` cannot capture the model at that shape.
+    """
+    import torch
+
+    name = name or type(model).__name__
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    example = torch.zeros((1, *input_shape), device=device)
+    try:
+        exported = torch.export.export(model, (example,))
+    except Exception as err:  # noqa: BLE001 - any capture failure is reported the same way
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GraphError(f"{name}: torch.export could not capture the model at input "
+                         f"{tuple(input_shape)}: {first_line}") from err
+    return build_graph(program_from_exported(exported), name)
+
+
+def torchvision_input_size(model: Any, name: str) -> int:
+    """The image side a torchvision classifier is built for: its own ``image_size`` if it has
+    one (ViT), else the crop size of its DEFAULT weights' transforms, else 224."""
+    import torchvision
+
+    if hasattr(model, "image_size"):
+        return int(model.image_size)
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError):
+        return 224
+    return int(weights.transforms().crop_size[0])
+
+
+def build_torchvision(name: str):
+    """Build torchvision classifier ``name`` with random weights on the meta device."""
+    import torch
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise UnsupportedFileError(f"torchvision:{name}: no such classification model; "
+                                   f"choose from {', '.join(available)}")
+    with torch.device("meta"):
+        return torchvision.models.get_model(name, weights=None)
+
+
+def load_torchvision(name: str, input_size: int | None = None) -> ChannelGraph:
+    """Capture ``torchvision.models.get_model(name)`` at its default input size (or ``input_size``)."""
+    model = build_torchvision(name)
+    side = input_size or torchvision_input_size(model, name)
+    return load_module(model, (3, side, side), name=f"torchvision:{name}")
+
+
+def program_from_exported(exported: Any) -> Program:
+    """Turn an ExportedProgram into plain :class:`Program` data."""
+    import torch
+
+    signature = exported.graph_signature
+    shapes: dict[str, tuple[int, ...]] = {}
+    records: list[OpRecord] = []
+    nodes = list(exported.graph.nodes)
+    stacks = [_stack_of(n.meta.get("nn_module_stack")) for n in nodes]
+    leaves = _leaf_paths(p for stack in stacks for p in stack)
+    user_outputs: list[str] = []
+    for node, stack in zip(nodes, stacks):
+        val = node.meta.get("val")
+        if node.op == "placeholder":
+            shapes[node.name] = tuple(int(s) for s in val.shape)
+        elif node.op == "output":
+            user_outputs = [a.name for a in node.args[0] if isinstance(a, torch.fx.Node)]
+        elif node.op == "call_function" and node.target is not operator.getitem:
+            outputs = _fx_outputs(node, shapes)
+            path = stack[-1] if stack else ""
+            records.append(OpRecord(node.name, _fx_op_name(node.target), _fx_named_args(node),
+                                    outputs, path, path in leaves))
+    return Program(
+        records=records,
+        shapes=shapes,
+        parameters=dict(signature.inputs_to_parameters),
+        constants=set(signature.inputs_to_buffers) | set(signature.inputs_to_lifted_tensor_constants),
+        user_inputs=list(signature.user_inputs),
+        user_outputs=[o for o in user_outputs if o in set(signature.user_outputs)],
+    )
+
+
+def _fx_op_name(target: Any) -> str:
+    schema = getattr(target, "_schema", None)
+    return short_op_name(schema.name.replace("::", ".")) if schema else getattr(target, "__name__", str(target))
+
+
+def _fx_outputs(node: Any, shapes: dict[str, tuple[int, ...]]) -> list[str | None]:
+    val = node.meta.get("val")
+    if hasattr(val, "shape"):
+        shapes[node.name] = tuple(int(s) for s in val.shape)
+        return [node.name]
+    if isinstance(val, (list, tuple)):
+        outputs: list[str | None] = [None] * len(val)
+        for user in node.users:
+            if user.target is operator.getitem and hasattr(val[user.args[1]], "shape"):
+                outputs[user.args[1]] = user.name
+                shapes[user.name] = tuple(int(s) for s in val[user.args[1]].shape)
+        return outputs
+    return []
+
+
+def _fx_named_args(node: Any) -> dict[str, Any]:
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        named = {f"arg{i}": a for i, a in enumerate(node.args)}
+        named.update(node.kwargs)
+    else:
+        named = {}
+        for i, arg in enumerate(schema.arguments):
+            if i < len(node.args):
+                named[arg.name] = node.args[i]
+            elif arg.name in node.kwargs:
+                named[arg.name] = node.kwargs[arg.name]
+            elif arg.has_default_value():
+                named[arg.name] = arg.default_value
+    return {k: _fx_value(v) for k, v in named.items()}
+
+
+def _fx_value(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.fx.Node):
+        return Ref(value.name)
+    if isinstance(value, (list, tuple)):
+        return [_fx_value(v) for v in value]
+    if isinstance(value, (int, float, bool, str)) or value is None:
+        return value
+    return str(value)
+
+
+def _stack_of(nn_module_stack: Any) -> list[str]:
+    """Module paths from outermost to innermost, from an FX dict or a .pt2 metadata string."""
+    if not nn_module_stack:
+        return []
+    if isinstance(nn_module_stack, dict):
+        return [_clean_path(path) for path, _ in nn_module_stack.values()]
+    return [_clean_path(entry.split(",")[1]) for entry in nn_module_stack.split(";") if entry]
+
+
+def _clean_path(path: str) -> str:
+    """``L['self'].layer1[0]`` (strict export) -> ``layer1.0``; plain paths pass unchanged."""
+    path = path.replace("L['self'].", "").replace("L['self']", "")
+    return path.replace("[", ".").replace("]", "").replace("'", "").strip(".")
+
+
+def _leaf_paths(paths) -> set[str]:
+    unique = set(paths)
+    return {p for p in unique if p and not any(q.startswith(p + ".") for q in unique)}
+
+
+# -- .pt2 files: JSON and raw bytes only --------------------------------------------------------
+
+def _open_pt2(path: Path) -> tuple[zipfile.ZipFile, str]:
+    if not zipfile.is_zipfile(path):
+        raise UnsupportedFileError(f"{path}: not a torch.export archive (.pt2 files are zip "
+                                   "archives written by torch.export.save)")
+    archive = zipfile.ZipFile(path)
+    names = [n for n in archive.namelist() if n.endswith("models/model.json")]
+    if not names:
+        raise UnsupportedFileError(f"{path}: zip archive without models/model.json; write it "
+                                   "with torch.export.save from torch >= 2.8")
+    return archive, names[0]
+
+
+def read_pt2_program(path: str | Path) -> Program:
+    """Parse the graph of a ``.pt2`` archive without unpickling anything.
+
+    Raises
+    ------
+    UnsupportedFileError
+        If the file is not a torch.export archive or its graph JSON is malformed.
+    """
+    path = Path(path)
+    archive, member = _open_pt2(path)
+    info = archive.getinfo(member)
+    if info.file_size > MAX_MODEL_JSON_BYTES:
+        raise UnsupportedFileError(f"{path}: graph description is {info.file_size} bytes, "
+                                   f"over the {MAX_MODEL_JSON_BYTES} byte limit")
+    try:
+        doc = json.loads(archive.read(member))
+        return program_from_pt2_json(doc)
+    except (ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as err:
+        raise UnsupportedFileError(f"{path}: malformed torch.export graph "
+                                   f"({type(err).__name__}: {err})") from err
+
+
+def load_pt2(path: str | Path) -> ChannelGraph:
+    """Import a ``.pt2`` file written by ``torch.export.save`` (JSON parse, no code runs)."""
+    return build_graph(read_pt2_program(path), str(path))
+
+
+def program_from_pt2_json(doc: dict[str, Any]) -> Program:
+    """Turn the ``models/model.json`` document of a ``.pt2`` archive into a :class:`Program`."""
+    module = doc["graph_module"]
+    graph = module["graph"]
+    shapes = {name: tuple(_sym_int(s) for s in meta["sizes"])
+              for name, meta in graph["tensor_values"].items()}
+    stacks = [_stack_of(n.get("metadata", {}).get("nn_module_stack")) for n in graph["nodes"]]
+    leaves = _leaf_paths(p for stack in stacks for p in stack)
+    records = []
+    for node, stack in zip(graph["nodes"], stacks):
+        op = short_op_name(node["target"])
+        args = _schema_defaults(node["target"])
+        args.update({inp["name"]: _pt2_value(inp["arg"]) for inp in node["inputs"]})
+        outputs: list[str | None] = []
+        for out in node["outputs"]:
+            if "as_tensor" in out:
+                outputs.append(out["as_tensor"]["name"])
+            elif "as_tensors" in out:
+                outputs.extend(t["name"] for t in out["as_tensors"])
+            else:
+                outputs.append(None)
+        path = stack[-1] if stack else ""
+        records.append(OpRecord(node.get("name") or outputs[0] or op, op, args, outputs, path,
+                                path in leaves))
+    parameters, constants, user_inputs = {}, set(), []
+    for spec in module["signature"]["input_specs"]:
+        (spec_kind, body), = spec.items()
+        if spec_kind == "parameter":
+            parameters[body["arg"]["name"]] = body["parameter_name"]
+        elif spec_kind == "user_input":
+            if "as_tensor" in body["arg"]:
+                user_inputs.append(body["arg"]["as_tensor"]["name"])
+        else:
+            constants.add(body["arg"]["name"])
+    user_outputs = [body["arg"]["as_tensor"]["name"]
+                    for spec in module["signature"]["output_specs"]
+                    for spec_kind, body in spec.items()
+                    if spec_kind == "user_output" and "as_tensor" in body["arg"]]
+    return Program(records, shapes, parameters, constants, user_inputs, user_outputs)
+
+
+def _sym_int(value: dict[str, Any]) -> int:
+    if "as_int" in value:
+        return int(value["as_int"])
+    raise ValueError(f"dynamic dimension {value!r}; export with static shapes")
+
+
+_PT2_SCALARS = ("as_int", "as_float", "as_bool", "as_string", "as_ints", "as_floats",
+                "as_bools", "as_strings", "as_scalar_type", "as_memory_format", "as_layout")
+
+
+def _pt2_value(arg: dict[str, Any]) -> Any:
+    (key, value), = arg.items()
+    if key == "as_tensor":
+        return Ref(value["name"])
+    if key == "as_tensors":
+        return [Ref(t["name"]) for t in value]
+    if key == "as_optional_tensors":
+        return [Ref(t["as_tensor"]["name"]) if "as_tensor" in t else None for t in value]
+    if key == "as_sym_int":
+        return value.get("as_int")
+    if key == "as_sym_ints":
+        return [v.get("as_int") for v in value]
+    return value if key in _PT2_SCALARS else None
+
+
+def _schema_defaults(target: str) -> dict[str, Any]:
+    """Default arguments of an ATen overload (``torch.ops.aten.conv2d.default``), by name."""
+    import torch
+
+    parts = target.split(".")
+    if parts[:3] != ["torch", "ops", "aten"] or len(parts) != 5:
+        return {}
+    packet = getattr(torch.ops.aten, parts[3], None)
+    overload = getattr(packet, parts[4], None) if packet is not None else None
+    if overload is None:
+        return {}
+    return {a.name: a.default_value for a in overload._schema.arguments if a.has_default_value()}
+
+
+def count_parameters(model: Any) -> int:
+    """``sum(p.numel() for p in model.parameters())``: PyTorch's own parameter count."""
+    return sum(math.prod(p.shape) for p in model.parameters())

@@ -1,0 +1,175 @@
+"""The ChannelGraph: the one contract between importers, analyzers, explorer and regularizers.
+
+A thin wrapper over a :class:`networkx.DiGraph` (DESIGN section 1). Depends on networkx and
+numpy only, and round-trips through JSON so a parsed model can be cached, diffed and shipped.
+
+Node key: the framework's own layer or module path (``layer1.0.conv1``, ``conv2_block1_1_conv``).
+Node fields (absent where meaningless): ``kind`` (a :class:`Kind`), ``op`` (the framework op it
+came from, e.g. ``aten.conv2d`` or ``Conv2D``), ``in_channels``, ``out_channels``, ``groups``,
+``kernel``, ``stride``, ``in_spatial``, ``out_spatial`` (tuples), ``bias``, ``transposed``,
+``params`` and ``trainable_params`` (scalars the op owns, by its framework's rule),
+``gamma_key`` (bn: checkpoint key of its scale vector), ``matmuls`` (opaque matrix products:
+a list of ``(batch, m, k, n)``).
+Edge ``u -> v``: the tensor ``u`` produces feeds ``v``; ``port`` is its position among v's inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Any, Iterator
+
+import networkx as nx
+
+FORMAT_VERSION = 1
+
+
+class Kind(str, Enum):
+    """The closed vocabulary of op kinds (DESIGN section 1)."""
+
+    INPUT = "input"  # model inputs: torch placeholders, keras InputLayer
+    CONV = "conv"  # aten.conv1d/2d/3d/convolution, conv_transpose*; Conv1D/2D/3D, DepthwiseConv2D
+    LINEAR = "linear"  # aten.linear/addmm/mm with a weight; keras Dense, EinsumDense
+    BN = "bn"  # per-channel affine norms with a learnable scale: batch/layer/group/instance norm
+    ADD = "add"  # elementwise add/sub (residual adds); keras Add, Subtract, ops.add
+    MUL = "mul"  # elementwise mul/div (squeeze-excitation gates, layer scale); keras Multiply
+    CONCAT = "concat"  # aten.cat; keras Concatenate, ops.concatenate
+    SPLIT = "split"  # one channel slice of its input: aten.split/chunk + getitem, channel slicing
+    ACT = "act"  # relu, silu, gelu, sigmoid, hardswish, softmax, ...; keras Activation, ReLU
+    POOL = "pool"  # max/avg pooling with a window; keras MaxPooling2D, AveragePooling2D
+    GLOBAL_POOL = "global_pool"  # adaptive pooling, mean over spatial dims; GlobalAveragePooling
+    FLATTEN = "flatten"  # aten.flatten; keras Flatten
+    RESHAPE = "reshape"  # view/reshape/permute/transpose/contiguous; keras Reshape, Permute
+    PAD = "pad"  # aten.pad/constant_pad_nd; keras ZeroPadding2D
+    RESIZE = "resize"  # interpolation / upsampling; keras UpSampling2D, Resizing
+    IDENTITY = "identity"  # dropout, clone, alias, stochastic depth in eval, Rescaling
+    OUTPUT = "output"  # model outputs
+    OPAQUE = "opaque"  # anything else: its channels are pinned, never pruned
+
+
+class ChannelGraph:
+    """A model's op graph with channel-level attributes.
+
+    Parameters
+    ----------
+    name : str
+        What the model was loaded from (a file path, ``torchvision:resnet50``, ...).
+    framework : str
+        ``"torch"`` or ``"keras"``; decides how parameter counts are read (DESIGN section 10).
+    input_shape : tuple of int
+        The per-image input shape the graph was captured at, channels first (C, H, W).
+    detached_params : dict of str to int, optional
+        Parameters the model owns that the inference graph never uses (training-only
+        auxiliary heads), by module path. They count in the parameter total, not in MACs.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        framework: str,
+        input_shape: tuple[int, ...],
+        detached_params: dict[str, int] | None = None,
+    ) -> None:
+        self.name = name
+        self.framework = framework
+        self.input_shape = tuple(input_shape)
+        self.detached_params = dict(detached_params or {})
+        self.nx = nx.DiGraph()
+
+    # -- building ---------------------------------------------------------------------------
+    def add_op(self, name: str, kind: Kind, **attrs: Any) -> str:
+        """Add an op node named ``name`` (must be new) and return the name."""
+        if name in self.nx:
+            raise ValueError(f"{self.name}: duplicate op name {name!r}")
+        self.nx.add_node(name, kind=Kind(kind), **attrs)
+        return name
+
+    def connect(self, src: str, dst: str, port: int = 0) -> None:
+        """Add the edge ``src -> dst``: src's output is dst's input number ``port``."""
+        self.nx.add_edge(src, dst, port=port)
+
+    # -- reading ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.nx
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        return self.nx.nodes[name]
+
+    def ops(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(name, attrs)`` in a topological order (inputs first, stable)."""
+        for name in nx.lexicographical_topological_sort(self.nx, key=self._order_key):
+            yield name, self.nx.nodes[name]
+
+    def _order_key(self, name: str) -> int:
+        return self.nx.nodes[name].get("order", 0)
+
+    def inputs_of(self, name: str) -> list[str]:
+        """The ops feeding ``name``, ordered by port."""
+        preds = self.nx.in_edges(name, data="port")
+        return [u for u, _, _ in sorted(preds, key=lambda edge: edge[2])]
+
+    def consumers_of(self, name: str) -> list[str]:
+        """The ops reading ``name``'s output."""
+        return list(self.nx.successors(name))
+
+    def of_kind(self, *kinds: Kind) -> list[str]:
+        """Names of the ops of the given kinds, in topological order."""
+        wanted = set(kinds)
+        return [name for name, attrs in self.ops() if attrs["kind"] in wanted]
+
+    # -- JSON -------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        """Serialize to a JSON string (tuples become lists; :meth:`from_json` restores them)."""
+        nodes = [{"name": n, **_jsonable(a)} for n, a in self.nx.nodes(data=True)]
+        edges = [[u, v, p] for u, v, p in self.nx.edges(data="port")]
+        doc = {
+            "format": "morphscope.channel_graph",
+            "version": FORMAT_VERSION,
+            "name": self.name,
+            "framework": self.framework,
+            "input_shape": list(self.input_shape),
+            "detached_params": self.detached_params,
+            "nodes": nodes,
+            "edges": edges,
+        }
+        return json.dumps(doc)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ChannelGraph":
+        """Rebuild a graph written by :meth:`to_json`."""
+        doc = json.loads(text)
+        graph = cls(doc["name"], doc["framework"], tuple(doc["input_shape"]),
+                    doc.get("detached_params"))
+        for node in doc["nodes"]:
+            attrs = {k: _from_jsonable(k, v) for k, v in node.items() if k != "name"}
+            graph.nx.add_node(node["name"], **attrs)
+        for u, v, port in doc["edges"]:
+            graph.connect(u, v, port)
+        return graph
+
+
+_TUPLE_FIELDS = frozenset({"kernel", "stride", "in_spatial", "out_spatial", "shape"})
+
+
+def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, Kind):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+def _from_jsonable(key: str, value: Any) -> Any:
+    if key == "kind":
+        return Kind(value)
+    if key in _TUPLE_FIELDS and isinstance(value, list):
+        return tuple(value)
+    if key == "matmuls":
+        return [tuple(m) for m in value]
+    return value
