@@ -141,6 +141,10 @@ ATEN_TO_KIND: Mapping[str, Kind | Callable[["_Ctx"], Kind]] = {
     **{op: Kind.IDENTITY for op in _IDENTITY},
 }
 
+# The data operand of ops that compute (count MACs), by ATen short name.
+_DATA_ARG = {**{op: "input" for op in _CONV}, "linear": "input", "addmm": "mat1", "mm": "self",
+             "matmul": "self", "bmm": "self"}
+
 # Ops whose tensor outputs are a list, one graph node per used output.
 MULTI_OUTPUT_SPLITS = frozenset({"split", "split_with_sizes", "chunk", "unbind"})
 
@@ -228,10 +232,20 @@ def _linear_attrs(ctx: _Ctx) -> dict[str, Any]:
         "out_channels": out_f,
         "groups": 1,
         "kernel": (),
-        "in_spatial": tuple(ctx.in_shape[1:-1]),
-        "out_spatial": tuple(ctx.out_shape[1:-1]),
+        "in_spatial": _rows_shape(ctx.in_shape),
+        "out_spatial": _rows_shape(ctx.out_shape),
         "bias": has_bias,
     }
+
+
+def _rows_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The leading dims a linear layer is applied over, without the batch axis (size 1).
+
+    The batch axis is not always first: nn.MultiheadAttention runs on (tokens, batch, C)."""
+    leading = list(shape[:-1])
+    if 1 in leading:
+        leading.remove(1)
+    return tuple(leading)
 
 
 def _matmul_dims(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -367,6 +381,21 @@ def build_graph(program: Program, name: str) -> ChannelGraph:
         refs = _refs_in(list(record.args.values()))
         act_refs = [r for r in refs if r.name in producer]
         param_refs = [r for r in refs if r.name in param_sources]
+        data = record.args.get(_DATA_ARG.get(record.op, ""))
+        if not act_refs and isinstance(data, Ref) and data.name in param_sources:
+            # A layer run on a constant (Swin V2's position-bias MLP): its MACs count, so the
+            # constant becomes a pinned source node instead of being folded away.
+            shape = shapes[data.name]
+            keys = sorted(param_sources[data.name] - owned)
+            owned.update(keys)
+            base = f"{record.module_path}.constant" if record.module_path else "constant"
+            producer[data.name] = graph.add_op(
+                namer.take(base), Kind.OPAQUE, op="constant", order=order,
+                out_channels=shape[-1], params=sum(numel[k] for k in keys),
+                trainable_params=sum(numel[k] for k in keys))
+            axes[data.name] = len(shape) - 1
+            act_refs = [data]
+            param_refs = [r for r in param_refs if r != data]
         if not act_refs:  # computes on weights/constants only: fold into its consumer
             keys = frozenset().union(*(param_sources[r.name] for r in param_refs))
             for out in record.outputs:

@@ -9,6 +9,7 @@ DESIGN section 10).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import operator
@@ -80,8 +81,36 @@ def build_torchvision(name: str):
     if name not in available:
         raise UnsupportedFileError(f"torchvision:{name}: no such classification model; "
                                    f"choose from {', '.join(available)}")
-    with torch.device("meta"):
-        return torchvision.models.get_model(name, weights=None)
+    try:
+        with torch.device("meta"):
+            return torchvision.models.get_model(name, weights=None)
+    except NotImplementedError:  # builders that read tensor values while building (RegNet)
+        with _parameters_on_meta():
+            return torchvision.models.get_model(name, weights=None)
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Build on the CPU but move each parameter and buffer to the meta device as it is
+    registered, so initialization allocates nothing (regnet_y_128gf has 645M parameters)."""
+    import torch
+
+    module_cls = torch.nn.Module
+    register_parameter, register_buffer = module_cls.register_parameter, module_cls.register_buffer
+
+    def parameter_on_meta(module, name, param):
+        if param is not None:
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(module, name, param)
+
+    def buffer_on_meta(module, name, tensor, persistent=True):
+        register_buffer(module, name, tensor.to("meta") if tensor is not None else None, persistent)
+
+    module_cls.register_parameter, module_cls.register_buffer = parameter_on_meta, buffer_on_meta
+    try:
+        yield
+    finally:
+        module_cls.register_parameter, module_cls.register_buffer = register_parameter, register_buffer
 
 
 def load_torchvision(name: str, input_size: int | None = None) -> ChannelGraph:
