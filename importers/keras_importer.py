@@ -14,6 +14,7 @@ seen too (DESIGN section 10). Nested models are flattened: their ops are named
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -49,6 +50,15 @@ KERAS_TO_KIND: Mapping[str, Kind] = {
                      "ActivityRegularization", "StochasticDepth"), Kind.IDENTITY),
     "InputLayer": Kind.INPUT,
 }
+
+
+def _keras():
+    """Import keras quietly (TensorFlow's C++ start-up chatter off unless the user set it)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its start-up notice
+    import keras
+
+    return keras
 
 
 def classify_keras(op: Any) -> Kind:
@@ -275,7 +285,7 @@ def keras_application_names() -> list[str]:
     """Every model builder in ``keras.applications`` (``ResNet50``, ``MobileNetV2``, ...)."""
     import inspect
 
-    import keras
+    keras = _keras()
 
     return sorted(n for n, f in inspect.getmembers(keras.applications, inspect.isfunction)
                   if n[0].isupper())
@@ -283,7 +293,7 @@ def keras_application_names() -> list[str]:
 
 def build_keras_application(name: str, input_shape: tuple[int, ...] | None = None) -> Any:
     """Build ``keras.applications.NAME`` with random weights."""
-    import keras
+    keras = _keras()
 
     available = keras_application_names()
     if name not in available:
@@ -312,7 +322,7 @@ def load_keras_file(path: str | Path) -> ChannelGraph:
     UnsupportedFileError
         If the file is truncated, corrupt or not a Keras model.
     """
-    import keras
+    keras = _keras()
 
     path = Path(path)
     try:

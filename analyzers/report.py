@@ -1,0 +1,88 @@
+"""Per-layer rows and whole-model totals as plain data (what the CLI prints and the app shows)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from analyzers.cost import CostModel, Totals, compile_costs, roofline_latency_s, seed_costs, totals_of
+from analyzers.hardware import HARDWARE
+from morphscope.graph import ChannelGraph, Kind
+
+CONVENTION = ("MACs: multiply-accumulates of conv, linear and matrix products, batch 1; bias, "
+              "bn, activations and pooling excluded (= torch FlopCounterMode total / 2). "
+              "FLOPs = 2 x MACs. size: conv/linear kernel weights (morph-net). params: the "
+              "framework's own count (Keras includes bn moving statistics).")
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One op of the per-layer table; ``macs`` and ``params`` at the widths it was built for."""
+
+    name: str
+    kind: str
+    in_channels: int | None
+    out_channels: int | None
+    kernel: tuple[int, ...] | None
+    stride: tuple[int, ...] | None
+    out_spatial: tuple[int, ...] | None
+    macs: int
+    params: int
+
+
+def layer_rows(graph: ChannelGraph, model: CostModel, per_op: dict[str, np.ndarray],
+               every_op: bool = False) -> list[LayerRow]:
+    """The table rows: ops that compute or own parameters (every op with ``every_op``)."""
+    rows = []
+    for i, name in enumerate(model.names):
+        attrs = graph[name]
+        macs = int(round(float(per_op["macs"][i])))
+        params = int(round(float(per_op["params"][i])))
+        if not (every_op or macs or params):
+            continue
+        rows.append(LayerRow(name, attrs["kind"].value, attrs.get("in_channels"),
+                             attrs.get("out_channels"), attrs.get("kernel"), attrs.get("stride"),
+                             attrs.get("out_spatial"), macs, params))
+    return rows
+
+
+def totals_dict(model: CostModel, per_op: dict[str, np.ndarray], graph: ChannelGraph) -> dict[str, Any]:
+    """Totals with trainable split and roofline latency on every named hardware (seconds)."""
+    totals: Totals = totals_of(model, per_op)
+    trainable = sum(a.get("trainable_params", 0) for _, a in graph.ops()) + model.detached_params
+    latency = {hw: roofline_latency_s(per_op["macs"], per_op["bytes_moved"], spec)
+               for hw, spec in HARDWARE.items()}
+    return {**asdict(totals), "trainable_params": trainable,
+            "non_trainable_params": totals.params - trainable, "latency_s": latency}
+
+
+def pinned_ops(graph: ChannelGraph) -> list[str]:
+    """Opaque ops: their channels are pinned (never pruned), listed so nothing is assumed."""
+    return graph.of_kind(Kind.OPAQUE)
+
+
+def seed_report(graph: ChannelGraph, every_op: bool = False) -> dict[str, Any]:
+    """The seed (all channels alive) report as one JSON-ready dict.
+
+    Returns
+    -------
+    dict
+        ``model``, ``framework``, ``input_shape`` (C, H, W), ``convention``, ``seed`` (totals:
+        ``macs``, ``flops``, ``params``, ``size``, ``bytes_moved``, ``trainable_params``,
+        ``non_trainable_params``, ``latency_s`` per hardware), ``layers`` (rows), ``opaque``
+        (pinned op names) and ``detached_params`` (training-only weights by module).
+    """
+    model = compile_costs(graph)
+    per_op = seed_costs(model)
+    return {
+        "model": graph.name,
+        "framework": graph.framework,
+        "input_shape": list(graph.input_shape),
+        "convention": CONVENTION,
+        "seed": totals_dict(model, per_op, graph),
+        "layers": [asdict(r) for r in layer_rows(graph, model, per_op, every_op)],
+        "opaque": pinned_ops(graph),
+        "detached_params": graph.detached_params,
+    }

@@ -1,0 +1,132 @@
+"""One entry point from a model spec (a path, ``torchvision:NAME`` or ``keras:NAME``) to a graph.
+
+Uploaded files are untrusted: sizes are bounded, pickles are read with
+``torch.load(weights_only=True)`` only, ``.pt2`` archives are parsed as JSON, Keras files are
+loaded with ``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from morphscope.errors import UnsafeFileError, UnsupportedFileError
+from morphscope.graph import ChannelGraph
+
+MAX_MODEL_FILE_BYTES = 4 * 2**30
+MODEL_SUFFIXES = (".pt2", ".keras", ".h5", ".hdf5", ".json")
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """``"3,224,224"`` -> ``(3, 224, 224)``; None passes through.
+
+    Raises
+    ------
+    UnsupportedFileError
+        If the text is not comma-separated positive integers.
+    """
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) <= 0:
+        raise UnsupportedFileError(f"--input-shape {text!r}: expected positive integers C,H,W "
+                                   "such as 3,224,224")
+    return shape
+
+
+def check_file(path: Path, max_bytes: int = MAX_MODEL_FILE_BYTES) -> None:
+    """Raise a one-line error if ``path`` is missing, not a file, empty or too large."""
+    if not path.exists():
+        raise UnsupportedFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise UnsupportedFileError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    if size == 0:
+        raise UnsupportedFileError(f"{path}: empty file")
+    if size > max_bytes:
+        raise UnsupportedFileError(f"{path}: {size} bytes, over the {max_bytes} byte limit")
+
+
+def load_model(spec: str, input_shape: tuple[int, ...] | None = None) -> ChannelGraph:
+    """Import a model from a spec.
+
+    Parameters
+    ----------
+    spec : str
+        ``torchvision:NAME``, ``keras:NAME``, or a path to a ``.pt2`` (torch.export.save),
+        ``.keras``/``.h5`` (Keras) or ``.json`` (a saved ChannelGraph) file.
+    input_shape : tuple of int, optional
+        Channels-first (C, H, W) input for zoo models; files carry their own.
+
+    Raises
+    ------
+    UnsupportedFileError, UnsafeFileError, GraphError
+        With a one-line message naming the file and the problem.
+    """
+    if spec.startswith("torchvision:"):
+        from importers.torch_importer import load_torchvision
+
+        side = input_shape[-1] if input_shape else None
+        return load_torchvision(spec.split(":", 1)[1], side)
+    if spec.startswith("keras:"):
+        from importers.keras_importer import load_keras_application
+
+        return load_keras_application(spec.split(":", 1)[1], input_shape)
+    path = Path(spec)
+    check_file(path)
+    suffix = path.suffix.lower()
+    if suffix == ".pt2":
+        from importers.torch_importer import load_pt2
+
+        return load_pt2(path)
+    if suffix in (".keras", ".h5", ".hdf5"):
+        from importers.keras_importer import load_keras_file
+
+        return load_keras_file(path)
+    if suffix == ".json":
+        return _load_graph_json(path)
+    if suffix in (".pt", ".pth", ".bin"):
+        read_torch_pickle(path)  # refuses code payloads with UnsafeFileError
+        raise UnsupportedFileError(f"{path}: a PyTorch pickle holds weights, not a graph; save the "
+                                   "model with torch.export.save (.pt2) or name it torchvision:NAME, "
+                                   "and pass this file as --checkpoint")
+    raise UnsupportedFileError(f"{path}: unknown model file type {suffix or '(none)'!r}; choose "
+                               f"from {', '.join(MODEL_SUFFIXES)}, torchvision:NAME, keras:NAME")
+
+
+def _load_graph_json(path: Path) -> ChannelGraph:
+    try:
+        return ChannelGraph.from_json(path.read_text())
+    except (ValueError, KeyError, TypeError) as err:  # JSON and Unicode errors are ValueErrors
+        raise UnsupportedFileError(f"{path}: not a MorphScope channel graph JSON "
+                                   f"({type(err).__name__}: {err})") from err
+
+
+def read_torch_pickle(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, no code.
+
+    Raises
+    ------
+    UnsafeFileError
+        If the pickle references anything but tensors and plain data (it would run code).
+    UnsupportedFileError
+        If the file is not a readable PyTorch file.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        reason = f"it calls {found.group(1)}" if found else "it references code"
+        raise UnsafeFileError(f"{path}: refused, the pickle would run code ({reason}); only "
+                              "tensors and plain containers are loaded") from err
+    except Exception as err:  # noqa: BLE001 - torch raises many types on corrupt files
+        raise UnsupportedFileError(f"{path}: not a readable PyTorch file "
+                                   f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from err
