@@ -13,6 +13,7 @@ seen too (DESIGN section 10). Nested models are flattened: their ops are named
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -52,8 +53,14 @@ KERAS_TO_KIND: Mapping[str, Kind] = {
 }
 
 
-def _keras():
-    """Import keras quietly (TensorFlow's C++ start-up chatter off unless the user set it)."""
+def import_keras():
+    """Import keras quietly (TensorFlow's C++ start-up chatter off unless the user set it).
+
+    Triton (torch's compiler, loaded by torchvision) segfaults the process when it loads
+    after TensorFlow (tensorflow-cpu 2.21, torch 2.14.1), so it is loaded first when present.
+    """
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401 - load order matters, see above
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its start-up notice
     import keras
@@ -285,7 +292,7 @@ def keras_application_names() -> list[str]:
     """Every model builder in ``keras.applications`` (``ResNet50``, ``MobileNetV2``, ...)."""
     import inspect
 
-    keras = _keras()
+    keras = import_keras()
 
     return sorted(n for n, f in inspect.getmembers(keras.applications, inspect.isfunction)
                   if n[0].isupper())
@@ -293,7 +300,7 @@ def keras_application_names() -> list[str]:
 
 def build_keras_application(name: str, input_shape: tuple[int, ...] | None = None) -> Any:
     """Build ``keras.applications.NAME`` with random weights."""
-    keras = _keras()
+    keras = import_keras()
 
     available = keras_application_names()
     if name not in available:
@@ -322,7 +329,7 @@ def load_keras_file(path: str | Path) -> ChannelGraph:
     UnsupportedFileError
         If the file is truncated, corrupt or not a Keras model.
     """
-    keras = _keras()
+    keras = import_keras()
 
     path = Path(path)
     try:

@@ -7,7 +7,6 @@ loaded with ``safe_mode=True``.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -117,16 +116,52 @@ def read_torch_pickle(path: Path) -> Any:
         If the file is not a readable PyTorch file.
     """
     import pickle
+    import warnings
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # protocol notices; the outcome is what matters
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL (\S+)", str(err))
-        reason = f"it calls {found.group(1)}" if found else "it references code"
-        raise UnsafeFileError(f"{path}: refused, the pickle would run code ({reason}); only "
-                              "tensors and plain containers are loaded") from err
+        imports = _pickle_imports(path)
+        if imports:
+            raise UnsafeFileError(f"{path}: refused, the pickle would run code (it imports "
+                                  f"{', '.join(imports[:3])}); only tensors and plain "
+                                  "containers are loaded") from err
+        raise UnsupportedFileError(f"{path}: refused, the pickle holds more than tensors and "
+                                   "plain containers (torch.load weights_only=True rejects it)") from err
     except Exception as err:  # noqa: BLE001 - torch raises many types on corrupt files
         raise UnsupportedFileError(f"{path}: not a readable PyTorch file "
                                    f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from err
+
+
+_SAFE_PICKLE_MODULES = ("torch", "collections", "builtins", "_codecs", "numpy")
+
+
+def _pickle_imports(path: Path) -> list[str]:
+    """Callables a pickle would import outside torch/collections/builtins, read with
+    pickletools (opcodes only, nothing is executed); [] if the bytes cannot be parsed."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            blobs = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
+    else:
+        blobs = [path.read_bytes()]
+    found: list[str] = []
+    for blob in blobs:
+        strings: list[str] = []
+        try:
+            for opcode, arg, _ in pickletools.genops(blob):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if opcode.name == "GLOBAL":
+                    found.append(arg.replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+        except (ValueError, EOFError):  # not a pickle stream: nothing to name
+            continue
+    return [g for g in dict.fromkeys(found) if not g.startswith(_SAFE_PICKLE_MODULES)]

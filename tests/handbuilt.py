@@ -35,8 +35,10 @@ def torch_tower_net():
 
 
 def keras_tower_net():
-    import keras
-    from keras import layers
+    from importers.keras_importer import import_keras
+
+    keras = import_keras()
+    layers = keras.layers
 
     inputs = keras.Input((H, W, 3), name="input")
     x = layers.Conv2D(13, 3, padding="same", use_bias=False, name="stem")(inputs)

@@ -1,0 +1,13 @@
+"""MorphScope explorer: ``streamlit run app.py``. Navigation only; the views live in explorer/."""
+
+import streamlit as st
+
+from explorer.views.seed import seed_view
+
+
+def main() -> None:
+    st.set_page_config(page_title="MorphScope", layout="wide")
+    st.navigation([st.Page(seed_view, title="Seed costs", default=True)]).run()
+
+
+main()

@@ -1,0 +1,34 @@
+"""Seed cost view: pick a zoo model, see its per-layer costs and totals."""
+
+import streamlit as st
+
+from explorer.format import human_count
+from morphscope.errors import MorphScopeError
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _seed_report(spec: str) -> dict:
+    from analyzers.report import seed_report
+    from importers.load import load_model
+
+    return seed_report(load_model(spec))
+
+
+def seed_view() -> None:
+    st.title("MorphScope")
+    spec = st.text_input("Model", value="torchvision:resnet18", key="seed_model",
+                         help="torchvision:NAME, keras:NAME, or a path to a .pt2/.keras/.h5 file")
+    try:
+        with st.spinner(f"Importing {spec}..."):
+            doc = _seed_report(spec)
+    except MorphScopeError as err:
+        st.error(str(err))
+        return
+    seed = doc["seed"]
+    cols = st.columns(4)
+    cols[0].metric("FLOPs", human_count(seed["flops"]))
+    cols[1].metric("MACs", human_count(seed["macs"]))
+    cols[2].metric("Params", human_count(seed["params"]))
+    cols[3].metric("Size (kernel weights)", human_count(seed["size"]))
+    st.dataframe(doc["layers"], width="stretch")
+    st.caption(doc["convention"])

@@ -1,0 +1,65 @@
+"""The ChannelGraph contract: building, ordering, JSON round trip."""
+
+import json
+
+import pytest
+
+from morphscope.graph import ChannelGraph, Kind
+
+
+def small_graph():
+    #  x -> conv -> bn -+-> add -> out
+    #                   |   ^
+    #        x ---------+---+ (shortcut)
+    graph = ChannelGraph("demo", "torch", (3, 17, 19), detached_params={"aux": 7})
+    graph.add_op("x", Kind.INPUT, order=0, out_channels=3, out_spatial=(17, 19))
+    graph.add_op("conv", Kind.CONV, order=1, in_channels=3, out_channels=3, kernel=(3, 3),
+                 stride=(1, 1), out_spatial=(17, 19), groups=1, bias=False, params=81)
+    graph.add_op("bn", Kind.BN, order=2, out_channels=3, gamma_key="bn.weight", params=6)
+    graph.add_op("add", Kind.ADD, order=3, out_channels=3)
+    graph.add_op("out", Kind.OUTPUT, order=4)
+    graph.connect("x", "conv")
+    graph.connect("conv", "bn")
+    graph.connect("bn", "add", 0)
+    graph.connect("x", "add", 1)
+    graph.connect("add", "out")
+    return graph
+
+
+def test_ops_come_in_topological_order():
+    assert [name for name, _ in small_graph().ops()] == ["x", "conv", "bn", "add", "out"]
+
+
+def test_inputs_are_ordered_by_port():
+    assert small_graph().inputs_of("add") == ["bn", "x"]
+
+
+def test_json_round_trip_keeps_everything():
+    graph = small_graph()
+    text = graph.to_json()
+    back = ChannelGraph.from_json(text)
+    assert back.to_json() == text
+    assert back["conv"]["kernel"] == (3, 3)  # tuples come back as tuples
+    assert back["bn"]["kind"] is Kind.BN
+    assert back.detached_params == {"aux": 7}
+    assert back.input_shape == (3, 17, 19)
+    assert json.loads(text)["format"] == "morphscope.channel_graph"
+
+
+def test_duplicate_op_name_is_refused():
+    graph = small_graph()
+    with pytest.raises(ValueError, match="duplicate op name 'conv'"):
+        graph.add_op("conv", Kind.CONV)
+
+
+def test_of_kind_lists_ops_in_order():
+    assert small_graph().of_kind(Kind.CONV, Kind.BN) == ["conv", "bn"]
+
+
+def test_real_model_round_trips():
+    from importers.torch_importer import load_torchvision
+
+    graph = load_torchvision("mobilenet_v3_small")
+    back = ChannelGraph.from_json(graph.to_json())
+    assert list(back.nx.nodes(data=True)) == list(graph.nx.nodes(data=True))
+    assert sorted(back.nx.edges(data="port")) == sorted(graph.nx.edges(data="port"))
