@@ -360,6 +360,7 @@ def build_graph(program: Program, name: str) -> ChannelGraph:
         raise GraphError(f"{name}: the captured program has no tensor input")
     shapes = program.shapes
     input_shape = shapes[program.user_inputs[0]][1:]
+    image_rank = len(input_shape) + 1
     graph = ChannelGraph(name, "torch", input_shape)
     namer = _Namer()
     producer: dict[str, str] = {}  # activation value -> graph node
@@ -432,8 +433,11 @@ def build_graph(program: Program, name: str) -> ChannelGraph:
         out_name = record.outputs[0]
         if out_name is not None:
             producer[out_name] = node
+            out_shape = shapes.get(out_name, ())
             axes[out_name] = _axis_after(record.op, record.args, kind, ctx.in_shape,
-                                         ctx.in_axis, shapes.get(out_name, ()))
+                                         ctx.in_axis, out_shape)
+            if axes[out_name] is None and len(out_shape) == image_rank:
+                axes[out_name] = 1  # back to an NCHW map (after a channel shuffle's views)
             _set_channels(graph[node], shapes.get(out_name, ()), axes[out_name])
 
     for out in program.user_outputs:

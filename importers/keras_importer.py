@@ -319,8 +319,8 @@ def build_keras_application(name: str, input_shape: tuple[int, ...] | None = Non
     return model
 
 
-def load_keras_file(path: str | Path) -> ChannelGraph:
-    """Load a ``.keras`` or legacy ``.h5`` model file safely and import it.
+def load_keras_file_model(path: str | Path) -> Any:
+    """Load a ``.keras`` or legacy ``.h5`` model file with ``safe_mode=True, compile=False``.
 
     Raises
     ------
@@ -330,10 +330,9 @@ def load_keras_file(path: str | Path) -> ChannelGraph:
         If the file is truncated, corrupt or not a Keras model.
     """
     keras = import_keras()
-
     path = Path(path)
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
     except ValueError as err:
         text = str(err)
         if "safe_mode" in text or "unsafe" in text.lower():
@@ -343,7 +342,11 @@ def load_keras_file(path: str | Path) -> ChannelGraph:
     except Exception as err:  # noqa: BLE001 - keras/h5py/zipfile raise many types on bad files
         raise UnsupportedFileError(f"{path}: not a readable Keras model "
                                    f"({type(err).__name__}: {_first_line(str(err))})") from err
-    return load_keras_model(model, name=str(path))
+
+
+def load_keras_file(path: str | Path) -> ChannelGraph:
+    """Load a ``.keras`` or legacy ``.h5`` model file safely and import it."""
+    return load_keras_model(load_keras_file_model(path), name=str(path))
 
 
 def _first_line(text: str) -> str:

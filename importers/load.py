@@ -165,3 +165,33 @@ def _pickle_imports(path: Path) -> list[str]:
         except (ValueError, EOFError):  # not a pickle stream: nothing to name
             continue
     return [g for g in dict.fromkeys(found) if not g.startswith(_SAFE_PICKLE_MODULES)]
+
+
+def load_framework_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Any:
+    """The framework's own model object for a spec, to rebuild with new widths: a CPU
+    ``nn.Module`` (torchvision, random weights) or a ``keras.Model``.
+
+    Raises
+    ------
+    UnsupportedFileError
+        For ``.pt2`` and graph ``.json`` files: they hold no rebuildable model.
+    """
+    if spec.startswith("torchvision:"):
+        import torchvision
+
+        from importers.torch_importer import build_torchvision
+
+        build_torchvision(spec.split(":", 1)[1])  # validates the name
+        return torchvision.models.get_model(spec.split(":", 1)[1], weights=None).eval()
+    if spec.startswith("keras:"):
+        from importers.keras_importer import build_keras_application
+
+        return build_keras_application(spec.split(":", 1)[1], input_shape)
+    path = Path(spec)
+    check_file(path)
+    if path.suffix.lower() in (".keras", ".h5", ".hdf5"):
+        from importers.keras_importer import load_keras_file_model
+
+        return load_keras_file_model(path)
+    raise UnsupportedFileError(f"{path}: a rebuilt model needs the model itself; use "
+                               "torchvision:NAME, keras:NAME or a .keras/.h5 file")

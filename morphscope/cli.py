@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -34,7 +35,33 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--all", action="store_true", help="list every op, not only those "
                         "that compute or own parameters")
     report.add_argument("--hardware", default="V100", help="device for the latency line")
+    _checkpoint_args(report, required=False)
+
+    expand = commands.add_parser("expand", help="solve the width multiplier for a budget")
+    _model_args(expand)
+    _checkpoint_args(expand, required=True)
+    expand.add_argument("--resource", default="flops", choices=["flops", "params", "size", "latency"])
+    expand.add_argument("--budget", type=float, help="cost to meet (default: the seed's own)")
+    expand.add_argument("--hardware", default="V100", help="device for --resource latency")
+
+    export = commands.add_parser("export", help="write widths JSON, a layer table, a model")
+    _model_args(export)
+    _checkpoint_args(export, required=True)
+    export.add_argument("--out", required=True, help="widths file: morph-net JSON (.json) "
+                        "or the per-layer table (.csv)")
+    export.add_argument("--multiplier", type=float, help="expand the widths by this factor")
+    export.add_argument("--model-out", help="rebuilt model to retrain: .pt2 (PyTorch) or .keras")
+    export.add_argument("--copy-weights", action="store_true",
+                        help="copy the alive channels' weights into the rebuilt model")
     return parser
+
+
+def _checkpoint_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--checkpoint", action="append", required=required, default=None,
+                        metavar="CKPT", help="gammas (.pt/.pth/.safetensors/.keras/.h5) or a "
+                        "morph-net alive JSON; repeat for several")
+    parser.add_argument("--threshold", type=float, default=1e-2,
+                        help="a channel is alive when its group's max |gamma| is above this")
 
 
 def _format_tuple(value: Any) -> str:
@@ -77,25 +104,159 @@ def print_report_table(doc: dict[str, Any], hardware: str, out=sys.stdout) -> No
     print(f"Convention: {doc['convention']}", file=out)
 
 
-def _run_report(args: argparse.Namespace) -> int:
-    from analyzers.report import seed_report
+def _analysis(args: argparse.Namespace):
+    from analyzers.morph import morph
+    from analyzers.widths import compile_width_model
+    from importers.checkpoints import load_structure
     from importers.load import load_model, parse_input_shape
 
     graph = load_model(args.model, parse_input_shape(args.input_shape))
+    model = compile_width_model(graph)
+    structures = [load_structure(graph, path) for path in (args.checkpoint or [])]
+    morphed = [morph(model, s, args.threshold) for s in structures]
+    return graph, model, structures, morphed
+
+
+def _morphed_entry(graph, model, structure, morphed, threshold: float) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from analyzers.alive import consistency_report, topology_report
+    from analyzers.morph import source_op_widths
+
+    totals = model.totals(morphed.widths)
+    topology = topology_report(graph, model.spaces, morphed.widths, structure.gammas, threshold)
+    return {
+        "checkpoint": morphed.label,
+        **{k: totals[k] for k in ("macs", "flops", "params", "size", "latency_s")},
+        "widths": source_op_widths(graph, model, morphed.widths),
+        "inconsistent_groups": [asdict(g) for g in consistency_report(
+            model.spaces, structure.gammas, threshold) if g.broken],
+        "removable_blocks": [list(b) for b in topology.removable_blocks],
+        "dead_towers": [list(t) for t in topology.dead_towers],
+        "zero_width": list(topology.zero_width),
+        "notes": list(morphed.notes),
+    }
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from analyzers.report import seed_report
+
+    graph, model, structures, morphed = _analysis(args)
     doc = seed_report(graph, every_op=args.all)
+    doc["morphed"] = [_morphed_entry(graph, model, s, m, args.threshold)
+                      for s, m in zip(structures, morphed)]
     if args.json:
         json.dump(doc, sys.stdout)
         print()
-    else:
-        print_report_table(doc, args.hardware)
+        return 0
+    print_report_table(doc, args.hardware)
+    for entry in doc["morphed"]:
+        print_morphed(entry, doc["seed"])
     return 0
 
 
-COMMANDS = {"report": _run_report}
+def print_morphed(entry: dict[str, Any], seed: dict[str, Any], out=sys.stdout) -> None:
+    """Totals of one checkpoint against the seed, then its topology findings."""
+    from explorer.format import human_count, signed_percent
+
+    print(f"\n{entry['checkpoint']}", file=out)
+    for key in ("flops", "params", "size"):
+        print(f"  {key:<7} {human_count(entry[key]):>8}  ({signed_percent(entry[key], seed[key])} "
+              f"vs seed {human_count(seed[key])})", file=out)
+    for add, branch, reason in entry["removable_blocks"]:
+        print(f"  removable block: branch {branch} into {add} ({reason})", file=out)
+    for cat, tower in entry["dead_towers"]:
+        print(f"  dead tower: {tower} into {cat}", file=out)
+    for group in entry["inconsistent_groups"]:
+        print(f"  group {group['name']}: {len(group['broken'])} channels alive in some bn "
+              f"members, dead in others", file=out)
+    for note in entry["notes"]:
+        print(f"  note: {note}", file=out)
+
+
+def _run_expand(args: argparse.Namespace) -> int:
+    from analyzers.hardware import get_hardware
+    from analyzers.morph import source_op_widths
+    from analyzers.widths import apply_multiplier, solve_multiplier
+
+    graph, model, _, morphed = _analysis(args)
+    hardware = get_hardware(args.hardware)
+    results = []
+    for m in morphed:
+        factor = solve_multiplier(model, m.widths, args.resource, args.budget, hardware)
+        expanded = apply_multiplier(model.spaces, m.widths, factor)
+        budget = args.budget if args.budget is not None else \
+            model.target_cost(model.seed_widths, args.resource, hardware)
+        results.append({
+            "checkpoint": m.label, "resource": args.resource, "budget": budget,
+            "factor": factor,
+            "cost": model.target_cost(expanded, args.resource, hardware),
+            "alive": {k: model.totals(m.widths, hardware)[k] for k in ("flops", "params", "size")},
+            "expanded": {k: model.totals(expanded, hardware)[k] for k in ("flops", "params", "size")},
+            "widths": source_op_widths(graph, model, expanded),
+        })
+    if args.json:
+        json.dump({"model": graph.name, "expanded": results}, sys.stdout)
+        print()
+        return 0
+    for r in results:
+        print(f"{r['checkpoint']}: width multiplier {r['factor']:.4f} brings {r['resource']} to "
+              f"{r['cost']:,.6g} (budget {r['budget']:,.6g})")
+        for name, width in r["widths"].items():
+            print(f"  {name:<50} {width:>6}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from analyzers.export import layer_table, table_csv, widths_json
+    from analyzers.morph import export_plan, plan_totals
+    from analyzers.widths import apply_multiplier
+
+    graph, model, structures, morphed = _analysis(args)
+    if len(morphed) != 1:
+        raise MorphScopeError("export takes exactly one --checkpoint")
+    structure, m = structures[0], morphed[0]
+    expanded = m.widths if args.multiplier is None else \
+        apply_multiplier(model.spaces, m.widths, args.multiplier)
+    out = Path(args.out)
+    if out.suffix.lower() == ".csv":
+        out.write_text(table_csv(layer_table(graph, model, m.widths, expanded)))
+    else:
+        out.write_text(widths_json(graph, model, expanded) + "\n")
+    print(f"wrote {out}")
+    if args.model_out:
+        plan = export_plan(graph, model, m, args.multiplier, structure.gammas, args.threshold)
+        predicted = plan_totals(model, plan)["params"]
+        actual = _write_model(args, graph, model, plan, m)
+        print(f"wrote {args.model_out}: {actual:,} parameters (predicted {predicted:,})")
+        for note in plan.notes:
+            print(f"  note: {note}")
+    return 0
+
+
+def _write_model(args, graph, model, plan, morphed) -> int:
+    from importers.load import load_framework_model, parse_input_shape
+    from importers import rebuild
+
+    framework_model = load_framework_model(args.model, parse_input_shape(args.input_shape))
+    copy_masks = morphed.masks if args.copy_weights and args.multiplier is None else None
+    if graph.framework == "torch":
+        new = rebuild.rebuild_torch(framework_model, graph, model, plan, copy_masks)
+        rebuild.save_torch_pt2(new, graph.input_shape, args.model_out)
+        return rebuild.count_torch_params(new)
+    new = rebuild.rebuild_keras(framework_model, graph, model, plan)
+    new.save(args.model_out)
+    return int(new.count_params())
+
+
+COMMANDS = {"report": _run_report, "expand": _run_expand, "export": _run_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``morphscope`` console script."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `morphscope ... | head` ends quietly
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -1,0 +1,120 @@
+"""From a learned structure to widths, costs and an exportable plan.
+
+``morph(model, structure, threshold)`` gives per-space alive widths (from gammas, grouped by
+max |gamma|, or straight from a morph-net alive file). ``export_plan`` turns widths into what
+a rebuilt model will have: residual branches left with an empty space are removed (their ops
+cost nothing), and any other space at zero width is kept at one channel, with a note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from analyzers.alive import (DEFAULT_THRESHOLD, Topology, alive_masks, alive_widths,
+                             group_scores, residual_branches, topology_report)
+from analyzers.widths import WidthModel, apply_multiplier
+from morphscope.graph import ChannelGraph, Kind
+
+
+@dataclass(frozen=True)
+class Morphed:
+    """One checkpoint's structure: alive widths per space (and masks when from gammas)."""
+
+    label: str
+    widths: np.ndarray
+    masks: tuple[np.ndarray, ...] | None
+    notes: tuple[str, ...] = ()
+
+
+def morph(model: WidthModel, structure: Any, threshold: float = DEFAULT_THRESHOLD,
+          label: str | None = None) -> Morphed:
+    """Alive widths for a :class:`~importers.checkpoints.LearnedStructure` (plain fields read:
+    ``source``, ``gammas``, ``alive_counts``, ``notes``)."""
+    spaces = model.spaces
+    label = label or structure.source
+    if structure.gammas:
+        masks = alive_masks(spaces, group_scores(spaces, structure.gammas), threshold)
+        return Morphed(label, alive_widths(masks), tuple(masks), tuple(structure.notes))
+    widths = model.seed_widths.copy()
+    notes = list(structure.notes)
+    assigned: dict[int, int] = {}
+    for op, count in structure.alive_counts.items():
+        for seg in spaces.op_out.get(op, ())[:1]:
+            if spaces.pinned[seg.space]:
+                notes.append(f"{op}: pinned ({spaces.pin_reasons.get(seg.space)}), kept at full width")
+                continue
+            if seg.space in assigned and assigned[seg.space] != count:
+                notes.append(f"{op}: tied ops disagree ({assigned[seg.space]} vs {count}); the larger kept")
+            assigned[seg.space] = max(count, assigned.get(seg.space, 0))
+    for space, count in assigned.items():
+        widths[space] = count
+    return Morphed(label, widths, None, tuple(notes))
+
+
+def source_op_widths(graph: ChannelGraph, model: WidthModel, widths: np.ndarray) -> dict[str, int]:
+    """Output channels of every source op (conv other than depthwise, linear) for ``widths``."""
+    out = {}
+    for name, attrs in graph.ops():
+        if attrs["kind"] in (Kind.CONV, Kind.LINEAR) and not _is_depthwise(attrs):
+            layout = model.spaces.op_out.get(name, ())
+            out[name] = int(sum(widths[s.space] * s.repeat for s in layout))
+    return out
+
+
+def _is_depthwise(attrs: dict[str, Any]) -> bool:
+    return attrs["kind"] == Kind.CONV and 1 < attrs.get("groups", 1) == attrs.get("in_channels")
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Widths a rebuilt model gets, the ops removed with dead residual branches, and notes."""
+
+    widths: np.ndarray
+    removed_ops: frozenset[str]
+    removed_blocks: tuple[tuple[str, str, str], ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    topology: Topology | None = None
+
+    def op_keep(self, names: tuple[str, ...]) -> np.ndarray:
+        """1.0 for ops the rebuilt model keeps, 0.0 for removed ones (rows of ``names``)."""
+        return np.array([0.0 if n in self.removed_ops else 1.0 for n in names])
+
+
+def export_plan(graph: ChannelGraph, model: WidthModel, morphed: Morphed,
+                multiplier: float | None = None, gammas: dict[str, np.ndarray] | None = None,
+                threshold: float = DEFAULT_THRESHOLD) -> ExportPlan:
+    """What to rebuild: ``morphed`` widths, optionally expanded by ``multiplier``.
+
+    A residual branch with an empty inner space (or whose closing bn has every |gamma| at or
+    under the threshold) is removed; other spaces at zero width keep one channel.
+    """
+    widths = morphed.widths.copy()
+    topology = topology_report(graph, model.spaces, widths, gammas, threshold)
+    removed, blocks = set(), []
+    for add, branch_end, reason in topology.removable_blocks:
+        branch = residual_branches(graph, add)[branch_end]
+        removed.update(branch)
+        blocks.append((add, branch_end, reason))
+    removed_spaces = {s.space for op in removed for s in model.spaces.op_out.get(op, ())
+                      if graph[op]["kind"] in (Kind.CONV, Kind.LINEAR)}
+    kept_spaces = {s.space for name, _ in graph.ops() if name not in removed
+                   for s in model.spaces.op_out.get(name, ())}
+    notes = []
+    for space in np.flatnonzero(widths == 0):
+        if space in kept_spaces or space not in removed_spaces:
+            widths[space] = 1
+            notes.append(f"{model.spaces.name_of(int(space))}: every channel dead but its "
+                         "layer cannot be removed here; kept at 1 channel")
+    if multiplier is not None:
+        widths = apply_multiplier(model.spaces, widths, multiplier)
+    for add, branch_end, reason in blocks:
+        notes.append(f"residual branch into {add} (ending at {branch_end}) removed: {reason}")
+    return ExportPlan(widths, frozenset(removed), tuple(blocks), tuple(notes), topology)
+
+
+def plan_totals(model: WidthModel, plan: ExportPlan, hardware=None) -> dict[str, Any]:
+    """Totals of the rebuilt model: the plan's widths, removed ops costing nothing."""
+    return model.totals(plan.widths, hardware, op_keep=plan.op_keep(model.costs.names))

@@ -1,0 +1,346 @@
+"""Channel spaces and groups (DESIGN section 2): which channels live and die together.
+
+Every op output is a *layout*: a tuple of :class:`Segment`, each a whole channel *space* laid
+end to end (a concat output has one segment per input). Source ops (conv, linear) open a new
+space; elementwise ops (residual adds, squeeze-excitation gates) and depthwise convs *tie*
+spaces into one group (union-find); concat and split rearrange segments; anything the rules
+cannot follow is *pinned* (never pruned) with a reason. One handler per op kind, in
+:data:`CHANNEL_RULES`; the builder never names a kind itself.
+
+Grouped convs (1 < groups < in_channels): each of the g groups must keep the same number of
+channels, so the spaces they read and write get a *quantum* g: alive counts are made equal
+across groups (:mod:`analyzers.alive`) and a width multiplier rounds down to a multiple of g.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from morphscope.graph import ChannelGraph, Kind
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One space inside a layout. ``repeat`` > 1: each channel appears ``repeat`` times,
+    either consecutively (``"block"``: depthwise multiplier, PyTorch flatten) or as whole
+    copies of the space (``"tile"``: Keras' channels-last flatten)."""
+
+    space: int
+    repeat: int = 1
+    interleave: str = "block"
+
+
+Layout = tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class ChannelSpaces:
+    """The result of :func:`build_channel_spaces`; spaces are numbered 0..n-1 in graph order.
+
+    sizes : seed channels per space. pinned / pin_reasons : spaces never pruned and why.
+    quantum : per space, channel counts must stay multiples of it (grouped convs).
+    writers : per space, the source ops writing it (a tied group has several).
+    bn_cover : per space, ``(bn op, offset into its gamma vector)`` of every bn scaling it.
+    op_in / op_out : the layout each op reads (its data input) and writes.
+    """
+
+    sizes: np.ndarray
+    pinned: np.ndarray
+    pin_reasons: dict[int, str]
+    quantum: np.ndarray
+    writers: dict[int, list[str]]
+    bn_cover: dict[int, list[tuple[str, int]]]
+    op_in: dict[str, Layout]
+    op_out: dict[str, Layout]
+    framework: str = "torch"
+
+    @property
+    def n_spaces(self) -> int:
+        return len(self.sizes)
+
+    def name_of(self, space: int) -> str:
+        """A readable name: the first op writing it (``layer1.0.conv3 (+3 tied)``)."""
+        writers = self.writers.get(space, [])
+        if not writers:
+            return f"space{space}"
+        return writers[0] + (f" (+{len(writers) - 1} tied)" if len(writers) > 1 else "")
+
+
+def layout_width(layout: Layout, widths: np.ndarray) -> float:
+    """Channels in a layout for given per-space widths."""
+    return float(sum(widths[s.space] * s.repeat for s in layout))
+
+
+class _Builder:
+    """Mutable state while walking the graph; rules call its primitives."""
+
+    def __init__(self, graph: ChannelGraph) -> None:
+        self.graph = graph
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.pinned: dict[int, str] = {}
+        self.quantum: dict[int, int] = {}
+        self.writers: dict[int, list[str]] = {}
+        self.out: dict[str, Layout] = {}
+        self.op_in: dict[str, Layout] = {}
+        self.bn: list[tuple[str, Layout]] = []
+
+    # union-find over spaces
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def new_space(self, size: int, writer: str | None = None, pin: str | None = None) -> Layout:
+        s = len(self.parent)
+        self.parent.append(s)
+        self.size.append(int(size))
+        if writer:
+            self.writers[s] = [writer]
+        if pin:
+            self.pinned[s] = pin
+        return (Segment(s),)
+
+    def pin(self, layout: Layout, reason: str) -> None:
+        for seg in layout:
+            self.pinned.setdefault(self.find(seg.space), reason)
+
+    def pinned_output(self, name: str, attrs: Mapping[str, Any], inputs: list[Layout], why: str) -> Layout:
+        for layout in inputs:
+            self.pin(layout, why)
+        return self.new_space(attrs.get("out_channels") or 0, writer=name, pin=why)
+
+    def tie(self, a: Layout, b: Layout, where: str) -> bool:
+        """Tie two layouts channel for channel; pin both if their segments do not line up."""
+        if [(self.size[self.find(x.space)], x.repeat, x.interleave) for x in a] != \
+                [(self.size[self.find(y.space)], y.repeat, y.interleave) for y in b]:
+            self.pin(a, f"tied at {where} with a differently laid out input")
+            self.pin(b, f"tied at {where} with a differently laid out input")
+            return False
+        for x, y in zip(a, b):
+            rx, ry = self.find(x.space), self.find(y.space)
+            if rx != ry:
+                self.parent[ry] = rx
+                self.writers[rx] = self.writers.get(rx, []) + self.writers.pop(ry, [])
+                if ry in self.pinned:
+                    self.pinned.setdefault(rx, self.pinned.pop(ry))
+                if ry in self.quantum:
+                    self.quantum[rx] = math.lcm(self.quantum.get(rx, 1), self.quantum.pop(ry))
+        return True
+
+    def set_quantum(self, layout: Layout, q: int) -> None:
+        for seg in layout:
+            root = self.find(seg.space)
+            self.quantum[root] = math.lcm(self.quantum.get(root, 1), q)
+
+
+ChannelRule = Callable[[_Builder, str, Mapping[str, Any], list[Layout]], Layout]
+
+
+def _channels(layout: Layout, builder: _Builder) -> int:
+    return sum(builder.size[builder.find(s.space)] * s.repeat for s in layout)
+
+
+def _source(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    return b.new_space(attrs["out_channels"], writer=name)
+
+
+def _model_input(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    return b.new_space(attrs.get("out_channels") or 0, writer=name, pin="model input")
+
+
+def _model_output(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    for layout in inputs:
+        b.pin(layout, "model output")
+    return ()
+
+
+def _conv(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    groups, in_ch, out_ch = attrs.get("groups", 1), attrs.get("in_channels"), attrs["out_channels"]
+    if groups == 1 or attrs.get("transposed"):
+        if groups > 1:
+            return b.pinned_output(name, attrs, inputs, f"grouped transposed conv {name}")
+        return _source(b, name, attrs, inputs)
+    x = inputs[0]
+    if groups == in_ch:  # depthwise: output channel j*M+m reads input channel j
+        multiplier = out_ch // in_ch
+        if multiplier == 1:
+            return x
+        if any(seg.repeat != 1 for seg in x):
+            return b.pinned_output(name, attrs, inputs, f"depthwise multiplier on a repeated layout at {name}")
+        return tuple(Segment(seg.space, multiplier, "block") for seg in x)
+    if len(x) != 1 or x[0].repeat != 1:  # grouped conv over a concat: groups would straddle inputs
+        return b.pinned_output(name, attrs, inputs, f"grouped conv {name} reads several spaces")
+    b.set_quantum(x, groups)
+    out = b.new_space(out_ch, writer=name)
+    b.set_quantum(out, groups)
+    return out
+
+
+def _passthrough(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    x = inputs[0] if inputs else ()
+    out_ch = attrs.get("out_channels")
+    if x and out_ch is not None and _channels(x, b) == out_ch:
+        return x
+    return b.pinned_output(name, attrs, inputs, f"{attrs['kind'].value} op {name} changes the channels")
+
+
+def _bn(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    out = _passthrough(b, name, attrs, inputs)
+    if attrs.get("gamma_key"):
+        b.bn.append((name, out))
+    return out
+
+
+def _elementwise(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    """Residual adds and gates: full-width inputs are tied; 1-channel (broadcast) inputs are not."""
+    out_ch = attrs.get("out_channels")
+    full = [x for x in inputs if _channels(x, b) == out_ch and out_ch != 1]
+    if not full:
+        return b.pinned_output(name, attrs, inputs, f"elementwise op {name} with no full-width input")
+    for other in full[1:]:
+        b.tie(full[0], other, name)
+    return full[0]
+
+
+def _concat(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    return tuple(seg for layout in inputs for seg in layout)
+
+
+def _split(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    """A channel slice: whole segments pass; a cut through a space pins it."""
+    start, length = attrs.get("channel_offset", 0), attrs.get("out_channels") or 0
+    picked, offset = [], 0
+    for seg in inputs[0]:
+        width = b.size[b.find(seg.space)] * seg.repeat
+        if start <= offset and offset + width <= start + length:
+            picked.append(seg)
+        elif offset < start + length and start < offset + width:
+            return b.pinned_output(name, attrs, inputs, f"split {name} cuts through a space")
+        offset += width
+    return tuple(picked)
+
+
+def _flatten(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    """Flatten into a linear: each channel feeds H*W features, laid out per framework."""
+    x, out_ch = inputs[0], attrs.get("out_channels")
+    in_ch = _channels(x, b)
+    if out_ch == in_ch:
+        return x
+    if not out_ch or out_ch % in_ch or any(seg.repeat != 1 for seg in x):
+        return b.pinned_output(name, attrs, inputs, f"flatten {name} changes the channels")
+    pixels = out_ch // in_ch
+    if b.graph.framework == "keras":  # channels-last: c, c+C, c+2C, ... -> the whole layout tiles
+        if len(x) != 1:
+            return b.pinned_output(name, attrs, inputs, f"channels-last flatten {name} of a concat")
+        return (Segment(x[0].space, pixels, "tile"),)
+    return tuple(Segment(seg.space, pixels, "block") for seg in x)
+
+
+def _opaque(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    return b.pinned_output(name, attrs, inputs, f"opaque op {name} ({attrs.get('op', '?')})")
+
+
+CHANNEL_RULES: Mapping[Kind, ChannelRule] = {
+    Kind.INPUT: _model_input,
+    Kind.OUTPUT: _model_output,
+    Kind.CONV: _conv,
+    Kind.LINEAR: _source,
+    Kind.BN: _bn,
+    Kind.ADD: _elementwise,
+    Kind.MUL: _elementwise,
+    Kind.CONCAT: _concat,
+    Kind.SPLIT: _split,
+    Kind.FLATTEN: _flatten,
+    Kind.OPAQUE: _opaque,
+    **{kind: _passthrough for kind in (Kind.ACT, Kind.POOL, Kind.GLOBAL_POOL, Kind.RESHAPE,
+                                       Kind.PAD, Kind.RESIZE, Kind.IDENTITY)},
+}
+
+
+def build_channel_spaces(graph: ChannelGraph,
+                         rules: Mapping[Kind, ChannelRule] | None = None) -> ChannelSpaces:
+    """Walk the graph once and return its channel spaces, ties, pins and bn coverage.
+
+    Parameters
+    ----------
+    graph : ChannelGraph
+    rules : mapping of Kind to rule, optional
+        Defaults to :data:`CHANNEL_RULES`; pass ``{**CHANNEL_RULES, **extra}`` to extend.
+
+    Examples
+    --------
+    A residual add ties the shortcut and the branch into one space:
+
+    >>> g = ChannelGraph("demo", "torch", (3, 8, 8))
+    >>> _ = g.add_op("x", Kind.INPUT, out_channels=3)
+    >>> _ = g.add_op("a", Kind.CONV, in_channels=3, out_channels=5, groups=1)
+    >>> _ = g.add_op("b", Kind.CONV, in_channels=5, out_channels=5, groups=1)
+    >>> _ = g.add_op("add", Kind.ADD, out_channels=5)
+    >>> for u, v, p in [("x", "a", 0), ("a", "b", 0), ("b", "add", 0), ("a", "add", 1)]:
+    ...     g.connect(u, v, p)
+    >>> spaces = build_channel_spaces(g)
+    >>> spaces.writers[spaces.op_out["add"][0].space]
+    ['a', 'b']
+    """
+    rules = CHANNEL_RULES if rules is None else rules
+    b = _Builder(graph)
+    for name, attrs in graph.ops():
+        inputs = [b.out[u] for u in graph.inputs_of(name)]
+        if inputs:
+            b.op_in[name] = inputs[0]
+        b.out[name] = rules[attrs["kind"]](b, name, attrs, inputs)
+    return _finish(b)
+
+
+def _finish(b: _Builder) -> ChannelSpaces:
+    roots = sorted({b.find(s) for s in range(len(b.parent))})
+    order = {name: i for i, (name, _) in enumerate(b.graph.ops())}
+    index = {root: i for i, root in enumerate(roots)}
+
+    def canon(layout: Layout) -> Layout:
+        return tuple(Segment(index[b.find(s.space)], s.repeat, s.interleave) for s in layout)
+
+    bn_cover: dict[int, list[tuple[str, int]]] = {}
+    for bn_name, layout in b.bn:
+        offset = 0
+        for seg in canon(layout):
+            if seg.repeat == 1:
+                bn_cover.setdefault(seg.space, []).append((bn_name, offset))
+            offset += b.size[roots[seg.space]] * seg.repeat
+    return ChannelSpaces(
+        sizes=np.array([b.size[r] for r in roots], dtype=np.int64),
+        pinned=np.array([r in b.pinned for r in roots], dtype=bool),
+        pin_reasons={index[r]: why for r, why in b.pinned.items() if r in index},
+        quantum=np.array([b.quantum.get(r, 1) for r in roots], dtype=np.int64),
+        writers={index[r]: sorted(ws, key=order.get) for r, ws in b.writers.items() if r in index},
+        bn_cover=bn_cover,
+        op_in={n: canon(layout) for n, layout in b.op_in.items()},
+        op_out={n: canon(layout) for n, layout in b.out.items()},
+        framework=b.graph.framework,
+    )
+
+
+@dataclass(frozen=True)
+class SpaceMatrices:
+    """``a_in = m_in @ widths`` and ``a_out = m_out @ widths``, per op (rows in cost-model order)."""
+
+    m_in: np.ndarray
+    m_out: np.ndarray
+
+
+def space_matrices(spaces: ChannelSpaces, op_names: tuple[str, ...]) -> SpaceMatrices:
+    """Dense op x space matrices counting how many channels of each space each op reads/writes."""
+    m_in = np.zeros((len(op_names), spaces.n_spaces))
+    m_out = np.zeros((len(op_names), spaces.n_spaces))
+    for row, name in enumerate(op_names):
+        for seg in spaces.op_in.get(name, ()):
+            m_in[row, seg.space] += seg.repeat
+        for seg in spaces.op_out.get(name, ()):
+            m_out[row, seg.space] += seg.repeat
+    return SpaceMatrices(m_in, m_out)

@@ -1,0 +1,171 @@
+"""Costs of any per-space widths, the width multiplier and its solver (DESIGN sections 4-5).
+
+:func:`compile_width_model` walks the graph once (cost rules + channel spaces) into arrays;
+after that, the cost of one width vector or of a hundred (a curve) is a matrix product and
+the bilinear formula, with no graph walk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from analyzers.cost import RESOURCES, CostModel, bilinear, compile_costs
+from analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
+from analyzers.spaces import ChannelSpaces, build_channel_spaces, space_matrices
+from morphscope.errors import MorphScopeError
+from morphscope.graph import ChannelGraph
+
+SOLVE_TOLERANCE = 1e-4
+TARGETS = ("flops", "params", "size", "latency")
+
+
+@dataclass(frozen=True)
+class WidthModel:
+    """A graph compiled for width arithmetic.
+
+    ``m_in @ widths`` and ``m_out @ widths`` give every op's input and output channels for
+    per-space ``widths`` (shape (n_spaces,) or (n_spaces, k) for k width vectors at once).
+    """
+
+    costs: CostModel
+    spaces: ChannelSpaces
+    m_in: np.ndarray
+    m_out: np.ndarray
+
+    @property
+    def seed_widths(self) -> np.ndarray:
+        return self.spaces.sizes.astype(np.float64)
+
+    def per_op(self, widths: np.ndarray, op_keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Each resource per op (rows follow ``costs.names``); ``op_keep`` zeroes removed ops."""
+        a_in, a_out = self.m_in @ widths, self.m_out @ widths
+        per_op = {r: bilinear(self.costs.coeffs[r], a_in, a_out) for r in RESOURCES}
+        if op_keep is not None:
+            keep = op_keep[:, None] if np.ndim(widths) == 2 else op_keep
+            per_op = {r: v * keep for r, v in per_op.items()}
+        return per_op
+
+    def totals(self, widths: np.ndarray, hardware: Hardware | None = None,
+               op_keep: np.ndarray | None = None) -> dict[str, Any]:
+        """Totals for one width vector (ints) or k vectors (int arrays of length k).
+
+        Keys: ``macs``, ``flops`` (= 2 x macs), ``params`` (framework rule, training-only
+        weights included), ``size`` (conv/linear kernels), ``bytes_moved``, ``latency_s``
+        (roofline on ``hardware``, default V100).
+        """
+        hw = hardware or get_hardware(DEFAULT_HARDWARE)
+        per_op = self.per_op(np.asarray(widths, dtype=np.float64), op_keep)
+        macs = np.rint(per_op["macs"].sum(axis=0)).astype(np.int64)
+        compute_s = 2.0 * per_op["macs"] / (hw.peak_gflop_per_s * 1e9)
+        memory_s = per_op["bytes_moved"] / (hw.memory_gb_per_s * 1e9)
+        computing = (self.costs.coeffs["macs"] != 0).any(axis=1)
+        latency = np.maximum(compute_s, memory_s)[computing].sum(axis=0)
+        out = {
+            "macs": macs,
+            "flops": 2 * macs,
+            "params": np.rint(per_op["params"].sum(axis=0)).astype(np.int64) + self.costs.detached_params,
+            "size": np.rint(per_op["size"].sum(axis=0)).astype(np.int64),
+            "bytes_moved": np.rint(per_op["bytes_moved"].sum(axis=0)).astype(np.int64),
+            "latency_s": latency,
+        }
+        if np.ndim(widths) == 1:
+            return {k: (float(v) if k == "latency_s" else int(v)) for k, v in out.items()}
+        return out
+
+    def target_cost(self, widths: np.ndarray, target: str, hardware: Hardware | None = None):
+        """One resource: ``flops``, ``params``, ``size`` or ``latency`` (seconds)."""
+        check_target(target)
+        key = "latency_s" if target == "latency" else target
+        return self.totals(widths, hardware)[key]
+
+
+def check_target(target: str) -> None:
+    """Raise a one-line error for an unknown resource name."""
+    if target not in TARGETS:
+        raise MorphScopeError(f"unknown resource {target!r}; choose from {', '.join(TARGETS)}")
+
+
+def compile_width_model(graph: ChannelGraph) -> WidthModel:
+    """Cost rules and channel spaces of ``graph``, compiled once into arrays."""
+    costs = compile_costs(graph)
+    spaces = build_channel_spaces(graph)
+    matrices = space_matrices(spaces, costs.names)
+    return WidthModel(costs, spaces, matrices.m_in, matrices.m_out)
+
+
+def apply_multiplier(spaces: ChannelSpaces, widths: np.ndarray, factor: float | np.ndarray) -> np.ndarray:
+    """Scale every prunable space of width n > 0 to ``max(q, floor(factor*n/q)*q)``.
+
+    ``q`` is the space's quantum (1, or the groups of a grouped conv using it). Dead spaces
+    (n = 0) stay dead; pinned spaces keep their width. ``factor`` may be an array of k factors:
+    the result then has shape (n_spaces, k).
+
+    Examples
+    --------
+    At 1.5, a layer shrunk from 100 to 10 grows to 15 and one shrunk to 80 grows to 120:
+
+    >>> import numpy as np
+    >>> from analyzers.spaces import ChannelSpaces
+    >>> s = ChannelSpaces(np.array([200, 100]), np.array([False, False]), {},
+    ...                   np.array([1, 1]), {}, {}, {}, {})
+    >>> apply_multiplier(s, np.array([10.0, 80.0]), 1.5).tolist()
+    [15.0, 120.0]
+    """
+    widths = np.asarray(widths, dtype=np.float64)
+    factor = np.asarray(factor, dtype=np.float64)
+    w = widths[:, None] if factor.ndim else widths
+    q = spaces.quantum[:, None] if factor.ndim else spaces.quantum
+    pinned = spaces.pinned[:, None] if factor.ndim else spaces.pinned
+    grown = np.maximum(q, np.floor(w * factor / q + 1e-9) * q)
+    return np.where(pinned | (w == 0), w, grown)
+
+
+def solve_multiplier(model: WidthModel, widths: np.ndarray, target: str = "flops",
+                     budget: float | None = None, hardware: Hardware | None = None) -> float:
+    """The largest factor w (to 1e-4) with ``cost(apply(widths, w)) <= budget``.
+
+    The default budget is the seed's own cost of ``target`` (the paper's expand step).
+    Evaluates 64 factors per step in one vectorized call, so it needs about four steps.
+
+    Raises
+    ------
+    MorphScopeError
+        If even the smallest widths (every space at its quantum) exceed the budget.
+    """
+    check_target(target)
+    if budget is None:
+        budget = model.target_cost(model.seed_widths, target, hardware)
+
+    def cost(factors: np.ndarray) -> np.ndarray:
+        return np.asarray(model.target_cost(apply_multiplier(model.spaces, widths, factors),
+                                            target, hardware))
+
+    lo, hi = 0.0, 1.0
+    while cost(np.array([hi]))[0] <= budget:  # grow until infeasible
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            return lo
+    if lo == 0.0 and cost(np.array([1e-9]))[0] > budget:
+        raise MorphScopeError(f"no width multiplier meets the {target} budget {budget:g}: "
+                              "even one channel per space costs more")
+    while hi - lo > SOLVE_TOLERANCE:
+        grid = np.linspace(lo, hi, 66)[1:-1]
+        feasible = cost(grid) <= budget
+        if feasible.all():
+            lo = grid[-1]
+        elif not feasible.any():
+            hi = grid[0]
+        else:
+            first_bad = int(np.argmin(feasible))
+            lo, hi = (grid[first_bad - 1] if first_bad else lo), grid[first_bad]
+    return float(lo)
+
+
+def multiplier_curve(model: WidthModel, widths: np.ndarray, factors: np.ndarray,
+                     hardware: Hardware | None = None) -> dict[str, np.ndarray]:
+    """Totals of ``apply(widths, f)`` for every factor f, in one vectorized evaluation."""
+    factors = np.asarray(factors, dtype=np.float64)
+    return model.totals(apply_multiplier(model.spaces, widths, factors), hardware)

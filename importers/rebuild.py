@@ -1,0 +1,249 @@
+"""Rebuild a model with new widths, to retrain from scratch (DESIGN section 6).
+
+Frameworks are imported here only (this folder is the one that may touch them). PyTorch:
+module surgery, each Conv/Linear/norm module replaced by one of the new width, alive weights
+optionally copied in; removed residual branches become weightless modules (the branch's last
+module outputs zeros, the rest pass through) and the model is saved with ``torch.export``.
+Keras: ``get_config`` with new ``filters``/``units``, removed branches dropped from the config
+and their ``Add`` reduced to its shortcut, then ``from_config``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analyzers.morph import ExportPlan
+from analyzers.spaces import Layout
+from analyzers.widths import WidthModel
+from morphscope.errors import GraphError
+from morphscope.graph import ChannelGraph, Kind
+
+
+def layout_indices(layout: Layout, masks: tuple[np.ndarray, ...], sizes: np.ndarray) -> np.ndarray:
+    """Indices of the alive channels of a layout in the seed tensor (segments end to end)."""
+    picked, offset = [], 0
+    for seg in layout:
+        alive = np.flatnonzero(masks[seg.space])
+        size = int(sizes[seg.space])
+        if seg.repeat == 1:
+            picked.append(offset + alive)
+        elif seg.interleave == "block":  # channel c occupies c*r .. c*r+r-1
+            picked.append(offset + (alive[:, None] * seg.repeat + np.arange(seg.repeat)).reshape(-1))
+        else:  # tile: copy k of the space starts at k*size
+            picked.append(offset + (np.arange(seg.repeat)[:, None] * size + alive).reshape(-1))
+        offset += size * seg.repeat
+    return np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+
+
+def _width(layout: Layout, widths: np.ndarray) -> int:
+    return int(sum(widths[s.space] * s.repeat for s in layout))
+
+
+def _check_other_params(graph: ChannelGraph, model: WidthModel, plan: ExportPlan) -> None:
+    """Ops owning weights the rebuild cannot resize (layer scale, class token) must keep width."""
+    for name, attrs in graph.ops():
+        if attrs.get("params") and attrs["kind"] not in (Kind.CONV, Kind.LINEAR, Kind.BN) \
+                and name not in plan.removed_ops:
+            for seg in model.spaces.op_out.get(name, ()):
+                if plan.widths[seg.space] != model.spaces.sizes[seg.space]:
+                    raise GraphError(f"{graph.name}: cannot rebuild {name} ({attrs.get('op')}): it "
+                                     "owns weights on a space whose width changes")
+
+
+# -- PyTorch ----------------------------------------------------------------------------------
+
+def rebuild_torch(module: Any, graph: ChannelGraph, model: WidthModel, plan: ExportPlan,
+                  masks: tuple[np.ndarray, ...] | None = None) -> Any:
+    """A copy of ``module`` with the plan's widths; alive weights copied when ``masks`` given."""
+    from torch import nn
+
+    _check_other_params(graph, model, plan)
+    new = copy.deepcopy(module).cpu()
+    spaces = model.spaces
+    removed_ends = {end for _, end, _ in plan.removed_blocks}
+    for name, attrs in graph.ops():
+        kind = attrs["kind"]
+        if kind not in (Kind.CONV, Kind.LINEAR, Kind.BN):
+            continue
+        old = _submodule(new, name)
+        if old is None:
+            continue
+        if name in plan.removed_ops:
+            if name in removed_ends:
+                replacement = _zero_map_class()(_width(spaces.op_out[name], plan.widths),
+                                                tuple(attrs.get("out_spatial") or ()),
+                                                channels_last=kind == Kind.LINEAR)
+            else:
+                replacement = nn.Identity()
+            _set_submodule(new, name, replacement)
+            continue
+        a_in = _width(spaces.op_in.get(name, ()), plan.widths)
+        a_out = _width(spaces.op_out.get(name, ()), plan.widths)
+        replacement = _resized(old, kind, attrs, a_in, a_out)
+        if masks is not None:
+            in_idx = layout_indices(spaces.op_in.get(name, ()), masks, spaces.sizes)
+            out_idx = layout_indices(spaces.op_out.get(name, ()), masks, spaces.sizes)
+            _copy_alive(old, replacement, kind, attrs, in_idx, out_idx)
+        _set_submodule(new, name, replacement)
+    return new.eval()
+
+
+@functools.cache
+def _zero_map_class() -> type:
+    import torch
+    from torch import nn
+
+    class ZeroMap(nn.Module):
+        """The output of a removed residual branch: zeros, so the add keeps only its shortcut."""
+
+        def __init__(self, channels: int, spatial: tuple[int, ...], channels_last: bool = False):
+            super().__init__()
+            self.shape = (*spatial, channels) if channels_last else (channels, *spatial)
+
+        def forward(self, x):
+            return torch.zeros((x.shape[0], *self.shape), dtype=x.dtype, device=x.device)
+
+    return ZeroMap
+
+
+def _submodule(root: Any, name: str) -> Any:
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _set_submodule(root: Any, name: str, module: Any) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _resized(old: Any, kind: Kind, attrs: dict[str, Any], a_in: int, a_out: int) -> Any:
+    from torch import nn
+
+    if kind == Kind.CONV:
+        depthwise = 1 < old.groups == old.in_channels
+        groups = a_in if depthwise else old.groups
+        cls = type(old)
+        return cls(a_in, a_out, old.kernel_size, stride=old.stride, padding=old.padding,
+                   dilation=old.dilation, groups=groups, bias=old.bias is not None,
+                   padding_mode=old.padding_mode)
+    if kind == Kind.LINEAR:
+        if not isinstance(old, nn.Linear):
+            raise GraphError(f"{attrs.get('op')} {type(old).__name__}: cannot resize this linear op")
+        return nn.Linear(a_in, a_out, bias=old.bias is not None)
+    if isinstance(old, nn.modules.batchnorm._BatchNorm):
+        return type(old)(a_out, eps=old.eps, momentum=old.momentum, affine=old.affine,
+                         track_running_stats=old.track_running_stats)
+    if isinstance(old, nn.LayerNorm):
+        return nn.LayerNorm((*old.normalized_shape[:-1], a_out), eps=old.eps,
+                            elementwise_affine=old.elementwise_affine, bias=old.bias is not None)
+    if isinstance(old, nn.GroupNorm):
+        return nn.GroupNorm(old.num_groups, a_out, eps=old.eps, affine=old.affine)
+    raise GraphError(f"{type(old).__name__}: cannot resize this normalization module")
+
+
+def _copy_alive(old: Any, new: Any, kind: Kind, attrs: dict[str, Any], in_idx, out_idx) -> None:
+    import torch
+
+    out_t = torch.as_tensor(out_idx, dtype=torch.long)
+    with torch.no_grad():
+        if kind == Kind.BN:
+            for pname in ("weight", "bias", "running_mean", "running_var"):
+                src, dst = getattr(old, pname, None), getattr(new, pname, None)
+                if src is not None and dst is not None and src.dim() == 1:
+                    dst.copy_(src[out_t])
+            return
+        in_t = torch.as_tensor(in_idx, dtype=torch.long)
+        groups = old.groups if kind == Kind.CONV else 1
+        if groups == 1:
+            weight = old.weight[out_t][:, in_t]
+        elif groups == old.in_channels:  # depthwise: one input per filter
+            weight = old.weight[out_t]
+        else:  # grouped: filter o keeps the alive inputs of its own group (equal counts)
+            in_per_group, out_per_group = old.in_channels // groups, old.out_channels // groups
+            in_group = in_t // in_per_group
+            weight = torch.stack([old.weight[o][in_t[in_group == o // out_per_group] % in_per_group]
+                                  for o in out_idx.tolist()])
+        new.weight.copy_(weight)
+        if getattr(old, "bias", None) is not None:
+            new.bias.copy_(old.bias[out_t])
+
+
+def count_torch_params(module: Any) -> int:
+    """``sum(p.numel() for p in module.parameters())``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def save_torch_pt2(module: Any, input_shape: tuple[int, ...], path: str | Path) -> None:
+    """Run one forward pass and save ``torch.export.export(module)`` to ``path`` (.pt2)."""
+    import torch
+
+    example = torch.zeros((1, *input_shape))
+    with torch.no_grad():
+        module(example)
+    torch.export.save(torch.export.export(module, (example,)), str(path))
+
+
+# -- Keras ------------------------------------------------------------------------------------
+
+def rebuild_keras(keras_model: Any, graph: ChannelGraph, model: WidthModel, plan: ExportPlan) -> Any:
+    """A new Keras model from ``keras_model.get_config()`` with the plan's widths."""
+    from importers.keras_importer import import_keras
+
+    keras = import_keras()
+    _check_other_params(graph, model, plan)
+    out_widths = {}
+    for name, attrs in graph.ops():
+        if attrs["kind"] in (Kind.CONV, Kind.LINEAR) and name not in plan.removed_ops:
+            layer = name.split("/")[-2] if name.endswith(("/depthwise", "/pointwise")) else name.split("/")[-1]
+            if not name.endswith("/depthwise"):
+                out_widths[layer] = _width(model.spaces.op_out[name], plan.widths)
+    removed_layers = {n.split("/")[-1] for n in plan.removed_ops}
+    branch_ends = {end.split("/")[-1]: add.split("/")[-1] for add, end, _ in plan.removed_blocks}
+    config = copy.deepcopy(keras_model.get_config())
+    _edit_config(config, out_widths, removed_layers, branch_ends)
+    cls = type(keras_model) if type(keras_model).__name__ in ("Functional", "Sequential") else keras.Model
+    try:
+        return cls.from_config(config)
+    except (ValueError, TypeError) as err:
+        raise GraphError(f"{graph.name}: Keras rejected the rebuilt config: {err}") from err
+
+
+def _edit_config(config: dict[str, Any], out_widths: dict[str, int], removed: set[str],
+                 branch_ends: dict[str, str]) -> None:
+    layers = config.get("layers", [])
+    config["layers"] = [layer for layer in layers if layer["config"].get("name") not in removed]
+    for layer in config["layers"]:
+        layer.pop("build_config", None)
+        inner = layer["config"]
+        name = inner.get("name")
+        if name in out_widths:
+            key = "units" if "units" in inner else "filters"
+            if key in inner:
+                inner[key] = out_widths[name]
+        if "layers" in inner:  # nested model
+            _edit_config(inner, out_widths, removed, branch_ends)
+        if name in branch_ends.values():
+            _drop_branch_inputs(layer, removed)
+
+
+def _drop_branch_inputs(layer: dict[str, Any], removed: set[str]) -> None:
+    """An Add whose branch was removed keeps its shortcut: it becomes a linear Activation."""
+    for node in layer.get("inbound_nodes", []):
+        args = node["args"][0] if node["args"] and isinstance(node["args"][0], list) else node["args"]
+        kept = [t for t in args if t["config"]["keras_history"][0] not in removed]
+        if len(kept) == 1:
+            node["args"] = [kept[0]]
+            layer["class_name"] = "Activation"
+            layer["module"] = "keras.layers"
+            layer["config"] = {"name": layer["config"]["name"], "activation": "linear",
+                               "trainable": True, "dtype": layer["config"].get("dtype")}
+        else:
+            node["args"] = [kept]
