@@ -146,7 +146,21 @@ def _channels(layout: Layout, builder: _Builder) -> int:
     return sum(builder.size[builder.find(s.space)] * s.repeat for s in layout)
 
 
+def _data_input(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    """The layout a conv/linear reads; if the walk lost track of its channels (attention
+    reshapes), the op reads a new pinned space of its own in_channels instead."""
+    x = inputs[0] if inputs else ()
+    want = attrs.get("in_channels")
+    if want is not None and _channels(x, b) != want:
+        why = f"channels could not be followed into {name}"
+        b.pin(x, why)
+        x = b.new_space(want, pin=why)
+        b.op_in[name] = x
+    return x
+
+
 def _source(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    _data_input(b, name, attrs, inputs)
     return b.new_space(attrs["out_channels"], writer=name)
 
 
@@ -166,7 +180,7 @@ def _conv(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]
         if groups > 1:
             return b.pinned_output(name, attrs, inputs, f"grouped transposed conv {name}")
         return _source(b, name, attrs, inputs)
-    x = inputs[0]
+    x = _data_input(b, name, attrs, inputs)
     if groups == in_ch:  # depthwise: output channel j*M+m reads input channel j
         multiplier = out_ch // in_ch
         if multiplier == 1:

@@ -10,6 +10,8 @@ import math
 import pytest
 
 from analyzers.cost import compile_costs, seed_costs, totals_of
+from analyzers.widths import compile_width_model
+from morphscope.graph import Kind
 from importers.keras_importer import build_keras_application, keras_application_names, load_keras_model
 
 ZOO = keras_application_names()
@@ -47,3 +49,8 @@ def test_keras_application_counts_match_keras(name):
     assert totals.params == model.count_params()
     assert totals.macs == reference_macs(model)
     assert not graph.detached_params  # every layer of an application runs at inference
+    widths = compile_width_model(graph)
+    a_in, a_out = widths.m_in @ widths.seed_widths, widths.m_out @ widths.seed_widths
+    for i, op in enumerate(widths.costs.names):
+        if graph[op]["kind"] in (Kind.CONV, Kind.LINEAR):
+            assert (a_in[i], a_out[i]) == (graph[op]["in_channels"], graph[op]["out_channels"]), op

@@ -11,6 +11,8 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 from analyzers.cost import compile_costs, seed_costs, totals_of
+from analyzers.widths import compile_width_model
+from morphscope.graph import Kind
 from importers.torch_importer import build_torchvision, load_module, torchvision_input_size
 
 ZOO = torchvision.models.list_models(module=torchvision.models)
@@ -44,6 +46,15 @@ def test_torchvision_model_counts_match_torch(name):
     assert totals.params == sum(p.numel() for p in model.parameters())
     assert totals.macs == flop_counter_macs(model, side)
     assert totals.flops == 2 * totals.macs
+
+    # The channel spaces account for every conv/linear input and output channel, and the
+    # compiled width model reproduces the seed counts.
+    widths = compile_width_model(graph)
+    a_in, a_out = widths.m_in @ widths.seed_widths, widths.m_out @ widths.seed_widths
+    for i, op in enumerate(widths.costs.names):
+        if graph[op]["kind"] in (Kind.CONV, Kind.LINEAR):
+            assert (a_in[i], a_out[i]) == (graph[op]["in_channels"], graph[op]["out_channels"]), op
+    assert widths.totals(widths.seed_widths)["macs"] == totals.macs
 
     # torchvision's published GFLOPS for weights made at this input size.
     published = [w for w in torchvision.models.get_model_weights(name)

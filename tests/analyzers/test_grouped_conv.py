@@ -1,0 +1,43 @@
+"""Grouped convs (resnext, regnet): each group keeps the same number of channels."""
+
+import numpy as np
+import pytest
+
+from analyzers.alive import alive_masks, group_scores
+from analyzers.morph import Morphed, export_plan, plan_totals
+from analyzers.widths import apply_multiplier, compile_width_model
+from importers.torch_importer import load_module
+
+
+@pytest.mark.parametrize("name", ["resnext50_32x4d", "regnet_x_400mf"])
+def test_grouped_conv_widths_stay_multiples_of_groups(name):
+    import torchvision
+
+    from importers import rebuild
+
+    module = torchvision.models.get_model(name).eval()
+    graph = load_module(module, (3, 224, 224), name=name)
+    model = compile_width_model(graph)
+    rng = np.random.default_rng(3)
+    gammas = {n: rng.uniform(0, 1, a["out_channels"]) * (rng.random(a["out_channels"]) > 0.4)
+              for n, a in graph.ops() if a.get("gamma_key")}
+    masks = alive_masks(model.spaces, group_scores(model.spaces, gammas))
+    widths = np.array([m.sum() for m in masks], dtype=float)
+    grouped = [(n, a) for n, a in graph.ops() if 1 < a.get("groups", 1) < a.get("in_channels", 0)]
+    assert grouped
+    for op, attrs in grouped:
+        space = model.spaces.op_in[op][0].space
+        assert model.spaces.quantum[space] % attrs["groups"] == 0
+        per_group = masks[space].reshape(attrs["groups"], -1).sum(axis=1)
+        assert (per_group == per_group[0]).all()  # equal alive count in every group
+    # A width multiplier keeps them multiples of the groups.
+    grown = apply_multiplier(model.spaces, widths, 1.37)
+    for op, attrs in grouped:
+        assert grown[model.spaces.op_in[op][0].space] % attrs["groups"] == 0
+    # The rebuilt model has the predicted parameters and runs.
+    plan = export_plan(graph, model, Morphed("random", widths, tuple(masks)), gammas=gammas)
+    new = rebuild.rebuild_torch(module, graph, model, plan, tuple(masks))
+    assert rebuild.count_torch_params(new) == plan_totals(model, plan)["params"]
+    import torch
+
+    assert new(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
