@@ -1,0 +1,159 @@
+"""The MorphNet regularizers: one cost model with the analyzers, gradients the formula gives."""
+
+import numpy as np
+import pytest
+
+import handbuilt
+from analyzers.morph import morph
+from analyzers.widths import compile_width_model
+from handbuilt import H, W, alive_at
+from importers.checkpoints import load_structure
+from importers.keras_importer import load_keras_model
+from importers.torch_importer import load_module
+
+NETS = {
+    "residual_net": {"bn_stem": alive_at(13, [0, 1, 2, 3, 4]), "bn_u1b": alive_at(13, [3, 4, 5, 6]),
+                     "bn_u2b": alive_at(13, [3, 6, 7]), "bn_u1a": alive_at(11, []),
+                     "bn_u2a": alive_at(7, [0, 2, 4])},
+    "concat_net": {"bn_a": alive_at(23, range(10, 23)), "bn_b": alive_at(7, [0, 3, 4, 5, 6]),
+                   "bn_head": alive_at(29, range(11))},
+    "se_net": {"bn_stem": alive_at(13, range(9))},
+    "separable_net": {"bn_stem": alive_at(13, range(6)), "bn_dw": alive_at(13, range(4, 10))},
+}
+TARGETS = ["flops", "size", "latency"]
+
+
+def torch_regularizer(net, gammas, target):
+    import torch
+
+    from regularizers.torch_regularizer import GammaRegularizer
+
+    module = getattr(handbuilt, f"torch_{net}")()
+    state = module.state_dict()
+    for bn, gamma in gammas.items():
+        state[f"{bn}.weight"] = torch.as_tensor(gamma)
+    module.load_state_dict(state)
+    return module, GammaRegularizer(module, torch.zeros(1, 3, H, W), target=target)
+
+
+def keras_regularizer(net, gammas, target):
+    from regularizers.keras_regularizer import KerasGammaRegularizer
+
+    module = getattr(handbuilt, f"keras_{net}")()
+    for bn, gamma in gammas.items():
+        module.get_layer(bn).gamma.assign(gamma)
+    return module, KerasGammaRegularizer(module, target=target)
+
+
+def analyzers_cost(net, framework, gammas, target, tmp_path):
+    """The analyzers' alive cost, through a checkpoint file as the explorer reads it."""
+    if framework == "torch":
+        module = getattr(handbuilt, f"torch_{net}")()
+        graph = load_module(module, (3, H, W))
+        path = handbuilt.torch_checkpoint(module, gammas, tmp_path / "g.pt")
+    else:
+        module = getattr(handbuilt, f"keras_{net}")()
+        graph = load_keras_model(module)
+        path = handbuilt.keras_checkpoint(module, gammas, tmp_path / "g.weights.h5")
+    model = compile_width_model(graph)
+    return model.target_cost(morph(model, load_structure(graph, path)).widths, target)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_cost_equals_the_analyzers_alive_cost(framework, net, target, tmp_path):
+    build = torch_regularizer if framework == "torch" else keras_regularizer
+    _, reg = build(net, NETS[net], target)
+    expected = analyzers_cost(net, framework, NETS[net], target, tmp_path)
+    assert reg.cost() == pytest.approx(expected, rel=1e-12)
+    # And the regularizer sees fewer alive channels than the seed.
+    assert reg.cost() < reg.plan.cost(reg.width_model.seed_widths)
+
+
+# Residual net, FLOP target. Spaces: R (stem, u1b, u2b outputs; 13), A (u1a; 11), B (u2a; 7).
+# G = io*3*S_R + io*(a_R*S_A + a_A*S_R) + io*(a_A*S_R + a_R*S_A) + io*(a_R*S_B + a_B*S_R)
+#     + io*(a_B*S_R + a_R*S_B) + 2*(5*S_R)        (fc: 13 -> 5 logits, logits pinned)
+# with io = 2*3*3*H*W. So dG/dS_R = io*(3 + 2*a_A + 2*a_B) + 10 and dG/dS_A = dG/dS_B = 2*io*a_R.
+# dS/dgamma is 1 for the member holding the group max of that channel, 0 for the others.
+IO = 2 * 3 * 3 * H * W
+GRADIENT_GAMMAS = {
+    "bn_stem": np.full(13, 0.5) + 0.01 * np.arange(13),  # the max of R ...
+    "bn_u1b": np.full(13, 0.3),
+    "bn_u2b": np.array([0.9] + [0.2] * 12),  # ... except channel 0, where u2b holds it
+    "bn_u1a": np.full(11, 0.005),  # A is dead (under 1e-2): a_A = 0
+    "bn_u2a": np.full(7, 0.2),  # B alive: a_B = 7
+}
+
+
+def expected_gradients():
+    a_r, a_a, a_b = 13, 0, 7
+    d_r = IO * (3 + 2 * a_a + 2 * a_b) + 10
+    stem = np.full(13, d_r, dtype=float)
+    stem[0] = 0.0
+    u2b = np.zeros(13)
+    u2b[0] = d_r
+    return {"bn_stem": stem, "bn_u1b": np.zeros(13), "bn_u2b": u2b,
+            "bn_u1a": np.full(11, 2.0 * IO * a_r), "bn_u2a": np.full(7, 2.0 * IO * a_r)}
+
+
+def test_torch_gradient_is_what_the_formula_gives():
+    module, reg = torch_regularizer("residual_net", GRADIENT_GAMMAS, "flops")
+    reg.loss().backward()
+    for bn, expected in expected_gradients().items():
+        grad = getattr(module, bn).weight.grad.numpy()
+        np.testing.assert_allclose(grad, expected, rtol=1e-6, err_msg=bn)
+
+
+def test_keras_gradient_is_what_the_formula_gives():
+    import tensorflow as tf
+
+    module, reg = keras_regularizer("residual_net", GRADIENT_GAMMAS, "flops")
+    names = list(expected_gradients())
+    with tf.GradientTape() as tape:
+        loss = reg.loss()
+    grads = tape.gradient(loss, [module.get_layer(n).gamma for n in names])
+    for bn, grad in zip(names, grads):
+        np.testing.assert_allclose(grad.numpy(), expected_gradients()[bn], rtol=1e-6, err_msg=bn)
+
+
+@pytest.mark.parametrize("target", ["flops", "size"])
+@pytest.mark.parametrize("net", ["concat_net", "separable_net", "se_net"])
+def test_torch_gradient_matches_finite_differences(net, target):
+    import torch
+
+    rng = np.random.default_rng(5)
+    # Distinct magnitudes well away from the threshold, so alive counts and maxima hold still.
+    gammas = {bn: rng.choice([-1, 1], size=len(g)) * rng.uniform(0.2, 0.9, size=len(g))
+              for bn, g in NETS[net].items()}
+    module, reg = torch_regularizer(net, gammas, target)
+    module.double()  # float64, so a central difference of a ~1e7 loss is exact enough
+    reg.loss().backward()
+    eps = 1e-3
+    for bn in gammas:
+        weight = getattr(module, bn).weight
+        for c in range(weight.numel()):
+            with torch.no_grad():
+                weight[c] += eps
+                up = float(reg.loss())
+                weight[c] -= 2 * eps
+                down = float(reg.loss())
+                weight[c] += eps
+            assert weight.grad[c].item() == pytest.approx((up - down) / (2 * eps), rel=1e-6), (bn, c)
+
+
+def test_structure_logger_writes_widths_and_cost(tmp_path):
+    import json
+
+    from regularizers.torch_regularizer import StructureLogger
+
+    _, reg = torch_regularizer("residual_net", NETS["residual_net"], "flops")
+    logger = StructureLogger(reg, tmp_path, every=10)
+    for step in range(25):
+        logger.step(step, loss=1.0 / (step + 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alive_0", "alive_10", "alive_20", "cost.jsonl"]
+    widths = json.loads((tmp_path / "alive_10").read_text())
+    assert widths["stem"] == 8 and widths["u1a"] == 0  # OR of the residual gammas; dead unit
+    lines = [json.loads(line) for line in (tmp_path / "cost.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 10, 20]
+    assert lines[0]["cost"] == reg.cost()
