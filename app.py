@@ -2,12 +2,14 @@
 
 import streamlit as st
 
+from explorer.views.explore import explorer_view
 from explorer.views.seed import seed_view
 
 
 def main() -> None:
     st.set_page_config(page_title="MorphScope", layout="wide")
-    st.navigation([st.Page(seed_view, title="Seed costs", default=True)]).run()
+    st.navigation([st.Page(explorer_view, title="Explorer", default=True),
+                   st.Page(seed_view, title="Seed report")]).run()
 
 
 main()

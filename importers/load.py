@@ -14,6 +14,11 @@ from morphscope.errors import UnsafeFileError, UnsupportedFileError
 from morphscope.graph import ChannelGraph
 
 MAX_MODEL_FILE_BYTES = 4 * 2**30
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+# Bundled examples: the explorer's default. example:digits is made by examples/train_digits.py.
+EXAMPLES = {"digits": {"model": "digits/seed.pt2", "script": "train_digits.py",
+                       "checkpoints": {"FLOPs-regularized": "digits/flops_gammas.pt",
+                                       "size-regularized": "digits/size_gammas.pt"}}}
 MODEL_SUFFIXES = (".pt2", ".keras", ".h5", ".hdf5", ".json")
 
 
@@ -75,6 +80,12 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Channel
         from importers.keras_importer import load_keras_application
 
         return load_keras_application(spec.split(":", 1)[1], input_shape)
+    if spec.startswith("example:"):
+        from importers.torch_importer import load_pt2
+
+        graph = load_pt2(EXAMPLES_DIR / _example(spec)["model"])
+        graph.name = spec
+        return graph
     path = Path(spec)
     check_file(path)
     suffix = path.suffix.lower()
@@ -95,6 +106,18 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Channel
                                    "and pass this file as --checkpoint")
     raise UnsupportedFileError(f"{path}: unknown model file type {suffix or '(none)'!r}; choose "
                                f"from {', '.join(MODEL_SUFFIXES)}, torchvision:NAME, keras:NAME")
+
+
+def _example(spec: str) -> dict[str, Any]:
+    name = spec.split(":", 1)[1]
+    if name not in EXAMPLES:
+        raise UnsupportedFileError(f"{spec}: no such bundled example; choose from {sorted(EXAMPLES)}")
+    return EXAMPLES[name]
+
+
+def example_checkpoints(spec: str) -> dict[str, Path]:
+    """Label -> checkpoint path of a bundled example."""
+    return {label: EXAMPLES_DIR / rel for label, rel in _example(spec)["checkpoints"].items()}
 
 
 def _load_graph_json(path: Path) -> ChannelGraph:
@@ -187,6 +210,14 @@ def load_framework_model(spec: str, input_shape: tuple[int, ...] | None = None) 
         from importers.keras_importer import build_keras_application
 
         return build_keras_application(spec.split(":", 1)[1], input_shape)
+    if spec.startswith("example:"):
+        import importlib.util
+
+        script = EXAMPLES_DIR / _example(spec)["script"]
+        module_spec = importlib.util.spec_from_file_location(f"morphscope_{script.stem}", script)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)  # our own example code, not an upload
+        return module.SeedNet().eval()
     path = Path(spec)
     check_file(path)
     if path.suffix.lower() in (".keras", ".h5", ".hdf5"):

@@ -1,0 +1,91 @@
+"""Seed vs morphed structures side by side: the plain data behind the explorer's views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from analyzers.alive import DEFAULT_THRESHOLD, alive_masks, alive_widths, group_scores
+from analyzers.hardware import Hardware
+from analyzers.morph import source_op_widths
+from analyzers.widths import WidthModel, apply_multiplier, multiplier_curve, solve_multiplier
+from morphscope.graph import ChannelGraph
+
+METRICS = ("flops", "params", "size", "latency_s")
+
+
+@dataclass(frozen=True)
+class StructureView:
+    """One labelled structure at the current threshold and width factor."""
+
+    label: str
+    alive: np.ndarray  # per-space alive widths
+    expanded: np.ndarray  # alive widths after the width multiplier
+    alive_totals: dict[str, Any]
+    expanded_totals: dict[str, Any]
+
+
+def structure_widths(model: WidthModel, gammas: dict[str, np.ndarray] | None,
+                     fixed_widths: np.ndarray | None, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Alive widths from gammas at ``threshold``, or the given widths (morph-net alive files)."""
+    if gammas:
+        return alive_widths(alive_masks(model.spaces, group_scores(model.spaces, gammas), threshold))
+    return np.asarray(fixed_widths, dtype=np.float64)
+
+
+def view_structure(model: WidthModel, label: str, alive: np.ndarray, factor: float,
+                   hardware: Hardware) -> StructureView:
+    """Totals of a structure as learned and after the width multiplier ``factor``."""
+    expanded = apply_multiplier(model.spaces, alive, factor)
+    return StructureView(label, alive, expanded, model.totals(alive, hardware),
+                         model.totals(expanded, hardware))
+
+
+def metrics_rows(seed: dict[str, Any], views: list[StructureView]) -> list[dict[str, Any]]:
+    """Rows for the metrics table: each resource and its ratio to the seed."""
+    rows = [{"structure": "seed", **{m: seed[m] for m in METRICS}, **{f"{m} vs seed": 1.0 for m in METRICS}}]
+    for view in views:
+        for suffix, totals in (("alive", view.alive_totals), ("expanded", view.expanded_totals)):
+            rows.append({"structure": f"{view.label} ({suffix})", **{m: totals[m] for m in METRICS},
+                         **{f"{m} vs seed": totals[m] / seed[m] if seed[m] else float("nan")
+                            for m in METRICS}})
+    return rows
+
+
+def layer_widths(graph: ChannelGraph, model: WidthModel, views: list[StructureView]) -> dict[str, Any]:
+    """Per source op, in graph order: seed, alive and expanded widths, seed MACs and params."""
+    seed_widths = source_op_widths(graph, model, model.seed_widths)
+    seed_ops = model.per_op(model.seed_widths)
+    rows = [model.costs.index[n] for n in seed_widths]
+    return {
+        "layers": list(seed_widths),
+        "seed": list(seed_widths.values()),
+        "macs": [int(seed_ops["macs"][i]) for i in rows],
+        "params": [int(seed_ops["params"][i]) for i in rows],
+        "structures": {v.label: {"alive": list(source_op_widths(graph, model, v.alive).values()),
+                                 "expanded": list(source_op_widths(graph, model, v.expanded).values())}
+                       for v in views},
+    }
+
+
+def gamma_magnitudes(gammas: dict[str, np.ndarray], layer: str | None = None) -> np.ndarray:
+    """|gamma| of one bn op, or of every bn op when ``layer`` is None (for the histogram)."""
+    chosen = [gammas[layer]] if layer else list(gammas.values())
+    return np.abs(np.concatenate(chosen)) if chosen else np.zeros(0)
+
+
+def tradeoff_curves(model: WidthModel, views: list[StructureView], factors: np.ndarray,
+                    hardware: Hardware) -> dict[str, dict[str, np.ndarray]]:
+    """FLOPs, params and latency under a width multiplier: the seed (uniform scaling) and each
+    structure (its own widths scaled)."""
+    curves = {"seed": multiplier_curve(model, model.seed_widths, factors, hardware)}
+    for view in views:
+        curves[view.label] = multiplier_curve(model, view.alive, factors, hardware)
+    return curves
+
+
+def matching_factor(model: WidthModel, alive: np.ndarray, target: str, hardware: Hardware) -> float:
+    """The width factor at which a structure costs what the seed does in ``target``."""
+    return solve_multiplier(model, alive, target, hardware=hardware)

@@ -1,0 +1,15 @@
+"""Session-state keys, declared once."""
+
+MODEL_SOURCE = "model_source"  # "Bundled example" | "Upload a file" | "Zoo model"
+ZOO_SPEC = "zoo_spec"  # torchvision:NAME or keras:NAME
+ZOO_SIDE = "zoo_side"  # input image side for zoo models
+MODEL_UPLOAD = "model_upload"
+CHECKPOINT_UPLOADS = "checkpoint_uploads"
+LABEL_PREFIX = "label_"  # + checkpoint file name: the user's label for it
+THRESHOLD = "threshold"
+HARDWARE = "hardware"
+FACTOR = "factor"  # the what-if width multiplier
+EXPAND_TARGET = "expand_target"  # which structure the match buttons solve for
+LAST_GOOD_MODEL = "last_good_model"  # (kind, key) of the last model that loaded
+MODEL_FILE = "model_file"  # bytes of the last rebuilt model, for its download button
+HIST_LAYER = "hist_layer"

@@ -1,0 +1,146 @@
+"""The explorer driven through Streamlit's AppTest: widgets by key, numbers from the analyzers."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analyzers.alive import alive_masks, alive_widths, group_scores
+from analyzers.hardware import get_hardware
+from analyzers.widths import apply_multiplier, compile_width_model
+from importers.checkpoints import load_structure
+from importers.load import example_checkpoints, load_model
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+V100 = get_hardware("V100")
+
+
+@pytest.fixture(scope="module")
+def example():
+    graph = load_model("example:digits")
+    model = compile_width_model(graph)
+    gammas = {label: load_structure(graph, path).gammas
+              for label, path in example_checkpoints("example:digits").items()}
+    return graph, model, gammas
+
+
+def expected_totals(model, gammas, threshold, factor):
+    alive = alive_widths(alive_masks(model.spaces, group_scores(model.spaces, gammas), threshold))
+    return model.totals(alive, V100), model.totals(apply_multiplier(model.spaces, alive, factor), V100)
+
+
+def run_app():
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    assert not at.exception
+    return at
+
+
+def metrics_table(at):
+    return at.dataframe[0].value.set_index("structure")  # the first table is the metrics table
+
+
+def test_default_example_renders_with_metrics(example):
+    _, model, gammas = example
+    at = run_app()
+    assert not at.error
+    table = metrics_table(at)
+    seed = model.totals(model.seed_widths, V100)
+    assert table.loc["seed", "flops"] == seed["flops"]
+    assert table.loc["seed", "params"] == seed["params"]
+    for label, g in gammas.items():
+        alive, _ = expected_totals(model, g, 1e-2, 1.0)
+        assert table.loc[f"{label} (alive)", "flops"] == alive["flops"]
+        assert table.loc[f"{label} (alive)", "size"] == alive["size"]
+    labels = [m.label for m in at.metric]
+    assert labels[0].startswith("FLOPs") and len(at.metric) == 4
+    assert at.get("plotly_chart")  # width bars, histogram, trade-off curves
+
+
+def test_threshold_and_factor_change_the_numbers(example):
+    _, model, gammas = example
+    at = run_app()
+    at.sidebar.select_slider(key="threshold").set_value(0.05).run()
+    at.sidebar.slider(key="factor").set_value(1.25).run()
+    assert not at.exception
+    table = metrics_table(at)
+    for label, g in gammas.items():
+        alive, expanded = expected_totals(model, g, 0.05, 1.25)
+        assert table.loc[f"{label} (alive)", "flops"] == alive["flops"]
+        assert table.loc[f"{label} (expanded)", "flops"] == expanded["flops"]
+        assert table.loc[f"{label} (expanded)", "params"] == expanded["params"]
+        assert table.loc[f"{label} (expanded)", "latency_s"] == pytest.approx(expanded["latency_s"])
+
+
+def click_match(at, target, label=None):
+    if label is not None:
+        at.sidebar.selectbox(key="expand_target").set_value(label).run()
+    label = at.sidebar.selectbox(key="expand_target").value
+    at.sidebar.button(key=f"match_{target}").click().run()
+    assert not at.exception
+    return label, at.sidebar.slider(key="factor").value
+
+
+@pytest.mark.parametrize("label", ["FLOPs-regularized", "size-regularized"])
+def test_match_seed_size_lands_within_one_percent_under(example, label):
+    _, model, gammas = example
+    at = run_app()
+    label, factor = click_match(at, "size", label)
+    seed = model.totals(model.seed_widths, V100)["size"]
+    _, expanded = expected_totals(model, gammas[label], 1e-2, factor)
+    assert 0.99 * seed <= expanded["size"] <= seed
+    assert metrics_table(at).loc[f"{label} (expanded)", "size"] == expanded["size"]
+
+
+def test_match_seed_flops_is_the_largest_factor_under_budget(example):
+    # The digits net is small: at the solved factor many 16/32/64/160-wide layers step up
+    # together, so the FLOPs land 1-2.5% under the seed; the next step is over it.
+    _, model, gammas = example
+    at = run_app()
+    label, factor = click_match(at, "flops")
+    seed = model.totals(model.seed_widths, V100)["flops"]
+    _, expanded = expected_totals(model, gammas[label], 1e-2, factor)
+    _, next_step = expected_totals(model, gammas[label], 1e-2, factor + 0.001)
+    assert expanded["flops"] <= seed < next_step["flops"]
+
+
+def test_match_seed_flops_on_resnet18_within_one_percent(tmp_path):
+    import io
+
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(4)
+    state = torchvision.models.resnet18().state_dict()
+    for key, value in state.items():
+        if key.endswith(".weight") and value.dim() == 1:
+            state[key] = torch.as_tensor(rng.uniform(0, 1, value.numel()) * (rng.random(value.numel()) > 0.3),
+                                         dtype=torch.float32)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    at = run_app()
+    at.sidebar.radio(key="model_source").set_value("Zoo model").run()
+    at.sidebar.file_uploader(key="checkpoint_uploads").upload("r18.pt", buffer.getvalue()).run()
+    assert not at.exception and not at.error
+    label, factor = click_match(at, "flops")
+    assert label == "r18.pt"
+    graph = load_model("torchvision:resnet18", (3, 224, 224))
+    model = compile_width_model(graph)
+    gammas = {n: state[a["gamma_key"]].numpy() for n, a in graph.ops() if a.get("gamma_key")}
+    seed = model.totals(model.seed_widths, V100)["flops"]
+    _, expanded = expected_totals(model, gammas, 1e-2, factor)
+    assert 0.99 * seed <= expanded["flops"] <= seed
+    assert metrics_table(at).loc["r18.pt (expanded)", "flops"] == expanded["flops"]
+
+
+def test_bad_upload_shows_the_error_and_keeps_the_previous_model(example):
+    graph, model, _ = example
+    at = run_app()
+    at.sidebar.radio(key="model_source").set_value("Upload a file").run()
+    at.sidebar.file_uploader(key="model_upload").upload("broken.pt2", b"not a zip at all").run()
+    assert not at.exception
+    [error] = at.sidebar.error
+    assert "broken.pt2" in error.value and "not a torch.export archive" in error.value
+    # The bundled example is still what the page shows.
+    assert graph.name in at.caption[0].value
+    assert metrics_table(at).loc["seed", "flops"] == model.totals(model.seed_widths, V100)["flops"]
