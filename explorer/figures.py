@@ -34,7 +34,7 @@ def width_bars(widths: dict[str, Any]) -> go.Figure:
                                 "line": {"width": 3, "color": color}},
                         hovertext=hover, hoverinfo="text")
     fig.update_layout(barmode="group", bargap=0.15, xaxis_title="layer (input to output)",
-                      yaxis_title="output channels", legend_orientation="h",
+                      yaxis_title="output channels", legend={"orientation": "h", "y": -0.3},
                       margin={"t": 30, "b": 10}, height=420)
     fig.update_xaxes(tickangle=-60, tickfont_size=9)
     return fig
@@ -50,7 +50,7 @@ def gamma_histogram(magnitudes: dict[str, np.ndarray], threshold: float) -> go.F
     fig.add_vline(x=np.log10(threshold), line_dash="dash", line_color="black",
                   annotation_text=f"threshold {threshold:g}")
     fig.update_layout(barmode="overlay", xaxis_title="log10 |gamma|", yaxis_title="channels",
-                      margin={"t": 30, "b": 10}, height=320, legend_orientation="h")
+                      margin={"t": 30, "b": 10}, height=320, legend={"orientation": "h", "y": -0.3})
     return fig
 
 
@@ -72,7 +72,7 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
                                 marker={"color": color, "symbol": symbol, "size": size},
                                 showlegend=False, hovertemplate=f"{label} x{marks[label]:.3f}<extra></extra>")
     fig.update_layout(xaxis_title="FLOPs per inference", yaxis_title=y.replace("_s", " (s)"),
-                      margin={"t": 30, "b": 10}, height=380, legend_orientation="h")
+                      margin={"t": 30, "b": 10}, height=380, legend={"orientation": "h", "y": -0.3})
     return fig
 
 
@@ -84,5 +84,5 @@ def cost_vs_step(logs: dict[str, list[dict[str, Any]]]) -> go.Figure:
         fig.add_scatter(x=[line["step"] for line in lines], y=[line["cost"] / first for line in lines],
                         name=label, mode="lines", line={"color": color})
     fig.update_layout(xaxis_title="training step", yaxis_title="cost / cost at step 0",
-                      margin={"t": 30, "b": 10}, height=300, legend_orientation="h")
+                      margin={"t": 30, "b": 10}, height=300, legend={"orientation": "h", "y": -0.3})
     return fig

@@ -18,7 +18,9 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 # Bundled examples: the explorer's default. example:digits is made by examples/train_digits.py.
 EXAMPLES = {"digits": {"model": "digits/seed.pt2", "script": "train_digits.py",
                        "checkpoints": {"FLOPs-regularized": "digits/flops_gammas.pt",
-                                       "size-regularized": "digits/size_gammas.pt"}}}
+                                       "size-regularized": "digits/size_gammas.pt"},
+                       "cost_logs": {"FLOPs-regularized": "digits/flops_structure/cost.jsonl",
+                                     "size-regularized": "digits/size_structure/cost.jsonl"}}}
 MODEL_SUFFIXES = (".pt2", ".keras", ".h5", ".hdf5", ".json")
 
 
@@ -118,6 +120,14 @@ def _example(spec: str) -> dict[str, Any]:
 def example_checkpoints(spec: str) -> dict[str, Path]:
     """Label -> checkpoint path of a bundled example."""
     return {label: EXAMPLES_DIR / rel for label, rel in _example(spec)["checkpoints"].items()}
+
+
+def example_cost_logs(spec: str) -> dict[str, list[dict[str, Any]]]:
+    """Label -> the regularizer's ``cost.jsonl`` lines (step, cost, loss) of a bundled example."""
+    import json
+
+    return {label: [json.loads(line) for line in (EXAMPLES_DIR / rel).read_text().splitlines() if line]
+            for label, rel in _example(spec).get("cost_logs", {}).items()}
 
 
 def _load_graph_json(path: Path) -> ChannelGraph:

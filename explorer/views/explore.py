@@ -112,7 +112,8 @@ def explorer_view() -> None:
     hardware = get_hardware(st.sidebar.selectbox("Hardware (latency)", sorted(HARDWARE),
                                                  index=sorted(HARDWARE).index("V100"), key=state.HARDWARE))
     st.session_state.setdefault(state.FACTOR, 1.0)
-    factor = st.sidebar.slider("What-if width multiplier", 0.25, 3.0, step=0.001, key=state.FACTOR)
+    factor = st.sidebar.slider("What-if width multiplier", 0.25, 3.0, step=0.001, format="%.3f",
+                               key=state.FACTOR)
 
     alive = {label: compare.structure_widths(model, s["gammas"], _fixed_widths(model, s), threshold)
              for label, s in structures}
@@ -125,8 +126,10 @@ def explorer_view() -> None:
         target_label = st.sidebar.selectbox("Expand which structure", list(alive), key=state.EXPAND_TARGET)
         cols = st.sidebar.columns(2)
         for col, target in zip(cols, ("flops", "size")):
-            col.button(f"Match seed {'FLOPs' if target == 'flops' else 'size'}", key=f"match_{target}",
-                       on_click=_solve_into_slider, args=(model, alive[target_label], target, hardware))
+            col.button(f"Match {'FLOPs' if target == 'flops' else 'size'}", key=f"match_{target}",
+                       help=f"Set the multiplier to the largest factor whose {target} stays within "
+                            "the seed's", on_click=_solve_into_slider,
+                       args=(model, alive[target_label], target, hardware))
 
     _metrics(seed, views)
     st.subheader("Layer widths")
@@ -134,6 +137,11 @@ def explorer_view() -> None:
     if not views:
         st.info("Upload gamma checkpoints (or morph-net alive files) to compare learned structures.")
         return
+    if loaded.key == BUNDLED:
+        from importers.load import example_cost_logs
+
+        st.subheader("Target cost during training")
+        st.plotly_chart(figures.cost_vs_step(example_cost_logs(BUNDLED)), key="cost_vs_step")
     _gamma_section(structures, threshold)
     _tradeoff_section(model, views, factor, hardware)
     _reports(graph, model, structures, alive, threshold, consistency_report, topology_report)
@@ -153,18 +161,20 @@ def _fixed_widths(model: Any, structure: dict[str, Any]) -> np.ndarray | None:
 def _metrics(seed: dict[str, Any], views: list[Any]) -> None:
     from analyzers.compare import metrics_rows
 
-    st.subheader("Costs")
+    st.subheader(f"Costs: {views[0].label}, expanded" if views else "Costs: seed")
     cols = st.columns(4)
     first = views[0].expanded_totals if views else seed
     for col, (key, label, fmt) in zip(cols, (("flops", "FLOPs", human_count), ("params", "Params", human_count),
                                             ("size", "Size", human_count), ("latency_s", "Latency", human_seconds))):
         delta = f"{(first[key] / seed[key] - 1) * 100:+.1f}% vs seed" if views and seed[key] else None
-        col.metric(label + (f" ({views[0].label}, expanded)" if views else " (seed)"), fmt(first[key]),
-                   delta, delta_color="inverse")
+        col.metric(label, fmt(first[key]), delta, delta_color="inverse",
+                   help=f"{views[0].label} at the current threshold and width multiplier"
+                   if views else "seed network")
     rows = metrics_rows(seed, views)
     st.dataframe(rows, key="metrics_table", hide_index=True,
-                 column_config={f"{m} vs seed": st.column_config.NumberColumn(format="%.3f")
-                                for m in ("flops", "params", "size", "latency_s")})
+                 column_config={"latency_s": st.column_config.NumberColumn(format="%.3e"),
+                                **{f"{m} vs seed": st.column_config.NumberColumn(format="%.3f")
+                                   for m in ("flops", "params", "size", "latency_s")}})
 
 
 def _gamma_section(structures, threshold) -> None:

@@ -78,7 +78,9 @@ def page(server):
 def wait_idle(page):
     page.wait_for_timeout(500)
     page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=120_000)
-    page.wait_for_timeout(300)
+    page.locator(".js-plotly-plot .main-svg").first.wait_for()
+    page.locator("[data-testid='stDataFrame']").first.wait_for()
+    page.wait_for_timeout(1500)  # let plotly and the data grid paint
 
 
 def test_bundled_example_screenshots(page):
@@ -90,7 +92,7 @@ def test_bundled_example_screenshots(page):
     page.locator(".js-plotly-plot").first.screenshot(path=SCREENSHOTS / "width_bars.png")
     page.get_by_text("Trade-off under a width multiplier").scroll_into_view_if_needed()
     wait_idle(page)
-    page.locator(".js-plotly-plot").nth(2).screenshot(path=SCREENSHOTS / "tradeoff.png")
+    page.locator(".js-plotly-plot").nth(3).screenshot(path=SCREENSHOTS / "tradeoff.png")
     assert (SCREENSHOTS / "explorer.png").stat().st_size > 10_000
 
 
@@ -111,12 +113,12 @@ def test_upload_slide_and_download_widths(page, tmp_path):
     page.get_by_text("Groups and topology").wait_for()
     wait_idle(page)
 
-    slider = page.get_by_role("slider", name="What-if width multiplier")
+    slider = page.locator("input[type=range][aria-label='What-if width multiplier']")
     slider.focus()
     for _ in range(40):  # 40 steps of 0.001
         page.keyboard.press("ArrowRight")
     wait_idle(page)
-    factor = float(slider.get_attribute("aria-valuenow"))
+    factor = float(slider.input_value())
     assert factor == pytest.approx(1.04)
     page.screenshot(path=SCREENSHOTS / "uploaded.png")
 
