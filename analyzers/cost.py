@@ -211,49 +211,42 @@ def compile_costs(graph: ChannelGraph, rules: Mapping[Kind, CostRule] | None = N
     )
 
 
-@dataclass(frozen=True)
-class Totals:
-    """Whole-model counts for one set of widths (batch 1, one image).
-
-    macs : int — multiply-accumulates of conv, linear and matrix products; bias, bn and
-        activations excluded.
-    flops : int — 2 x macs.
-    params : int — scalars the model owns, by its framework's rule (Keras counts bn moving
-        statistics, PyTorch does not), training-only heads included.
-    size : int — conv and linear kernel weights (morph-net's model size).
-    bytes_moved : int — float32 bytes read and written by the computing ops.
-    """
-
-    macs: int
-    flops: int
-    params: int
-    size: int
-    bytes_moved: int
-
-
-def roofline_latency_s(per_op_macs: np.ndarray, per_op_bytes: np.ndarray, hw: Hardware) -> float:
-    """``sum(max(2*macs / peak, bytes / bandwidth))`` in seconds, over ops that compute."""
+def roofline_latency_s(per_op_macs: np.ndarray, per_op_bytes: np.ndarray, hw: Hardware) -> Any:
+    """``sum(max(2*macs / peak, bytes / bandwidth))`` in seconds over ops that compute
+    (rows); a float for one width vector, an array for (n_ops, k) columns."""
     compute_s = 2.0 * per_op_macs / (hw.peak_gflop_per_s * 1e9)
     memory_s = per_op_bytes / (hw.memory_gb_per_s * 1e9)
-    computing = per_op_macs > 0
-    return float(np.sum(np.maximum(compute_s, memory_s)[computing]))
+    latency = np.where(per_op_macs > 0, np.maximum(compute_s, memory_s), 0.0).sum(axis=0)
+    return float(latency) if np.ndim(latency) == 0 else latency
+
+
+def totals_of(model: CostModel, per_op: Mapping[str, np.ndarray], hardware: Hardware | None = None) -> dict[str, Any]:
+    """Sum per-op costs (rows) into whole-model totals: ints for one width vector, int arrays
+    for (n_ops, k) columns.
+
+    Keys: ``macs`` (multiply-accumulates of conv, linear and matrix products, batch 1; bias,
+    bn and activations excluded), ``flops`` (= 2 x macs), ``params`` (the framework's own
+    rule, training-only weights included), ``size`` (conv/linear kernel weights, morph-net's
+    model size), ``bytes_moved`` (float32 bytes the computing ops read and write) and, given
+    ``hardware``, ``latency_s`` (roofline seconds).
+    """
+    def total(values: np.ndarray) -> Any:
+        summed = np.rint(np.sum(values, axis=0)).astype(np.int64)
+        return int(summed) if np.ndim(summed) == 0 else summed
+
+    out = {"macs": total(per_op["macs"])}
+    out["flops"] = 2 * out["macs"]
+    out["params"] = total(per_op["params"]) + model.detached_params
+    out["size"] = total(per_op["size"])
+    out["bytes_moved"] = total(per_op["bytes_moved"])
+    if hardware is not None:
+        out["latency_s"] = roofline_latency_s(per_op["macs"], per_op["bytes_moved"], hardware)
+    return out
 
 
 def per_op_costs(model: CostModel, a_in: Any, a_out: Any) -> dict[str, Any]:
     """Each resource per op for the given alive widths (arrays aligned with ``model.names``)."""
     return {r: bilinear(model.coeffs[r], a_in, a_out) for r in RESOURCES}
-
-
-def totals_of(model: CostModel, per_op: Mapping[str, np.ndarray]) -> Totals:
-    """Sum per-op costs into :class:`Totals` (integers; detached parameters added)."""
-    macs = int(round(float(np.sum(per_op["macs"]))))
-    return Totals(
-        macs=macs,
-        flops=2 * macs,
-        params=int(round(float(np.sum(per_op["params"])))) + model.detached_params,
-        size=int(round(float(np.sum(per_op["size"])))),
-        bytes_moved=int(round(float(np.sum(per_op["bytes_moved"])))),
-    )
 
 
 def seed_costs(model: CostModel) -> dict[str, np.ndarray]:

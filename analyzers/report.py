@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.cost import CostModel, Totals, compile_costs, roofline_latency_s, seed_costs, totals_of
+from analyzers.cost import CostModel, compile_costs, roofline_latency_s, seed_costs, totals_of
 from analyzers.hardware import HARDWARE
 from morphscope.graph import ChannelGraph, Kind
 
@@ -50,12 +50,12 @@ def layer_rows(graph: ChannelGraph, model: CostModel, per_op: dict[str, np.ndarr
 
 def totals_dict(model: CostModel, per_op: dict[str, np.ndarray], graph: ChannelGraph) -> dict[str, Any]:
     """Totals with trainable split and roofline latency on every named hardware (seconds)."""
-    totals: Totals = totals_of(model, per_op)
+    totals = totals_of(model, per_op)
     trainable = sum(a.get("trainable_params", 0) for _, a in graph.ops()) + model.detached_params
     latency = {hw: roofline_latency_s(per_op["macs"], per_op["bytes_moved"], spec)
                for hw, spec in HARDWARE.items()}
-    return {**asdict(totals), "trainable_params": trainable,
-            "non_trainable_params": totals.params - trainable, "latency_s": latency}
+    return {**totals, "trainable_params": trainable,
+            "non_trainable_params": totals["params"] - trainable, "latency_s": latency}
 
 
 def pinned_ops(graph: ChannelGraph) -> list[str]:

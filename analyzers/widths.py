@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.cost import RESOURCES, CostModel, bilinear, compile_costs
+from analyzers.cost import CostModel, compile_costs, per_op_costs, totals_of
 from analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
 from analyzers.spaces import ChannelSpaces, build_channel_spaces, space_matrices
 from morphscope.errors import MorphScopeError
@@ -41,8 +41,7 @@ class WidthModel:
 
     def per_op(self, widths: np.ndarray, op_keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Each resource per op (rows follow ``costs.names``); ``op_keep`` zeroes removed ops."""
-        a_in, a_out = self.m_in @ widths, self.m_out @ widths
-        per_op = {r: bilinear(self.costs.coeffs[r], a_in, a_out) for r in RESOURCES}
+        per_op = per_op_costs(self.costs, self.m_in @ widths, self.m_out @ widths)
         if op_keep is not None:
             keep = op_keep[:, None] if np.ndim(widths) == 2 else op_keep
             per_op = {r: v * keep for r, v in per_op.items()}
@@ -56,24 +55,8 @@ class WidthModel:
         weights included), ``size`` (conv/linear kernels), ``bytes_moved``, ``latency_s``
         (roofline on ``hardware``, default V100).
         """
-        hw = hardware or get_hardware(DEFAULT_HARDWARE)
         per_op = self.per_op(np.asarray(widths, dtype=np.float64), op_keep)
-        macs = np.rint(per_op["macs"].sum(axis=0)).astype(np.int64)
-        compute_s = 2.0 * per_op["macs"] / (hw.peak_gflop_per_s * 1e9)
-        memory_s = per_op["bytes_moved"] / (hw.memory_gb_per_s * 1e9)
-        computing = (self.costs.coeffs["macs"] != 0).any(axis=1)
-        latency = np.maximum(compute_s, memory_s)[computing].sum(axis=0)
-        out = {
-            "macs": macs,
-            "flops": 2 * macs,
-            "params": np.rint(per_op["params"].sum(axis=0)).astype(np.int64) + self.costs.detached_params,
-            "size": np.rint(per_op["size"].sum(axis=0)).astype(np.int64),
-            "bytes_moved": np.rint(per_op["bytes_moved"].sum(axis=0)).astype(np.int64),
-            "latency_s": latency,
-        }
-        if np.ndim(widths) == 1:
-            return {k: (float(v) if k == "latency_s" else int(v)) for k, v in out.items()}
-        return out
+        return totals_of(self.costs, per_op, hardware or get_hardware(DEFAULT_HARDWARE))
 
     def target_cost(self, widths: np.ndarray, target: str, hardware: Hardware | None = None):
         """One resource: ``flops``, ``params``, ``size`` or ``latency`` (seconds)."""

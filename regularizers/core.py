@@ -13,11 +13,14 @@ spaces and groups), so ``cost()`` here is the analyzers' alive cost by construct
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
 from analyzers.alive import alive_masks, alive_widths, group_scores
+from analyzers.cost import bilinear
 from analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
 from analyzers.widths import WidthModel, check_target
 from morphscope.graph import ChannelGraph, Kind
@@ -66,6 +69,17 @@ class RegularizerPlan:
         """Alive widths for the current gammas (the analyzers' rule)."""
         return alive_widths(alive_masks(self.model.spaces, group_scores(self.model.spaces, gammas),
                                         threshold))
+
+    def value(self, group_sums: Any, widths: np.ndarray, to_tensor: Callable[[np.ndarray], Any],
+              matmul: Callable[[Any, Any], Any] = operator.matmul) -> Any:
+        """G per op, for either framework: ``group_sums`` (one differentiable S per space),
+        ``to_tensor`` (numpy -> that framework's tensor) and its ``matmul`` are all that
+        differs; the caller sums."""
+        coeff_out, coeff_in = (to_tensor(c) for c in self.coefficients(widths))
+        m_in, m_out, alive = to_tensor(self.model.m_in), to_tensor(self.model.m_out), to_tensor(widths)
+        a_in, a_out = matmul(m_in, alive), matmul(m_out, alive)
+        s_in, s_out = matmul(m_in, group_sums), matmul(m_out, group_sums)
+        return bilinear(coeff_out, a_in, s_out) + bilinear(coeff_in, s_in, a_out)
 
     def cost(self, widths: np.ndarray) -> float:
         """The alive cost of the target resource (FLOPs, params, size or latency seconds)."""

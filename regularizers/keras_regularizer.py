@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from analyzers.alive import DEFAULT_THRESHOLD
-from analyzers.cost import bilinear
 from analyzers.export import widths_json
 from analyzers.widths import compile_width_model
 from regularizers.core import regularizer_plan
@@ -66,15 +65,11 @@ class KerasGammaRegularizer:
             group = scales[0] if len(scales) == 1 else ops.max(ops.stack(scales), axis=0)
             sums.append(ops.sum(group))
         s = ops.stack(sums)
-        widths = self.alive_widths()
-        coeff_out, coeff_in = (ops.convert_to_tensor(c, dtype="float32")
-                               for c in self.plan.coefficients(widths))
-        m_in = ops.convert_to_tensor(self.width_model.m_in, dtype="float32")
-        m_out = ops.convert_to_tensor(self.width_model.m_out, dtype="float32")
-        alive = ops.convert_to_tensor(widths, dtype="float32")
-        a_in, a_out = ops.matmul(m_in, alive), ops.matmul(m_out, alive)
-        s_in, s_out = ops.matmul(m_in, s), ops.matmul(m_out, s)
-        return ops.sum(bilinear(coeff_out, a_in, s_out) + bilinear(coeff_in, s_in, a_out))
+
+        def to_tensor(array: np.ndarray):
+            return ops.convert_to_tensor(array, dtype="float32")
+
+        return ops.sum(self.plan.value(s, self.alive_widths(), to_tensor, ops.matmul))
 
     def attach(self, model: Any, strength: float) -> None:
         """Make ``model.fit`` minimize ``task loss + strength * loss()``."""

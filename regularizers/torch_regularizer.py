@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from analyzers.alive import DEFAULT_THRESHOLD
-from analyzers.cost import bilinear
 from analyzers.export import widths_json
 from analyzers.widths import compile_width_model
 from morphscope.graph import ChannelGraph
@@ -47,8 +46,6 @@ class GammaRegularizer:
     def __init__(self, model: Any, example_input: Any = None, graph: ChannelGraph | None = None,
                  threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
                  target: str | None = None) -> None:
-        import torch
-
         from importers.torch_importer import load_module
 
         if graph is None:
@@ -63,8 +60,6 @@ class GammaRegularizer:
         self.plan = regularizer_plan(graph, self.width_model, target or self.target, hardware)
         self.bn_modules = {name: model.get_submodule(name)
                            for cover in self.plan.members.values() for name, _ in cover}
-        self._m_in = torch.as_tensor(self.width_model.m_in, dtype=torch.float32)
-        self._m_out = torch.as_tensor(self.width_model.m_out, dtype=torch.float32)
 
     def gammas(self) -> dict[str, np.ndarray]:
         """Current bn scales by bn op name (numpy copies)."""
@@ -96,13 +91,11 @@ class GammaRegularizer:
             group = scales[0] if len(scales) == 1 else torch.stack(scales).amax(dim=0)
             group_sums.append(group.sum())
         s = torch.stack(group_sums)
-        widths = self.alive_widths()
-        coeff_out, coeff_in = (torch.as_tensor(c, dtype=dtype, device=device)
-                               for c in self.plan.coefficients(widths))
-        alive = torch.as_tensor(widths, dtype=dtype, device=device)
-        m_in, m_out = self._m_in.to(device, dtype), self._m_out.to(device, dtype)
-        a_in, a_out, s_in, s_out = m_in @ alive, m_out @ alive, m_in @ s, m_out @ s
-        return (bilinear(coeff_out, a_in, s_out) + bilinear(coeff_in, s_in, a_out)).sum()
+
+        def to_tensor(array: np.ndarray):
+            return torch.as_tensor(array, dtype=dtype, device=device)
+
+        return self.plan.value(s, self.alive_widths(), to_tensor).sum()
 
     def widths_json(self) -> str:
         """The alive widths now, in morph-net's StructureExporter form."""
