@@ -193,8 +193,10 @@ def save_torch_pt2(module: Any, input_shape: tuple[int, ...], path: str | Path) 
 
 # -- Keras ------------------------------------------------------------------------------------
 
-def rebuild_keras(keras_model: Any, graph: ChannelGraph, model: WidthModel, plan: ExportPlan) -> Any:
-    """A new Keras model from ``keras_model.get_config()`` with the plan's widths."""
+def rebuild_keras(keras_model: Any, graph: ChannelGraph, model: WidthModel, plan: ExportPlan,
+                  masks: tuple[np.ndarray, ...] | None = None) -> Any:
+    """A new Keras model from ``keras_model.get_config()`` with the plan's widths; the alive
+    channels' weights copied in when ``masks`` are given."""
     from importers.keras_importer import import_keras
 
     keras = import_keras()
@@ -211,9 +213,40 @@ def rebuild_keras(keras_model: Any, graph: ChannelGraph, model: WidthModel, plan
     _edit_config(config, out_widths, removed_layers, branch_ends)
     cls = type(keras_model) if type(keras_model).__name__ in ("Functional", "Sequential") else keras.Model
     try:
-        return cls.from_config(config)
+        new = cls.from_config(config)
     except (ValueError, TypeError) as err:
         raise GraphError(f"{graph.name}: Keras rejected the rebuilt config: {err}") from err
+    if masks is not None:
+        _copy_alive_keras(keras_model, new, graph, model, plan, masks)
+    return new
+
+
+def _copy_alive_keras(old_model: Any, new_model: Any, graph: ChannelGraph, model: WidthModel,
+                      plan: ExportPlan, masks: tuple[np.ndarray, ...]) -> None:
+    """Slice each conv/dense/bn layer's weights to its alive input and output channels
+    (Keras kernels are (kh, kw, in, out); depthwise (kh, kw, channels, multiplier))."""
+    spaces = model.spaces
+    old_layers = {l.name: l for l in old_model._flatten_layers(include_self=False, recursive=True)}
+    new_layers = {l.name: l for l in new_model._flatten_layers(include_self=False, recursive=True)}
+    for name, attrs in graph.ops():
+        if attrs["kind"] not in (Kind.CONV, Kind.LINEAR, Kind.BN) or name in plan.removed_ops:
+            continue
+        if name.endswith(("/depthwise", "/pointwise")):
+            raise GraphError(f"{name}: copying weights into SeparableConv layers is not supported; "
+                             "export without --copy-weights")
+        layer = name.split("/")[-1]
+        in_idx = layout_indices(spaces.op_in.get(name, ()), masks, spaces.sizes)
+        out_idx = layout_indices(spaces.op_out.get(name, ()), masks, spaces.sizes)
+        depthwise = attrs["kind"] == Kind.CONV and 1 < attrs.get("groups", 1) == attrs.get("in_channels")
+        sliced = []
+        for weight in old_layers[layer].get_weights():
+            if weight.ndim == 1:
+                sliced.append(weight[out_idx])
+            elif depthwise:
+                sliced.append(weight[..., in_idx, :])
+            else:
+                sliced.append(weight[..., in_idx, :][..., out_idx])
+        new_layers[layer].set_weights(sliced)
 
 
 def _edit_config(config: dict[str, Any], out_widths: dict[str, int], removed: set[str],

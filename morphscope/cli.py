@@ -246,7 +246,7 @@ def _write_model(args, graph, model, plan, morphed) -> int:
         new = rebuild.rebuild_torch(framework_model, graph, model, plan, copy_masks)
         rebuild.save_torch_pt2(new, graph.input_shape, args.model_out)
         return rebuild.count_torch_params(new)
-    new = rebuild.rebuild_keras(framework_model, graph, model, plan)
+    new = rebuild.rebuild_keras(framework_model, graph, model, plan, copy_masks)
     new.save(args.model_out)
     return int(new.count_params())
 

@@ -72,13 +72,16 @@ class KerasGammaRegularizer:
         return ops.sum(self.plan.value(s, self.alive_widths(), to_tensor, ops.matmul))
 
     def attach(self, model: Any, strength: float) -> None:
-        """Make ``model.fit`` minimize ``task loss + strength * loss()``."""
+        """Make ``model.fit`` minimize ``task loss + strength * loss()``. Call it after
+        ``compile``: it switches the model to eager steps, since the alive counts (constants
+        of the regularizer) are re-read from the gammas at every step."""
         task_loss = model.compute_loss
 
         def compute_loss(*args, **kwargs):
             return task_loss(*args, **kwargs) + strength * self.loss()
 
         model.compute_loss = compute_loss
+        model.run_eagerly = True
 
     def widths_json(self) -> str:
         return widths_json(self.graph, self.width_model, self.alive_widths())

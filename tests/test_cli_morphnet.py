@@ -134,3 +134,28 @@ def test_morphnet_alive_file_is_a_learned_structure(tmp_path):
     # conv1_conv's output is tied to no residual add: its 40 stand; the block's 1x1 reads 40.
     assert morphed["widths"]["conv1_conv"] == 40
     assert any("not_a_layer" in note for note in morphed["notes"])
+
+
+def test_export_csv_table_for_the_bundled_example(tmp_path):
+    import csv
+    import math
+
+    from analyzers.export import TABLE_COLUMNS
+
+    report = run_json("report", "example:digits", "--checkpoint", "examples/digits/flops_gammas.pt")
+    alive = report["morphed"][0]["widths"]
+    out = tmp_path / "layers.csv"
+    result = run_cli("export", "example:digits", "--checkpoint", "examples/digits/flops_gammas.pt",
+                     "--out", str(out), "--multiplier", "1.5")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert tuple(rows[0]) == TABLE_COLUMNS
+    stem = next(r for r in rows if r["layer"] == "stem.0")
+    # stem: 3x3 conv, 1 input channel (the image), 16x16 output.
+    assert int(stem["seed_width"]) == 32
+    assert int(stem["seed_macs"]) == 3 * 3 * 16 * 16 * 1 * 32
+    assert int(stem["alive_width"]) == alive["stem.0"]
+    assert int(stem["alive_macs"]) == 3 * 3 * 16 * 16 * 1 * alive["stem.0"]
+    assert int(stem["expanded_width"]) == math.floor(1.5 * alive["stem.0"])
+    fc = next(r for r in rows if r["layer"] == "fc")
+    assert int(fc["expanded_width"]) == 10  # logits are pinned

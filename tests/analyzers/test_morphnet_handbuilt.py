@@ -186,4 +186,9 @@ def test_rebuilt_model_matches_prediction_and_copies_alive_weights(framework, tm
         # The pointwise conv keeps the stem group's alive inputs 0..9 and outputs 0..16.
         assert (new.pw.weight.detach().numpy() == module.pw.weight.detach().numpy()[:17, :10]).all()
     else:
-        assert rebuild.rebuild_keras(module, graph, model, plan).count_params() == predicted
+        new = rebuild.rebuild_keras(module, graph, model, plan, morphed.masks)
+        assert new.count_params() == predicted
+        old_kernel = module.get_layer("pw").get_weights()[0]  # (1, 1, in, out)
+        np.testing.assert_array_equal(new.get_layer("pw").get_weights()[0], old_kernel[:, :, :10, :17])
+        old_dw = module.get_layer("dw").get_weights()[0]  # (3, 3, channels, 1)
+        np.testing.assert_array_equal(new.get_layer("dw").get_weights()[0], old_dw[:, :, :10, :])

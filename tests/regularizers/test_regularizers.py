@@ -157,3 +157,23 @@ def test_structure_logger_writes_widths_and_cost(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "cost.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 10, 20]
     assert lines[0]["cost"] == reg.cost()
+
+
+def test_keras_attach_adds_the_term_to_fit_and_the_logger_writes(tmp_path):
+    import json
+
+    from regularizers.keras_regularizer import keras_structure_logger
+
+    module, reg = keras_regularizer("residual_net", NETS["residual_net"], "flops")
+    module.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(8, H, W, 3)).astype("float32")
+    y = np.arange(8) % 5
+    y_pred = module(x)
+    plain = float(module.compute_loss(x, y, y_pred))
+    reg.attach(module, strength=1e-7)
+    regularized = float(module.compute_loss(x, y, y_pred))
+    assert regularized == pytest.approx(plain + 1e-7 * float(reg.loss()), rel=1e-5)
+    module.fit(x, y, batch_size=4, epochs=1, verbose=0,
+               callbacks=[keras_structure_logger(reg, tmp_path, every=1)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alive_0", "alive_1", "cost.jsonl"]
+    assert json.loads((tmp_path / "alive_0").read_text())["u1a"] == 0  # bn_u1a is all dead

@@ -1,0 +1,107 @@
+"""Gamma checkpoints in every format, matched to the graph; mismatches reported, not crashed."""
+
+import json
+
+import numpy as np
+import pytest
+
+import handbuilt
+from handbuilt import H, W, alive_at
+from importers.checkpoints import load_structure, match_alive_counts, read_tensors
+from importers.keras_importer import load_keras_model
+from importers.torch_importer import load_module
+from morphscope.errors import CheckpointMismatchError, UnsupportedFileError
+
+GAMMAS = {"bn_stem": alive_at(13, range(6)), "bn_dw": alive_at(13, range(4, 10)),
+          "bn_pw": alive_at(23, range(17))}
+
+
+@pytest.fixture(scope="module")
+def torch_net():
+    module = handbuilt.torch_separable_net()
+    return module, load_module(module, (3, H, W))
+
+
+@pytest.fixture(scope="module")
+def keras_net():
+    module = handbuilt.keras_separable_net()
+    for bn, gamma in GAMMAS.items():
+        module.get_layer(bn).gamma.assign(gamma)
+    return module, load_keras_model(module)
+
+
+def assert_gammas(structure):
+    assert set(structure.gammas) == set(GAMMAS)
+    for bn, gamma in GAMMAS.items():
+        np.testing.assert_array_equal(structure.gammas[bn], gamma)
+
+
+def test_torch_state_dict(torch_net, tmp_path):
+    module, graph = torch_net
+    assert_gammas(load_structure(graph, handbuilt.torch_checkpoint(module, GAMMAS, tmp_path / "c.pth")))
+
+
+def test_safetensors(torch_net, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    module, graph = torch_net
+    state = {k: v.contiguous() for k, v in module.state_dict().items() if v.is_floating_point()}
+    for bn, gamma in GAMMAS.items():
+        state[f"{bn}.weight"] = torch.as_tensor(gamma)
+    save_file(state, tmp_path / "c.safetensors")
+    assert_gammas(load_structure(graph, tmp_path / "c.safetensors"))
+
+
+@pytest.mark.parametrize("name", ["c.keras", "c.weights.h5", "c.h5"])
+def test_keras_files(keras_net, tmp_path, name):
+    module, graph = keras_net
+    path = tmp_path / name
+    module.save_weights(path) if name.endswith(".weights.h5") else module.save(path)
+    assert_gammas(load_structure(graph, path))
+
+
+def test_missing_extra_and_wrong_shapes_are_reported(torch_net, tmp_path):
+    import torch
+
+    module, graph = torch_net
+    state = module.state_dict()
+    del state["bn_dw.weight"]
+    state["bn_pw.weight"] = torch.ones(22)
+    state["ghost.conv.weight"] = torch.ones(3, 3)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_structure(graph, tmp_path / "bad.pt")
+    message = str(err.value)
+    assert "bad.pt: does not fit" in message
+    assert "1 of 3 bn scales missing (e.g. bn_dw.weight)" in message
+    assert "bn_pw.weight has 22 values, the model has 23" in message
+    assert "layers the model does not have (e.g. ghost.conv)" in message
+
+
+def test_model_without_bn_scales_says_so(tmp_path):
+    from importers.keras_importer import build_keras_application
+
+    graph = load_keras_model(build_keras_application("InceptionV3"))  # bn built with scale=False
+    path = tmp_path / "empty.json"
+    with pytest.raises(CheckpointMismatchError, match="no bn scales .gammas.: nothing to regularize or prune"):
+        from importers.checkpoints import match_gammas
+
+        match_gammas(graph, {"x": np.ones(3)}, str(path))
+
+
+def test_alive_counts_over_the_layer_width_are_refused(torch_net):
+    _, graph = torch_net
+    with pytest.raises(CheckpointMismatchError, match="pw/Conv2D has 40 alive channels, the model's pw has only 23"):
+        match_alive_counts(graph, {"pw/Conv2D": 40}, "alive_7")
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("hello")
+    with pytest.raises(UnsupportedFileError, match="notes.safetensors: not a readable safetensors file"):
+        read_tensors(path)
+    bad_json = tmp_path / "alive_100"
+    bad_json.write_text(json.dumps(["not", "an", "object"]))
+    with pytest.raises(UnsupportedFileError, match="expected a JSON object from op name to alive count"):
+        load_structure(None, bad_json)
