@@ -70,11 +70,6 @@ class ChannelSpaces:
         return writers[0] + (f" (+{len(writers) - 1} tied)" if len(writers) > 1 else "")
 
 
-def layout_width(layout: Layout, widths: np.ndarray) -> float:
-    """Channels in a layout for given per-space widths."""
-    return float(sum(widths[s.space] * s.repeat for s in layout))
-
-
 class _Builder:
     """Mutable state while walking the graph; rules call its primitives."""
 

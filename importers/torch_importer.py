@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import operator
 import zipfile
 from pathlib import Path
@@ -340,8 +339,3 @@ def _schema_defaults(target: str) -> dict[str, Any]:
     if overload is None:
         return {}
     return {a.name: a.default_value for a in overload._schema.arguments if a.has_default_value()}
-
-
-def count_parameters(model: Any) -> int:
-    """``sum(p.numel() for p in model.parameters())``: PyTorch's own parameter count."""
-    return sum(math.prod(p.shape) for p in model.parameters())

@@ -150,3 +150,26 @@ def test_unknown_suffix(tmp_path, suffix):
     path = tmp_path / f"model{suffix}"
     path.write_text("x")
     expect_one_line_error(run_cli("report", str(path)), "unknown model file type")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_report_keras_files(tmp_path, suffix):
+    from handbuilt import TOWER_MACS, keras_tower_net
+
+    path = tmp_path / f"tower{suffix}"
+    keras_tower_net().save(path)
+    doc = json.loads(run_cli("report", str(path), "--json").stdout)
+    assert doc["seed"]["macs"] == sum(TOWER_MACS.values())
+    assert doc["framework"] == "keras"
+
+
+def test_report_pt2_file(tmp_path):
+    import torch
+
+    from handbuilt import TOWER_MACS, TOWER_TRAINABLE, H, W, torch_tower_net
+
+    path = tmp_path / "tower.pt2"
+    torch.export.save(torch.export.export(torch_tower_net().eval(), (torch.zeros(1, 3, H, W),)), path)
+    doc = json.loads(run_cli("report", str(path), "--json").stdout)
+    assert doc["seed"]["macs"] == sum(TOWER_MACS.values())
+    assert doc["seed"]["params"] == sum(TOWER_TRAINABLE.values())
