@@ -13,3 +13,4 @@ EXPAND_TARGET = "expand_target"  # which structure the match buttons solve for
 LAST_GOOD_MODEL = "last_good_model"  # (kind, key) of the last model that loaded
 MODEL_FILE = "model_file"  # bytes of the last rebuilt model, for its download button
 HIST_LAYER = "hist_layer"
+SEED_MODEL = "seed_model"  # the seed report page's model name

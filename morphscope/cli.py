@@ -110,11 +110,18 @@ def _analysis(args: argparse.Namespace):
     from importers.checkpoints import load_structure
     from importers.load import load_model, parse_input_shape
 
+    _progress(f"importing {args.model} ...")
     graph = load_model(args.model, parse_input_shape(args.input_shape))
     model = compile_width_model(graph)
     structures = [load_structure(graph, path) for path in (args.checkpoint or [])]
     morphed = [morph(model, s, args.threshold) for s in structures]
     return graph, model, structures, morphed
+
+
+def _progress(message: str) -> None:
+    """Progress for a person at a terminal; scripts and pipes get clean stderr."""
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
 
 
 def _morphed_entry(graph, model, structure, morphed, threshold: float) -> dict[str, Any]:

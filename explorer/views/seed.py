@@ -2,8 +2,11 @@
 
 import streamlit as st
 
+from explorer import state
 from explorer.format import human_count
 from morphscope.errors import MorphScopeError
+
+ZOO_PREFIXES = ("torchvision:", "keras:", "example:")
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -16,9 +19,12 @@ def _seed_report(spec: str) -> dict:
 
 def seed_view() -> None:
     st.title("MorphScope")
-    spec = st.text_input("Model", value="torchvision:resnet18", key="seed_model",
-                         help="torchvision:NAME, keras:NAME, or a path to a .pt2/.keras/.h5 file")
+    spec = st.text_input("Model", value="torchvision:resnet18", key=state.SEED_MODEL,
+                         help="torchvision:NAME, keras:NAME or example:digits (upload files on the "
+                              "Explorer page)")
     try:
+        if not spec.startswith(ZOO_PREFIXES):  # no server-side paths from a text box
+            raise MorphScopeError(f"{spec}: name a model as torchvision:NAME, keras:NAME or example:NAME")
         with st.spinner(f"Importing {spec}..."):
             doc = _seed_report(spec)
     except MorphScopeError as err:
