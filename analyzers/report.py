@@ -72,7 +72,8 @@ def seed_report(graph: ChannelGraph, every_op: bool = False) -> dict[str, Any]:
         ``model``, ``framework``, ``input_shape`` (C, H, W), ``convention``, ``seed`` (totals:
         ``macs``, ``flops``, ``params``, ``size``, ``bytes_moved``, ``trainable_params``,
         ``non_trainable_params``, ``latency_s`` per hardware), ``layers`` (rows), ``opaque``
-        (pinned op names) and ``detached_params`` (training-only weights by module).
+        (pinned op names), ``detached_params`` (training-only weights by module) and
+        ``notes`` (how the graph was captured, when it matters).
     """
     model = compile_costs(graph)
     per_op = seed_costs(model)
@@ -85,4 +86,5 @@ def seed_report(graph: ChannelGraph, every_op: bool = False) -> dict[str, Any]:
         "layers": [asdict(r) for r in layer_rows(graph, model, per_op, every_op)],
         "opaque": pinned_ops(graph),
         "detached_params": graph.detached_params,
+        "notes": graph.notes,
     }

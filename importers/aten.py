@@ -430,7 +430,7 @@ def build_graph(program: Program, name: str) -> ChannelGraph:
         graph.add_op(node, kind, **{**_generic_attrs(ctx), **attrs})
         for port, ref in enumerate(act_refs):
             graph.connect(producer[ref.name], node, port)
-        out_name = record.outputs[0]
+        out_name = record.outputs[0] if record.outputs else None
         if out_name is not None:
             producer[out_name] = node
             out_shape = shapes.get(out_name, ())

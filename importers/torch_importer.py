@@ -49,12 +49,27 @@ def load_module(model: Any, input_shape: tuple[int, ...], name: str | None = Non
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = torch.zeros((1, *input_shape), device=device)
     try:
-        exported = torch.export.export(model, (example,))
-    except Exception as err:  # noqa: BLE001 - any capture failure is reported the same way
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GraphError(f"{name}: torch.export could not capture the model at input "
-                         f"{tuple(input_shape)}: {first_line}") from err
-    return build_graph(program_from_exported(exported), name)
+        return build_graph(program_from_exported(torch.export.export(model, (example,))), name)
+    except Exception as err:  # noqa: BLE001 - any capture failure is handled the same way
+        export_error = _first_line(err)
+        if device.type == "meta":
+            raise GraphError(f"{name}: torch.export could not capture the model at input "
+                             f"{tuple(input_shape)}: {export_error}") from err
+    try:
+        with torch.no_grad():
+            graph = build_graph(_program_from_make_fx(model, example), name)
+    except Exception as err:  # noqa: BLE001
+        raise GraphError(f"{name}: torch.export ({export_error}) and torch.fx make_fx "
+                         f"({_first_line(err)}) could not capture the model at input "
+                         f"{tuple(input_shape)}") from err
+    graph.notes.append(f"captured with torch.fx make_fx on a zero input because torch.export "
+                       f"failed ({export_error}); data-dependent branches follow that input")
+    return graph
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def torchvision_input_size(model: Any, name: str) -> int:
@@ -121,34 +136,57 @@ def load_torchvision(name: str, input_size: int | None = None) -> ChannelGraph:
 
 def program_from_exported(exported: Any) -> Program:
     """Turn an ExportedProgram into plain :class:`Program` data."""
+    signature = exported.graph_signature
+    constants = set(signature.inputs_to_buffers) | set(signature.inputs_to_lifted_tensor_constants)
+    return _fx_program(exported.graph, dict(signature.inputs_to_parameters), constants,
+                       list(signature.user_inputs), set(signature.user_outputs))
+
+
+def _fx_program(graph: Any, parameters: dict[str, str], constants: set[str], user_inputs: list[str],
+                user_outputs: set[str] | None = None) -> Program:
+    """Records from an ATen-level FX graph (torch.export's or make_fx's)."""
     import torch
 
-    signature = exported.graph_signature
     shapes: dict[str, tuple[int, ...]] = {}
     records: list[OpRecord] = []
-    nodes = list(exported.graph.nodes)
+    nodes = list(graph.nodes)
     stacks = [_stack_of(n.meta.get("nn_module_stack")) for n in nodes]
     leaves = _leaf_paths(p for stack in stacks for p in stack)
-    user_outputs: list[str] = []
+    outputs: list[str] = []
     for node, stack in zip(nodes, stacks):
         val = node.meta.get("val")
         if node.op == "placeholder":
             shapes[node.name] = tuple(int(s) for s in val.shape)
         elif node.op == "output":
-            user_outputs = [a.name for a in node.args[0] if isinstance(a, torch.fx.Node)]
+            returned = node.args[0] if isinstance(node.args[0], (list, tuple)) else [node.args[0]]
+            outputs = [a.name for a in returned if isinstance(a, torch.fx.Node)]
         elif node.op == "call_function" and node.target is not operator.getitem:
-            outputs = _fx_outputs(node, shapes)
             path = stack[-1] if stack else ""
             records.append(OpRecord(node.name, _fx_op_name(node.target), _fx_named_args(node),
-                                    outputs, path, path in leaves))
-    return Program(
-        records=records,
-        shapes=shapes,
-        parameters=dict(signature.inputs_to_parameters),
-        constants=set(signature.inputs_to_buffers) | set(signature.inputs_to_lifted_tensor_constants),
-        user_inputs=list(signature.user_inputs),
-        user_outputs=[o for o in user_outputs if o in set(signature.user_outputs)],
-    )
+                                    _fx_outputs(node, shapes), path, path in leaves))
+    if user_outputs is not None:
+        outputs = [o for o in outputs if o in user_outputs]
+    return Program(records, shapes, parameters, constants, user_inputs, outputs)
+
+
+def _program_from_make_fx(model: Any, example: Any) -> Program:
+    """The fallback capture: ``make_fx`` on real tensors. It follows Python control flow
+    (the branch the example input takes) where torch.export refuses data-dependent guards."""
+    from torch.func import functional_call
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    keys = list(params) + list(buffers)
+
+    def forward(flat, x):
+        return functional_call(model, dict(zip(keys, flat)), (x,))
+
+    traced = make_fx(forward, tracing_mode="real", _error_on_data_dependent_ops=False)(
+        list(params.values()) + list(buffers.values()), example)
+    placeholders = [n.name for n in traced.graph.nodes if n.op == "placeholder"]
+    parameters = dict(zip(placeholders[:len(params)], params))
+    constants = set(placeholders[len(params):len(keys)])
+    return _fx_program(traced.graph, parameters, constants, placeholders[len(keys):])
 
 
 def _fx_op_name(target: Any) -> str:

@@ -101,6 +101,8 @@ def print_report_table(doc: dict[str, Any], hardware: str, out=sys.stdout) -> No
               f"{detached:,} in {', '.join(doc['detached_params'])}", file=out)
     if doc["opaque"]:
         print(f"Pinned (opaque ops, channels never pruned): {len(doc['opaque'])} ops", file=out)
+    for note in doc["notes"]:
+        print(f"Note: {note}", file=out)
     print(f"Convention: {doc['convention']}", file=out)
 
 

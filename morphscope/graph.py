@@ -74,6 +74,7 @@ class ChannelGraph:
         self.framework = framework
         self.input_shape = tuple(input_shape)
         self.detached_params = dict(detached_params or {})
+        self.notes: list[str] = []  # how the graph was captured, when it matters
         self.nx = nx.DiGraph()
 
     # -- building ---------------------------------------------------------------------------
@@ -132,6 +133,7 @@ class ChannelGraph:
             "framework": self.framework,
             "input_shape": list(self.input_shape),
             "detached_params": self.detached_params,
+            "notes": self.notes,
             "nodes": nodes,
             "edges": edges,
         }
@@ -143,6 +145,7 @@ class ChannelGraph:
         doc = json.loads(text)
         graph = cls(doc["name"], doc["framework"], tuple(doc["input_shape"]),
                     doc.get("detached_params"))
+        graph.notes = list(doc.get("notes", []))
         for node in doc["nodes"]:
             attrs = {k: _from_jsonable(k, v) for k, v in node.items() if k != "name"}
             graph.nx.add_node(node["name"], **attrs)

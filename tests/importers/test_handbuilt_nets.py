@@ -110,3 +110,33 @@ def test_training_only_branch_is_counted_but_not_in_macs():
     totals = totals_of(costs, seed_costs(costs))
     assert totals["params"] == (3 * 13 + 13) + (13 * 11 + 11)
     assert totals["macs"] == H * W * 3 * 13
+
+
+def test_data_dependent_branch_falls_back_to_make_fx():
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn, self.b = nn.Conv2d(3, 13, 3), nn.BatchNorm2d(13), nn.Conv2d(13, 7, 1)
+
+        def forward(self, x):
+            y = self.bn(self.a(x))
+            if y.mean() > -1:  # data-dependent: torch.export refuses to guard on it
+                y = torch.relu(y)
+            return self.b(y)
+
+    model = Branchy().eval()
+    graph = load_module(model, (3, H, W))
+    assert "torch.fx make_fx" in graph.notes[0] and "torch.export failed" in graph.notes[0]
+    costs = compile_costs(graph)
+    totals = totals_of(costs, seed_costs(costs))
+    # a: 3x3, 3 -> 13, output (H-2)x(W-2); b: 1x1, 13 -> 7 on the same map.
+    assert totals["macs"] == 3 * 3 * (H - 2) * (W - 2) * 3 * 13 + (H - 2) * (W - 2) * 13 * 7
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, H, W))
+    assert totals["macs"] == counter.get_total_flops() // 2
+    assert totals["params"] == sum(p.numel() for p in model.parameters())
+    assert graph["bn"]["gamma_key"] == "bn.weight"
