@@ -9,7 +9,7 @@ import numpy as np
 
 from analyzers.alive import DEFAULT_THRESHOLD, alive_masks, alive_widths, group_scores
 from analyzers.hardware import Hardware
-from analyzers.morph import source_op_widths
+from analyzers.morph import source_op_widths, widths_from_counts
 from analyzers.widths import WidthModel, apply_multiplier, multiplier_curve, solve_multiplier
 from morphscope.graph import ChannelGraph
 
@@ -28,11 +28,11 @@ class StructureView:
 
 
 def structure_widths(model: WidthModel, gammas: dict[str, np.ndarray] | None,
-                     fixed_widths: np.ndarray | None, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Alive widths from gammas at ``threshold``, or the given widths (morph-net alive files)."""
+                     alive_counts: dict[str, int] | None, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Alive widths from gammas at ``threshold``, or from a morph-net alive file's counts."""
     if gammas:
         return alive_widths(alive_masks(model.spaces, group_scores(model.spaces, gammas), threshold))
-    return np.asarray(fixed_widths, dtype=np.float64)
+    return widths_from_counts(model, alive_counts or {})[0]
 
 
 def view_structure(model: WidthModel, label: str, alive: np.ndarray, factor: float,

@@ -38,10 +38,18 @@ def morph(model: WidthModel, structure: Any, threshold: float = DEFAULT_THRESHOL
     if structure.gammas:
         masks = alive_masks(spaces, group_scores(spaces, structure.gammas), threshold)
         return Morphed(label, alive_widths(masks), tuple(masks), tuple(structure.notes))
+    widths, notes = widths_from_counts(model, structure.alive_counts)
+    return Morphed(label, widths, None, tuple(structure.notes) + notes)
+
+
+def widths_from_counts(model: WidthModel, alive_counts: dict[str, int]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Per-space widths from alive counts by source op (a morph-net alive file): the seed's
+    widths, each counted op's space set to its count; pinned spaces keep their width."""
+    spaces = model.spaces
     widths = model.seed_widths.copy()
-    notes = list(structure.notes)
+    notes = []
     assigned: dict[int, int] = {}
-    for op, count in structure.alive_counts.items():
+    for op, count in alive_counts.items():
         for seg in spaces.op_out.get(op, ())[:1]:
             if spaces.pinned[seg.space]:
                 notes.append(f"{op}: pinned ({spaces.pin_reasons.get(seg.space)}), kept at full width")
@@ -51,7 +59,7 @@ def morph(model: WidthModel, structure: Any, threshold: float = DEFAULT_THRESHOL
             assigned[seg.space] = max(count, assigned.get(seg.space, 0))
     for space, count in assigned.items():
         widths[space] = count
-    return Morphed(label, widths, None, tuple(notes))
+    return widths, tuple(notes)
 
 
 def source_op_widths(graph: ChannelGraph, model: WidthModel, widths: np.ndarray) -> dict[str, int]:

@@ -71,9 +71,9 @@ def _pick_checkpoints(loaded: LoadedModel) -> list[tuple[str, dict[str, Any]]]:
         for label, path in example_checkpoints(BUNDLED).items():
             data = path.read_bytes()
             structures.append((label, cache.structure_from_bytes(loaded.graph, loaded.key, path.name, data)))
-    uploads = st.sidebar.file_uploader(
-        "Gamma checkpoints or morph-net alive files", accept_multiple_files=True,
-        type=["pt", "pth", "safetensors", "keras", "h5", "json"], key=state.CHECKPOINT_UPLOADS)
+    uploads = st.sidebar.file_uploader(  # no type filter: morph-net's alive_<step> has no suffix
+        "Gamma checkpoints (.pt, .pth, .safetensors, .keras, .h5) or morph-net alive files",
+        accept_multiple_files=True, key=state.CHECKPOINT_UPLOADS)
     for upload in uploads or []:
         label = st.sidebar.text_input(f"Label for {upload.name}", upload.name,
                                       key=state.LABEL_PREFIX + upload.name)
@@ -95,8 +95,6 @@ def _solve_into_slider(model: Any, alive: np.ndarray, target: str, hardware: Any
 
 def explorer_view() -> None:
     from analyzers import compare
-    from analyzers.alive import consistency_report, topology_report
-    from analyzers.export import layer_table, table_csv, widths_json
     from analyzers.hardware import HARDWARE, get_hardware
 
     st.title("MorphScope")
@@ -115,7 +113,7 @@ def explorer_view() -> None:
     factor = st.sidebar.slider("What-if width multiplier", 0.25, 3.0, step=0.001, format="%.3f",
                                key=state.FACTOR)
 
-    alive = {label: compare.structure_widths(model, s["gammas"], _fixed_widths(model, s), threshold)
+    alive = {label: compare.structure_widths(model, s["gammas"], s["alive_counts"], threshold)
              for label, s in structures}
     views = [compare.view_structure(model, label, widths, factor, hardware) for label, widths in alive.items()]
     seed = model.totals(model.seed_widths, hardware)
@@ -144,18 +142,8 @@ def explorer_view() -> None:
         st.plotly_chart(figures.cost_vs_step(example_cost_logs(BUNDLED)), key="cost_vs_step")
     _gamma_section(structures, threshold)
     _tradeoff_section(model, views, factor, hardware)
-    _reports(graph, model, structures, alive, threshold, consistency_report, topology_report)
-    _downloads(graph, model, loaded, views, structures, threshold, factor,
-               widths_json, table_csv, layer_table)
-
-
-def _fixed_widths(model: Any, structure: dict[str, Any]) -> np.ndarray | None:
-    if structure["gammas"]:
-        return None
-    from analyzers.morph import morph
-    from importers.checkpoints import LearnedStructure
-
-    return morph(model, LearnedStructure("alive file", alive_counts=structure["alive_counts"])).widths
+    _reports(graph, model, structures, alive, threshold)
+    _downloads(graph, model, loaded, views, structures, threshold, factor)
 
 
 def _metrics(seed: dict[str, Any], views: list[Any]) -> None:
@@ -203,7 +191,9 @@ def _tradeoff_section(model, views, factor, hardware) -> None:
     right.plotly_chart(figures.tradeoff_figure(curves, FACTORS, current, matched, "latency_s"), key="tradeoff_latency")
 
 
-def _reports(graph, model, structures, alive, threshold, consistency_report, topology_report) -> None:
+def _reports(graph, model, structures, alive, threshold) -> None:
+    from analyzers.alive import consistency_report, topology_report
+
     st.subheader("Groups and topology")
     for label, s in structures:
         topology = topology_report(graph, model.spaces, alive[label], s["gammas"], threshold)
@@ -225,8 +215,9 @@ def _reports(graph, model, structures, alive, threshold, consistency_report, top
         st.dataframe(pinned, hide_index=True)
 
 
-def _downloads(graph, model, loaded, views, structures, threshold, factor,
-               widths_json, table_csv, layer_table) -> None:
+def _downloads(graph, model, loaded, views, structures, threshold, factor) -> None:
+    from analyzers.export import layer_table, table_csv, widths_json
+
     st.subheader("Export")
     label = st.session_state.get(state.EXPAND_TARGET) or views[0].label
     view = next(v for v in views if v.label == label)

@@ -144,3 +144,25 @@ def test_bad_upload_shows_the_error_and_keeps_the_previous_model(example):
     # The bundled example is still what the page shows.
     assert graph.name in at.caption[0].value
     assert metrics_table(at).loc["seed", "flops"] == model.totals(model.seed_widths, V100)["flops"]
+
+
+def test_morphnet_alive_file_upload_is_a_structure(example):
+    import json
+
+    _, model, _ = example
+    at = run_app()
+    alive = {"res2.conv1.0/Conv2D": 40, "inception.branch1.0/Conv2D": 8}
+    at.sidebar.file_uploader(key="checkpoint_uploads").upload(
+        "alive_1200", json.dumps(alive).encode()).run()
+    assert not at.exception and not at.error
+    row = metrics_table(at).loc["alive_1200 (alive)"]
+    # Only those two layers shrink: res2.conv1 160 -> 40 (3x3 at 4x4, 160 in; feeds res2.conv2),
+    # inception.branch1 32 -> 8 (1x1 at 8x8 from 64; one of the concat inputs of the 3x3
+    # depthwise (80 -> 56 channels) and the pointwise 1x1 (80 -> 56 inputs, 160 out, at 4x4).
+    seed = model.totals(model.seed_widths, V100)["macs"]
+    saved = (3 * 3 * 16 * 160 * (160 - 40)  # res2.conv1 outputs
+             + 3 * 3 * 16 * (160 - 40) * 160  # res2.conv2 inputs
+             + 1 * 1 * 64 * 64 * (32 - 8)  # branch1 outputs
+             + 3 * 3 * 16 * (32 - 8)  # depthwise 3x3 stride 2 on the concat (4x4 output)
+             + 1 * 1 * 16 * (32 - 8) * 160)  # pointwise inputs
+    assert row["flops"] == 2 * (seed - saved)
