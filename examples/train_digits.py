@@ -49,9 +49,9 @@ class ResidualBlock(nn.Module):
 class InceptionBlock(nn.Module):
     def __init__(self, cin: int):
         super().__init__()
-        self.branch1 = conv_bn(cin, 32, 1)
-        self.branch3_reduce, self.branch3 = conv_bn(cin, 24, 1), conv_bn(24, 32)
-        self.branch_pool = conv_bn(cin, 16, 1)
+        self.branch1 = conv_bn(cin, 30, 1)
+        self.branch3_reduce, self.branch3 = conv_bn(cin, 22, 1), conv_bn(22, 34)
+        self.branch_pool = conv_bn(cin, 14, 1)
 
     def forward(self, x):
         pooled = F.max_pool2d(x, 3, 1, 1)
@@ -60,19 +60,20 @@ class InceptionBlock(nn.Module):
 
 
 class SeedNet(nn.Module):
-    """16x16: stem 32, residual 32 | 8x8: down 64, inception 80 | 4x4: separable 160,
-    residual 160 | fc 10."""
+    """16x16: stem 28, residual 28 (hidden 36) | 8x8: down 60, inception 30+34+14 = 78 |
+    4x4: separable 150, residual 150 (hidden 170) | fc 10. Widths differ from one another so
+    a uniform width multiplier grows them at different factors (finer cost steps)."""
 
     def __init__(self):
         super().__init__()
-        self.stem = conv_bn(1, 32)
-        self.res1 = ResidualBlock(32, 32)
-        self.down = conv_bn(32, 64, stride=2)
-        self.inception = InceptionBlock(64)
-        self.depthwise = conv_bn(80, 80, stride=2, groups=80)
-        self.pointwise = conv_bn(80, 160, 1)
-        self.res2 = ResidualBlock(160, 160)
-        self.fc = nn.Linear(160, 10)
+        self.stem = conv_bn(1, 28)
+        self.res1 = ResidualBlock(28, 36)
+        self.down = conv_bn(28, 60, stride=2)
+        self.inception = InceptionBlock(60)
+        self.depthwise = conv_bn(78, 78, stride=2, groups=78)
+        self.pointwise = conv_bn(78, 150, 1)
+        self.res2 = ResidualBlock(150, 170)
+        self.fc = nn.Linear(150, 10)
 
     def forward(self, x):
         x = self.res1(F.relu(self.stem(x)))

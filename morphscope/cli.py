@@ -209,8 +209,9 @@ def _run_expand(args: argparse.Namespace) -> int:
         print()
         return 0
     for r in results:
+        fmt = (lambda v: f"{v:.4g} s") if r["resource"] == "latency" else (lambda v: f"{v:,.0f}")
         print(f"{r['checkpoint']}: width multiplier {r['factor']:.4f} brings {r['resource']} to "
-              f"{r['cost']:,.6g} (budget {r['budget']:,.6g})")
+              f"{fmt(r['cost'])} (budget {fmt(r['budget'])})")
         for name, width in r["widths"].items():
             print(f"  {name:<50} {width:>6}")
     return 0

@@ -152,8 +152,8 @@ def test_export_csv_table_for_the_bundled_example(tmp_path):
     assert tuple(rows[0]) == TABLE_COLUMNS
     stem = next(r for r in rows if r["layer"] == "stem.0")
     # stem: 3x3 conv, 1 input channel (the image), 16x16 output.
-    assert int(stem["seed_width"]) == 32
-    assert int(stem["seed_macs"]) == 3 * 3 * 16 * 16 * 1 * 32
+    assert int(stem["seed_width"]) == 28
+    assert int(stem["seed_macs"]) == 3 * 3 * 16 * 16 * 1 * 28
     assert int(stem["alive_width"]) == alive["stem.0"]
     assert int(stem["alive_macs"]) == 3 * 3 * 16 * 16 * 1 * alive["stem.0"]
     assert int(stem["expanded_width"]) == math.floor(1.5 * alive["stem.0"])
