@@ -15,7 +15,8 @@ SEED_COLOR = "#B6B6B6"
 
 def width_bars(widths: dict[str, Any]) -> go.Figure:
     """Layer widths in the paper's style: one group of bars per layer, input to output; the
-    seed in grey next to each structure's alive width (expanded width in the hover)."""
+    seed in grey next to each structure's alive width, and its expanded width (hatched) once
+    a width multiplier changes it."""
     layers = widths["layers"]
     fig = go.Figure()
     hover_seed = [f"{n}<br>seed {w}<br>MACs {human_count(m)}<br>params {human_count(p)}"
@@ -29,13 +30,12 @@ def width_bars(widths: dict[str, Any]) -> go.Figure:
                                             widths["macs"], widths["params"])]
         fig.add_bar(x=layers, y=data["alive"], name=f"{label} alive", marker_color=color,
                     hovertext=hover, hoverinfo="text")
-        fig.add_scatter(x=layers, y=data["expanded"], name=f"{label} expanded", mode="markers",
-                        marker={"color": color, "symbol": "line-ew-open", "size": 14,
-                                "line": {"width": 3, "color": color}},
-                        hovertext=hover, hoverinfo="text")
+        if data["expanded"] != data["alive"]:  # only once a width multiplier changes them
+            fig.add_bar(x=layers, y=data["expanded"], name=f"{label} expanded", marker_color=color,
+                        marker_pattern_shape="/", opacity=0.55, hovertext=hover, hoverinfo="text")
     fig.update_layout(barmode="group", bargap=0.15, xaxis_title="layer (input to output)",
-                      yaxis_title="output channels", legend={"orientation": "h", "y": -0.3},
-                      margin={"t": 30, "b": 10}, height=420)
+                      yaxis_title="output channels", legend={"orientation": "h", "y": -0.45},
+                      margin={"t": 30}, height=460)
     fig.update_xaxes(tickangle=-60, tickfont_size=9)
     return fig
 
