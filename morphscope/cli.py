@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoint_args(export, required=True)
     export.add_argument("--out", required=True, help="widths file: morph-net JSON (.json) "
                         "or the per-layer table (.csv)")
+    export.add_argument("--table", help="also write the per-layer table (seed, alive and expanded "
+                        "width, MACs, params): .csv or .json")
     export.add_argument("--multiplier", type=float, help="expand the widths by this factor")
     export.add_argument("--model-out", help="rebuilt model to retrain: .pt2 (PyTorch) or .keras")
     export.add_argument("--copy-weights", action="store_true",
@@ -230,12 +232,17 @@ def _run_export(args: argparse.Namespace) -> int:
     structure, m = structures[0], morphed[0]
     expanded = m.widths if args.multiplier is None else \
         apply_multiplier(model.spaces, m.widths, args.multiplier)
+    rows = layer_table(graph, model, m.widths, expanded)
     out = Path(args.out)
     if out.suffix.lower() == ".csv":
-        out.write_text(table_csv(layer_table(graph, model, m.widths, expanded)))
+        out.write_text(table_csv(rows))
     else:
         out.write_text(widths_json(graph, model, expanded) + "\n")
     print(f"wrote {out}")
+    if args.table:
+        table = Path(args.table)
+        table.write_text(table_csv(rows) if table.suffix.lower() == ".csv" else json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {table}")
     if args.model_out:
         plan = export_plan(graph, model, m, args.multiplier, structure.gammas, args.threshold)
         predicted = plan_totals(model, plan)["params"]

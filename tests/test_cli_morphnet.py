@@ -144,11 +144,13 @@ def test_export_csv_table_for_the_bundled_example(tmp_path):
 
     report = run_json("report", "example:digits", "--checkpoint", "examples/digits/flops_gammas.pt")
     alive = report["morphed"][0]["widths"]
-    out = tmp_path / "layers.csv"
+    out, table = tmp_path / "layers.csv", tmp_path / "layers.json"
     result = run_cli("export", "example:digits", "--checkpoint", "examples/digits/flops_gammas.pt",
-                     "--out", str(out), "--multiplier", "1.5")
+                     "--out", str(out), "--multiplier", "1.5", "--table", str(table))
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
+    as_json = json.loads(table.read_text())
+    assert [{k: str(v) for k, v in row.items()} for row in as_json] == rows  # same table twice
     assert tuple(rows[0]) == TABLE_COLUMNS
     stem = next(r for r in rows if r["layer"] == "stem.0")
     # stem: 3x3 conv, 1 input channel (the image), 16x16 output.
