@@ -124,8 +124,9 @@ def _linear_cost(attrs: Mapping[str, Any]) -> OpCost:
     )
 
 
-def _per_channel_params_cost(attrs: Mapping[str, Any]) -> OpCost:
-    """Norm layers: parameters scale with the channels (2 in PyTorch, up to 4 in Keras)."""
+def _channel_params_cost(attrs: Mapping[str, Any]) -> OpCost:
+    """Ops that compute nothing counted: any weights they own scale with their channels when
+    they are per channel (bn: 2 in PyTorch, up to 4 in Keras; layer scale: 1), else fixed."""
     channels = attrs.get("out_channels") or 0
     params = attrs.get("params", 0)
     if channels and params % channels == 0:
@@ -141,11 +142,6 @@ def _opaque_cost(attrs: Mapping[str, Any]) -> OpCost:
                   bytes_moved=Bilinear(const=moved * BYTES_PER_ELEMENT))
 
 
-def _fixed_params_cost(attrs: Mapping[str, Any]) -> OpCost:
-    """Ops that compute nothing counted; any scalars they own (layer scale, class token) are fixed."""
-    return OpCost(params=Bilinear(const=attrs.get("params", 0)))
-
-
 ZERO_COST_KINDS = frozenset({
     Kind.INPUT, Kind.ADD, Kind.MUL, Kind.CONCAT, Kind.SPLIT, Kind.ACT, Kind.POOL,
     Kind.GLOBAL_POOL, Kind.FLATTEN, Kind.RESHAPE, Kind.PAD, Kind.RESIZE, Kind.IDENTITY,
@@ -155,9 +151,9 @@ ZERO_COST_KINDS = frozenset({
 COST_RULES: Mapping[Kind, CostRule] = {
     Kind.CONV: _conv_cost,
     Kind.LINEAR: _linear_cost,
-    Kind.BN: _per_channel_params_cost,
+    Kind.BN: _channel_params_cost,
     Kind.OPAQUE: _opaque_cost,
-    **{kind: _fixed_params_cost for kind in ZERO_COST_KINDS},
+    **{kind: _channel_params_cost for kind in ZERO_COST_KINDS},
 }
 
 

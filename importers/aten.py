@@ -369,6 +369,9 @@ def build_graph(program: Program, name: str) -> ChannelGraph:
         v: frozenset({k}) for v, k in program.parameters.items()}
     param_sources.update({c: frozenset() for c in program.constants})
     numel = {key: math.prod(shapes[v]) for v, key in program.parameters.items()}
+    # Modules owning weights: their weightless ops (LayerNorm2d's permutes) are named
+    # <module>.<op>, leaving the module's own name to the op that uses the weights.
+    weight_owners = {key.rsplit(".", 1)[0] for key in program.parameters.values()}
     owned: set[str] = set()
 
     for i, inp in enumerate(program.user_inputs):
@@ -409,7 +412,7 @@ def build_graph(program: Program, name: str) -> ChannelGraph:
         owned.update(keys)
         if keys and kind in (Kind.CONV, Kind.LINEAR, Kind.BN):
             base = _param_owner_name(_weight_key(record, program, keys))
-        elif record.module_is_leaf and not keys:
+        elif record.module_is_leaf and not keys and record.module_path not in weight_owners:
             base = record.module_path or record.op
         else:
             base = f"{record.module_path}.{record.op}" if record.module_path else record.op

@@ -62,15 +62,16 @@ def rebuild_torch(module: Any, graph: ChannelGraph, model: WidthModel, plan: Exp
     """A copy of ``module`` with the plan's widths; alive weights copied when ``masks`` given."""
     from torch import nn
 
-    _check_other_params(graph, model, plan)
     new = copy.deepcopy(module).cpu()
     spaces = model.spaces
     removed_ends = {end for _, end, _ in plan.removed_blocks}
     for name, attrs in graph.ops():
         kind = attrs["kind"]
         if kind not in (Kind.CONV, Kind.LINEAR, Kind.BN):
+            if attrs.get("param_keys") and name not in plan.removed_ops:
+                _resize_loose_params(new, graph, model, plan, name, attrs, masks)
             continue
-        old = _submodule(new, name)
+        old = _submodule(new, _module_of(attrs, name))
         if old is None:
             continue
         if name in plan.removed_ops:
@@ -80,17 +81,26 @@ def rebuild_torch(module: Any, graph: ChannelGraph, model: WidthModel, plan: Exp
                                                 channels_last=kind == Kind.LINEAR)
             else:
                 replacement = nn.Identity()
-            _set_submodule(new, name, replacement)
+            _set_submodule(new, _module_of(attrs, name), replacement)
             continue
         a_in = _width(spaces.op_in.get(name, ()), plan.widths)
         a_out = _width(spaces.op_out.get(name, ()), plan.widths)
+        if (a_in, a_out) == (_width(spaces.op_in.get(name, ()), spaces.sizes),
+                             _width(spaces.op_out.get(name, ()), spaces.sizes)):
+            continue  # unchanged (pinned or fully alive): keep the module and its weights
         replacement = _resized(old, kind, attrs, a_in, a_out)
         if masks is not None:
             in_idx = layout_indices(spaces.op_in.get(name, ()), masks, spaces.sizes)
             out_idx = layout_indices(spaces.op_out.get(name, ()), masks, spaces.sizes)
             _copy_alive(old, replacement, kind, attrs, in_idx, out_idx)
-        _set_submodule(new, name, replacement)
+        _set_submodule(new, _module_of(attrs, name), replacement)
     return new.eval()
+
+
+def _module_of(attrs: dict[str, Any], name: str) -> str:
+    """The module path owning an op's weights (``layer1.0.conv1.weight`` -> ``layer1.0.conv1``)."""
+    keys = attrs.get("param_keys") or ()
+    return keys[0].rsplit(".", 1)[0] if keys else name
 
 
 @functools.cache
@@ -109,6 +119,29 @@ def _zero_map_class() -> type:
             return torch.zeros((x.shape[0], *self.shape), dtype=x.dtype, device=x.device)
 
     return ZeroMap
+
+
+def _resize_loose_params(root: Any, graph: ChannelGraph, model: WidthModel, plan: ExportPlan,
+                         name: str, attrs: dict[str, Any], masks: tuple[np.ndarray, ...] | None) -> None:
+    """Weights owned by a functional op (ConvNeXt's layer scale, shape (C, 1, 1)): the axis
+    holding the op's channels is cut to the new width (alive channels when masks are given)."""
+    import torch
+
+    layout = model.spaces.op_out.get(name, ())
+    seed, width = _width(layout, model.spaces.sizes), _width(layout, plan.widths)
+    if seed == width:
+        return
+    keep = layout_indices(layout, masks, model.spaces.sizes) if masks is not None else np.arange(width)
+    for key in attrs["param_keys"]:
+        owner_name, _, pname = key.rpartition(".")
+        owner = root.get_submodule(owner_name) if owner_name else root
+        param = getattr(owner, pname)
+        axes = [d for d, size in enumerate(param.shape) if size == seed]
+        if len(axes) != 1:
+            raise GraphError(f"{graph.name}: cannot resize {key} {tuple(param.shape)} of {name} "
+                             f"to {width} channels")
+        sliced = param.detach().index_select(axes[0], torch.as_tensor(keep[:width], dtype=torch.long))
+        setattr(owner, pname, torch.nn.Parameter(sliced.clone(), requires_grad=param.requires_grad))
 
 
 def _submodule(root: Any, name: str) -> Any:
@@ -141,11 +174,11 @@ def _resized(old: Any, kind: Kind, attrs: dict[str, Any], a_in: int, a_out: int)
     if isinstance(old, nn.modules.batchnorm._BatchNorm):
         return type(old)(a_out, eps=old.eps, momentum=old.momentum, affine=old.affine,
                          track_running_stats=old.track_running_stats)
-    if isinstance(old, nn.LayerNorm):
-        return nn.LayerNorm((*old.normalized_shape[:-1], a_out), eps=old.eps,
-                            elementwise_affine=old.elementwise_affine, bias=old.bias is not None)
+    if isinstance(old, nn.LayerNorm):  # type(old): subclasses such as LayerNorm2d keep their forward
+        return type(old)((*old.normalized_shape[:-1], a_out), eps=old.eps,
+                         elementwise_affine=old.elementwise_affine, bias=old.bias is not None)
     if isinstance(old, nn.GroupNorm):
-        return nn.GroupNorm(old.num_groups, a_out, eps=old.eps, affine=old.affine)
+        return type(old)(old.num_groups, a_out, eps=old.eps, affine=old.affine)
     raise GraphError(f"{type(old).__name__}: cannot resize this normalization module")
 
 
