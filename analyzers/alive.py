@@ -63,6 +63,12 @@ def _equalize_groups(score: np.ndarray, mask: np.ndarray, q: int) -> np.ndarray:
     return equal.reshape(-1)
 
 
+def gamma_masks(spaces: ChannelSpaces, gammas: Mapping[str, np.ndarray],
+                threshold: float = DEFAULT_THRESHOLD) -> list[np.ndarray]:
+    """Alive masks per space straight from bn scales (group scores, then the threshold)."""
+    return alive_masks(spaces, group_scores(spaces, gammas), threshold)
+
+
 def alive_widths(masks: list[np.ndarray]) -> np.ndarray:
     """Alive channels per space (float array, ready for width arithmetic)."""
     return np.array([m.sum() for m in masks], dtype=np.float64)

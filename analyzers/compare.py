@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.alive import DEFAULT_THRESHOLD, alive_masks, alive_widths, group_scores
+from analyzers.alive import DEFAULT_THRESHOLD, alive_widths, gamma_masks
 from analyzers.hardware import Hardware
 from analyzers.morph import source_op_widths, widths_from_counts
 from analyzers.widths import WidthModel, apply_multiplier, multiplier_curve, solve_multiplier
@@ -31,7 +31,7 @@ def structure_widths(model: WidthModel, gammas: dict[str, np.ndarray] | None,
                      alive_counts: dict[str, int] | None, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Alive widths from gammas at ``threshold``, or from a morph-net alive file's counts."""
     if gammas:
-        return alive_widths(alive_masks(model.spaces, group_scores(model.spaces, gammas), threshold))
+        return alive_widths(gamma_masks(model.spaces, gammas, threshold))
     return widths_from_counts(model, alive_counts or {})[0]
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.alive import (DEFAULT_THRESHOLD, Topology, alive_masks, alive_widths,
-                             group_scores, residual_branches, topology_report)
+from analyzers.alive import (DEFAULT_THRESHOLD, Topology, alive_widths, gamma_masks,
+                             residual_branches, topology_report)
 from analyzers.widths import WidthModel, apply_multiplier
 from morphscope.graph import ChannelGraph, Kind
 
@@ -36,7 +36,7 @@ def morph(model: WidthModel, structure: Any, threshold: float = DEFAULT_THRESHOL
     spaces = model.spaces
     label = label or structure.source
     if structure.gammas:
-        masks = alive_masks(spaces, group_scores(spaces, structure.gammas), threshold)
+        masks = gamma_masks(spaces, structure.gammas, threshold)
         return Morphed(label, alive_widths(masks), tuple(masks), tuple(structure.notes))
     widths, notes = widths_from_counts(model, structure.alive_counts)
     return Morphed(label, widths, None, tuple(structure.notes) + notes)

@@ -429,8 +429,8 @@ def build_graph(program: Program, name: str) -> ChannelGraph:
             _add_split_nodes(graph, namer, base, record, ctx, kind, attrs, outputs, producer, axes)
             continue
         node = namer.take(base)
-        attrs.update(ATTRS_BY_KIND.get(kind, _generic_attrs)(ctx))
-        graph.add_op(node, kind, **{**_generic_attrs(ctx), **attrs})
+        kind_attrs = ATTRS_BY_KIND[kind](ctx) if kind in ATTRS_BY_KIND else {}
+        graph.add_op(node, kind, **{**_generic_attrs(ctx), **attrs, **kind_attrs})
         for port, ref in enumerate(act_refs):
             graph.connect(producer[ref.name], node, port)
         out_name = record.outputs[0] if record.outputs else None

@@ -192,18 +192,19 @@ def _run_expand(args: argparse.Namespace) -> int:
 
     graph, model, _, morphed = _analysis(args)
     hardware = get_hardware(args.hardware)
+    budget = args.budget if args.budget is not None else \
+        model.target_cost(model.seed_widths, args.resource, hardware)
     results = []
     for m in morphed:
-        factor = solve_multiplier(model, m.widths, args.resource, args.budget, hardware)
+        factor = solve_multiplier(model, m.widths, args.resource, budget, hardware)
         expanded = apply_multiplier(model.spaces, m.widths, factor)
-        budget = args.budget if args.budget is not None else \
-            model.target_cost(model.seed_widths, args.resource, hardware)
+        alive_totals, expanded_totals = model.totals(m.widths, hardware), model.totals(expanded, hardware)
         results.append({
             "checkpoint": m.label, "resource": args.resource, "budget": budget,
             "factor": factor,
-            "cost": model.target_cost(expanded, args.resource, hardware),
-            "alive": {k: model.totals(m.widths, hardware)[k] for k in ("flops", "params", "size")},
-            "expanded": {k: model.totals(expanded, hardware)[k] for k in ("flops", "params", "size")},
+            "cost": expanded_totals["latency_s" if args.resource == "latency" else args.resource],
+            "alive": {k: alive_totals[k] for k in ("flops", "params", "size")},
+            "expanded": {k: expanded_totals[k] for k in ("flops", "params", "size")},
             "widths": source_op_widths(graph, model, expanded),
         })
     if args.json:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from analyzers.alive import alive_masks, alive_widths, group_scores
+from analyzers.alive import alive_widths, gamma_masks
 from analyzers.cost import bilinear
 from analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
 from analyzers.widths import WidthModel, check_target
@@ -67,7 +67,7 @@ class RegularizerPlan:
 
     def alive_widths(self, gammas: dict[str, np.ndarray], threshold: float) -> np.ndarray:
         """Alive widths for the current gammas (the analyzers' rule)."""
-        return alive_widths(alive_masks(self.model.spaces, group_scores(self.model.spaces, gammas),
+        return alive_widths(gamma_masks(self.model.spaces, gammas,
                                         threshold))
 
     def value(self, group_sums: Any, widths: np.ndarray, to_tensor: Callable[[np.ndarray], Any],

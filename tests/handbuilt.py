@@ -263,3 +263,13 @@ def keras_checkpoint(model, gammas, path):
         model.get_layer(bn).gamma.assign(gamma)
     model.save_weights(path)
     return path
+
+
+def random_gammas(graph, seed, dead_fraction):
+    """Trained-looking scales for every bn of ``graph``: uniform in [0, 1), about
+    ``dead_fraction`` of them exactly zero."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {n: rng.uniform(0, 1, a["out_channels"]) * (rng.random(a["out_channels"]) > dead_fraction)
+            for n, a in graph.ops() if a.get("gamma_key")}

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from analyzers.alive import alive_masks, group_scores
+from analyzers.alive import gamma_masks
 from analyzers.morph import Morphed, export_plan, plan_totals
 from analyzers.widths import apply_multiplier, compile_width_model
+from handbuilt import random_gammas
 from importers.torch_importer import load_module
 
 
@@ -18,10 +19,8 @@ def test_grouped_conv_widths_stay_multiples_of_groups(name):
     module = torchvision.models.get_model(name).eval()
     graph = load_module(module, (3, 224, 224), name=name)
     model = compile_width_model(graph)
-    rng = np.random.default_rng(3)
-    gammas = {n: rng.uniform(0, 1, a["out_channels"]) * (rng.random(a["out_channels"]) > 0.4)
-              for n, a in graph.ops() if a.get("gamma_key")}
-    masks = alive_masks(model.spaces, group_scores(model.spaces, gammas))
+    gammas = random_gammas(graph, seed=3, dead_fraction=0.4)
+    masks = gamma_masks(model.spaces, gammas)
     widths = np.array([m.sum() for m in masks], dtype=float)
     grouped = [(n, a) for n, a in graph.ops() if 1 < a.get("groups", 1) < a.get("in_channels", 0)]
     assert grouped

@@ -4,9 +4,10 @@ import numpy as np
 import torch
 import torchvision
 
-from analyzers.alive import alive_masks, group_scores
+from analyzers.alive import gamma_masks
 from analyzers.morph import Morphed, export_plan, plan_totals
 from analyzers.widths import compile_width_model
+from handbuilt import random_gammas
 from importers import rebuild
 from importers.torch_importer import load_module
 
@@ -15,10 +16,8 @@ def test_convnext_layer_scale_and_layernorm2d_follow_the_widths():
     module = torchvision.models.convnext_tiny().eval()
     graph = load_module(module, (3, 224, 224), name="convnext_tiny")
     model = compile_width_model(graph)
-    rng = np.random.default_rng(1)
-    gammas = {n: rng.uniform(0, 1, a["out_channels"]) * (rng.random(a["out_channels"]) > 0.3)
-              for n, a in graph.ops() if a.get("gamma_key")}
-    masks = alive_masks(model.spaces, group_scores(model.spaces, gammas))
+    gammas = random_gammas(graph, seed=1, dead_fraction=0.3)
+    masks = gamma_masks(model.spaces, gammas)
     widths = np.array([m.sum() for m in masks], dtype=float)
     plan = export_plan(graph, model, Morphed("random", widths, tuple(masks)), gammas=gammas)
     new = rebuild.rebuild_torch(module, graph, model, plan, tuple(masks))
