@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from explorer.views.explore import explorer_view
-from explorer.views.seed import seed_view
+from morphscope.explorer.views.explore import explorer_view
+from morphscope.explorer.views.seed import seed_view
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from typing import Mapping
 import networkx as nx
 import numpy as np
 
-from analyzers.spaces import ChannelSpaces
+from morphscope.analyzers.spaces import ChannelSpaces
 from morphscope.graph import ChannelGraph, Kind
 
 DEFAULT_THRESHOLD = 1e-2

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.alive import DEFAULT_THRESHOLD, alive_widths, gamma_masks
-from analyzers.hardware import Hardware
-from analyzers.morph import source_op_widths, widths_from_counts
-from analyzers.widths import WidthModel, apply_multiplier, multiplier_curve, solve_multiplier
+from morphscope.analyzers.alive import DEFAULT_THRESHOLD, alive_widths, gamma_masks
+from morphscope.analyzers.hardware import Hardware
+from morphscope.analyzers.morph import source_op_widths, widths_from_counts
+from morphscope.analyzers.widths import WidthModel, apply_multiplier, multiplier_curve, solve_multiplier
 from morphscope.graph import ChannelGraph
 
 METRICS = ("flops", "params", "size", "latency_s")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from analyzers.hardware import BYTES_PER_ELEMENT, Hardware
+from morphscope.analyzers.hardware import BYTES_PER_ELEMENT, Hardware
 from morphscope.graph import ChannelGraph, Kind
 
 RESOURCES = ("macs", "params", "size", "bytes_moved")

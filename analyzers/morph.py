@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.alive import (DEFAULT_THRESHOLD, Topology, alive_widths, gamma_masks,
+from morphscope.analyzers.alive import (DEFAULT_THRESHOLD, Topology, alive_widths, gamma_masks,
                              residual_branches, topology_report)
-from analyzers.widths import WidthModel, apply_multiplier
+from morphscope.analyzers.widths import WidthModel, apply_multiplier
 from morphscope.graph import ChannelGraph, Kind
 
 
@@ -31,7 +31,7 @@ class Morphed:
 
 def morph(model: WidthModel, structure: Any, threshold: float = DEFAULT_THRESHOLD,
           label: str | None = None) -> Morphed:
-    """Alive widths for a :class:`~importers.checkpoints.LearnedStructure` (plain fields read:
+    """Alive widths for a :class:`~morphscope.importers.checkpoints.LearnedStructure` (plain fields read:
     ``source``, ``gammas``, ``alive_counts``, ``notes``)."""
     spaces = model.spaces
     label = label or structure.source

@@ -7,8 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.cost import CostModel, compile_costs, roofline_latency_s, seed_costs, totals_of
-from analyzers.hardware import HARDWARE
+from morphscope.analyzers.alive import consistency_report, topology_report
+from morphscope.analyzers.cost import CostModel, compile_costs, roofline_latency_s, seed_costs, totals_of
+from morphscope.analyzers.hardware import HARDWARE, Hardware
+from morphscope.analyzers.morph import Morphed, source_op_widths
+from morphscope.analyzers.widths import WidthModel, apply_multiplier, solve_multiplier
 from morphscope.graph import ChannelGraph, Kind
 
 CONVENTION = ("MACs: multiply-accumulates of conv, linear and matrix products, batch 1; bias, "
@@ -87,4 +90,39 @@ def seed_report(graph: ChannelGraph, every_op: bool = False) -> dict[str, Any]:
         "opaque": pinned_ops(graph),
         "detached_params": graph.detached_params,
         "notes": graph.notes,
+    }
+
+
+def structure_entry(graph: ChannelGraph, model: WidthModel, structure: Any, morphed: Morphed,
+                    threshold: float) -> dict[str, Any]:
+    """One checkpoint's alive totals, widths per source op, inconsistent groups and topology
+    (the ``morphed`` entries of ``morphscope report --json``)."""
+    totals = model.totals(morphed.widths)
+    topology = topology_report(graph, model.spaces, morphed.widths, structure.gammas, threshold)
+    return {
+        "checkpoint": morphed.label,
+        **{k: totals[k] for k in ("macs", "flops", "params", "size", "latency_s")},
+        "widths": source_op_widths(graph, model, morphed.widths),
+        "inconsistent_groups": [asdict(g) for g in consistency_report(
+            model.spaces, structure.gammas, threshold) if g.broken],
+        "removable_blocks": [list(b) for b in topology.removable_blocks],
+        "dead_towers": [list(t) for t in topology.dead_towers],
+        "zero_width": list(topology.zero_width),
+        "notes": list(morphed.notes),
+    }
+
+
+def expand_entry(graph: ChannelGraph, model: WidthModel, morphed: Morphed, resource: str,
+                 budget: float, hardware: Hardware) -> dict[str, Any]:
+    """The largest width multiplier within ``budget`` of ``resource`` for one structure, with
+    its alive and expanded totals and widths (the entries of ``morphscope expand --json``)."""
+    factor = solve_multiplier(model, morphed.widths, resource, budget, hardware)
+    expanded = apply_multiplier(model.spaces, morphed.widths, factor)
+    alive_totals, expanded_totals = model.totals(morphed.widths, hardware), model.totals(expanded, hardware)
+    return {
+        "checkpoint": morphed.label, "resource": resource, "budget": budget, "factor": factor,
+        "cost": expanded_totals["latency_s" if resource == "latency" else resource],
+        "alive": {k: alive_totals[k] for k in ("flops", "params", "size")},
+        "expanded": {k: expanded_totals[k] for k in ("flops", "params", "size")},
+        "widths": source_op_widths(graph, model, expanded),
     }

@@ -9,7 +9,7 @@ cannot follow is *pinned* (never pruned) with a reason. One handler per op kind,
 
 Grouped convs (1 < groups < in_channels): each of the g groups must keep the same number of
 channels, so the spaces they read and write get a *quantum* g: alive counts are made equal
-across groups (:mod:`analyzers.alive`) and a width multiplier rounds down to a multiple of g.
+across groups (:mod:`morphscope.analyzers.alive`) and a width multiplier rounds down to a multiple of g.
 """
 
 from __future__ import annotations

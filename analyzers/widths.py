@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.cost import CostModel, compile_costs, per_op_costs, totals_of
-from analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
-from analyzers.spaces import ChannelSpaces, build_channel_spaces, space_matrices
+from morphscope.analyzers.cost import CostModel, compile_costs, per_op_costs, totals_of
+from morphscope.analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
+from morphscope.analyzers.spaces import ChannelSpaces, build_channel_spaces, space_matrices
 from morphscope.errors import MorphScopeError
 from morphscope.graph import ChannelGraph
 
@@ -91,7 +91,7 @@ def apply_multiplier(spaces: ChannelSpaces, widths: np.ndarray, factor: float | 
     At 1.5, a layer shrunk from 100 to 10 grows to 15 and one shrunk to 80 grows to 120:
 
     >>> import numpy as np
-    >>> from analyzers.spaces import ChannelSpaces
+    >>> from morphscope.analyzers.spaces import ChannelSpaces
     >>> s = ChannelSpaces(np.array([200, 100]), np.array([False, False]), {},
     ...                   np.array([1, 1]), {}, {}, {}, {})
     >>> apply_multiplier(s, np.array([10.0, 80.0]), 1.5).tolist()

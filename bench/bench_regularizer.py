@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch.nn import functional as F
 
-from regularizers.torch_regularizer import FlopsRegularizer
+from morphscope.regularizers.torch_regularizer import FlopsRegularizer
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import warnings
 import torch
 import torchvision
 
-from analyzers.cost import compile_costs, seed_costs, totals_of
-from importers.torch_importer import load_module, torchvision_input_size
+from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
+from morphscope.importers.torch_importer import load_module, torchvision_input_size
 
 MODELS = ["resnet50", "mobilenet_v2", "inception_v3", "efficientnet_b0"]
 

@@ -18,12 +18,12 @@ import warnings
 
 import numpy as np
 
-from analyzers import compare
-from analyzers.alive import consistency_report, topology_report
-from analyzers.hardware import get_hardware
-from analyzers.widths import compile_width_model
-from explorer import figures
-from importers.torch_importer import load_torchvision
+from morphscope.analyzers import compare
+from morphscope.analyzers.alive import consistency_report, topology_report
+from morphscope.analyzers.hardware import get_hardware
+from morphscope.analyzers.widths import compile_width_model
+from morphscope.explorer import figures
+from morphscope.importers.torch_importer import load_torchvision
 
 FACTORS = np.round(np.linspace(0.25, 3.0, 111), 4)
 

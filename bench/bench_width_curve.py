@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torchvision
 
-from analyzers.alive import alive_masks, alive_widths, group_scores
-from analyzers.morph import Morphed, export_plan
-from analyzers.widths import apply_multiplier, compile_width_model, multiplier_curve
-from importers import rebuild
-from importers.torch_importer import load_module
+from morphscope.analyzers.alive import alive_masks, alive_widths, group_scores
+from morphscope.analyzers.morph import Morphed, export_plan
+from morphscope.analyzers.widths import apply_multiplier, compile_width_model, multiplier_curve
+from morphscope.exporters import rebuild
+from morphscope.importers.torch_importer import load_module
 
 
 def main() -> None:

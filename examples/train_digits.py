@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from analyzers.morph import export_plan, morph, plan_totals
-from analyzers.widths import compile_width_model, solve_multiplier
-from importers import rebuild
-from importers.checkpoints import LearnedStructure
-from importers.torch_importer import load_module
-from regularizers.torch_regularizer import FlopsRegularizer, ModelSizeRegularizer, StructureLogger
+from morphscope.analyzers.morph import export_plan, morph, plan_totals
+from morphscope.analyzers.widths import compile_width_model, solve_multiplier
+from morphscope.exporters import rebuild
+from morphscope.importers.checkpoints import LearnedStructure
+from morphscope.importers.torch_importer import load_module
+from morphscope.regularizers.torch_regularizer import FlopsRegularizer, ModelSizeRegularizer, StructureLogger
 
 SIDE = 16  # digits are 8x8; upsampled so early layers see 16x16 maps
 

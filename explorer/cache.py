@@ -32,8 +32,8 @@ def _as_file(name: str, data: bytes) -> Path:
 @st.cache_resource(max_entries=8, show_spinner=False)
 def model_from_spec(spec: str, side: int | None = None) -> tuple[Any, Any]:
     """``(graph, width model)`` for a zoo or bundled spec."""
-    from analyzers.widths import compile_width_model
-    from importers.load import load_model
+    from morphscope.analyzers.widths import compile_width_model
+    from morphscope.importers.load import load_model
 
     graph = load_model(spec, (3, side, side) if side else None)
     return graph, compile_width_model(graph)
@@ -42,8 +42,8 @@ def model_from_spec(spec: str, side: int | None = None) -> tuple[Any, Any]:
 @st.cache_resource(max_entries=8, show_spinner=False)
 def model_from_upload(name: str, data: bytes) -> tuple[Any, Any, str]:
     """``(graph, width model, saved path)`` for uploaded bytes; the cache key is the content."""
-    from analyzers.widths import compile_width_model
-    from importers.load import load_model
+    from morphscope.analyzers.widths import compile_width_model
+    from morphscope.importers.load import load_model
 
     path = _as_file(name, data)
     graph = load_model(str(path))
@@ -54,7 +54,7 @@ def model_from_upload(name: str, data: bytes) -> tuple[Any, Any, str]:
 @st.cache_data(max_entries=32, show_spinner=False)
 def structure_from_bytes(_graph: Any, graph_key: str, name: str, data: bytes) -> dict[str, Any]:
     """A checkpoint's gammas or alive counts, matched to the graph (plain data)."""
-    from importers.checkpoints import load_structure
+    from morphscope.importers.checkpoints import load_structure
 
     structure = load_structure(_graph, _as_file(name, data))
     return {"gammas": structure.gammas, "alive_counts": structure.alive_counts,
@@ -69,6 +69,6 @@ def content_key(data: bytes) -> str:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def framework_model(spec: str, side: int | None = None) -> Any:
     """The framework's model object (to rebuild with new widths) for a spec."""
-    from importers.load import load_framework_model
+    from morphscope.importers.load import load_framework_model
 
     return load_framework_model(spec, (3, side, side) if side else None)

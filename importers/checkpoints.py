@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from importers.load import check_file, read_torch_pickle
+from morphscope.importers.load import check_file, read_torch_pickle
 from morphscope.errors import CheckpointMismatchError, UnsupportedFileError
 from morphscope.graph import ChannelGraph, Kind
 

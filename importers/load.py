@@ -74,16 +74,16 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Channel
         With a one-line message naming the file and the problem.
     """
     if spec.startswith("torchvision:"):
-        from importers.torch_importer import load_torchvision
+        from morphscope.importers.torch_importer import load_torchvision
 
         side = input_shape[-1] if input_shape else None
         return load_torchvision(spec.split(":", 1)[1], side)
     if spec.startswith("keras:"):
-        from importers.keras_importer import load_keras_application
+        from morphscope.importers.keras_importer import load_keras_application
 
         return load_keras_application(spec.split(":", 1)[1], input_shape)
     if spec.startswith("example:"):
-        from importers.torch_importer import load_pt2
+        from morphscope.importers.torch_importer import load_pt2
 
         graph = load_pt2(EXAMPLES_DIR / _example(spec)["model"])
         graph.name = spec
@@ -92,11 +92,11 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Channel
     check_file(path)
     suffix = path.suffix.lower()
     if suffix == ".pt2":
-        from importers.torch_importer import load_pt2
+        from morphscope.importers.torch_importer import load_pt2
 
         return load_pt2(path)
     if suffix in (".keras", ".h5", ".hdf5"):
-        from importers.keras_importer import load_keras_file
+        from morphscope.importers.keras_importer import load_keras_file
 
         return load_keras_file(path)
     if suffix == ".json":
@@ -212,12 +212,12 @@ def load_framework_model(spec: str, input_shape: tuple[int, ...] | None = None) 
     if spec.startswith("torchvision:"):
         import torchvision
 
-        from importers.torch_importer import build_torchvision
+        from morphscope.importers.torch_importer import build_torchvision
 
         build_torchvision(spec.split(":", 1)[1])  # validates the name
         return torchvision.models.get_model(spec.split(":", 1)[1], weights=None).eval()
     if spec.startswith("keras:"):
-        from importers.keras_importer import build_keras_application
+        from morphscope.importers.keras_importer import build_keras_application
 
         return build_keras_application(spec.split(":", 1)[1], input_shape)
     if spec.startswith("example:"):
@@ -231,7 +231,7 @@ def load_framework_model(spec: str, input_shape: tuple[int, ...] | None = None) 
     path = Path(spec)
     check_file(path)
     if path.suffix.lower() in (".keras", ".h5", ".hdf5"):
-        from importers.keras_importer import load_keras_file_model
+        from morphscope.importers.keras_importer import load_keras_file_model
 
         return load_keras_file_model(path)
     raise UnsupportedFileError(f"{path}: a rebuilt model needs the model itself; use "

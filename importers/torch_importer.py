@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from importers.aten import OpRecord, Program, Ref, build_graph, short_op_name
+from morphscope.importers.aten import OpRecord, Program, Ref, build_graph, short_op_name
 from morphscope.errors import GraphError, UnsupportedFileError
 from morphscope.graph import ChannelGraph
 

@@ -19,10 +19,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from analyzers.alive import alive_widths, gamma_masks
-from analyzers.cost import bilinear
-from analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
-from analyzers.widths import WidthModel, check_target
+from morphscope.analyzers.alive import alive_widths, gamma_masks
+from morphscope.analyzers.cost import bilinear
+from morphscope.analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
+from morphscope.analyzers.widths import WidthModel, check_target
 from morphscope.graph import ChannelGraph, Kind
 
 

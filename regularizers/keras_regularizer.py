@@ -15,20 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.alive import DEFAULT_THRESHOLD
-from analyzers.export import widths_json
-from analyzers.widths import compile_width_model
-from regularizers.core import regularizer_plan
+from morphscope.analyzers.alive import DEFAULT_THRESHOLD
+from morphscope.exporters.writers import widths_json
+from morphscope.analyzers.widths import compile_width_model
+from morphscope.regularizers.core import regularizer_plan
 
 
 class KerasGammaRegularizer:
-    """Resource-weighted group-L1 on a Keras model's bn gammas (see :mod:`regularizers.core`)."""
+    """Resource-weighted group-L1 on a Keras model's bn gammas (see :mod:`morphscope.regularizers.core`)."""
 
     target = "flops"
 
     def __init__(self, model: Any, threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
                  target: str | None = None) -> None:
-        from importers.keras_importer import import_keras, load_keras_model
+        from morphscope.importers.keras_importer import import_keras, load_keras_model
 
         self.keras = import_keras()
         self.graph = load_keras_model(model)

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.alive import DEFAULT_THRESHOLD
-from analyzers.export import widths_json
-from analyzers.widths import compile_width_model
+from morphscope.analyzers.alive import DEFAULT_THRESHOLD
+from morphscope.exporters.writers import widths_json
+from morphscope.analyzers.widths import compile_width_model
 from morphscope.graph import ChannelGraph
-from regularizers.core import regularizer_plan
+from morphscope.regularizers.core import regularizer_plan
 
 
 class GammaRegularizer:
@@ -46,7 +46,7 @@ class GammaRegularizer:
     def __init__(self, model: Any, example_input: Any = None, graph: ChannelGraph | None = None,
                  threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
                  target: str | None = None) -> None:
-        from importers.torch_importer import load_module
+        from morphscope.importers.torch_importer import load_module
 
         if graph is None:
             if example_input is None:
@@ -74,7 +74,7 @@ class GammaRegularizer:
         return self.plan.cost(self.alive_widths())
 
     def loss(self) -> Any:
-        """The differentiable regularizer G (a scalar tensor), see :mod:`regularizers.core`."""
+        """The differentiable regularizer G (a scalar tensor), see :mod:`morphscope.regularizers.core`."""
         import torch
 
         spaces = self.width_model.spaces

@@ -35,7 +35,7 @@ def torch_tower_net():
 
 
 def keras_tower_net():
-    from importers.keras_importer import import_keras
+    from morphscope.importers.keras_importer import import_keras
 
     keras = import_keras()
     layers = keras.layers
@@ -174,7 +174,7 @@ def torch_separable_net():
 
 
 def _keras_parts():
-    from importers.keras_importer import import_keras
+    from morphscope.importers.keras_importer import import_keras
 
     keras = import_keras()
     layers = keras.layers

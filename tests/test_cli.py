@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-MORPHSCOPE = [sys.executable, "-m", "morphscope.cli"]
+MORPHSCOPE = [sys.executable, "-m", "morphscope.cli.main"]
 
 
 def run_cli(*args, cwd=None):

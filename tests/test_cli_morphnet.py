@@ -37,7 +37,7 @@ def torch_checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keras_checkpoint(tmp_path_factory):
-    from importers.keras_importer import import_keras
+    from morphscope.importers.keras_importer import import_keras
 
     keras = import_keras()
     rng = np.random.default_rng(11)
@@ -140,7 +140,7 @@ def test_export_csv_table_for_the_bundled_example(tmp_path):
     import csv
     import math
 
-    from analyzers.export import TABLE_COLUMNS
+    from morphscope.exporters.writers import TABLE_COLUMNS
 
     report = run_json("report", "example:digits", "--checkpoint", "examples/digits/flops_gammas.pt")
     alive = report["morphed"][0]["widths"]

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from explorer import cache, figures, state
-from explorer.format import human_count, human_seconds
+from morphscope.explorer import cache, figures, state
+from morphscope.units import human_count, human_seconds
 from morphscope.errors import MorphScopeError
 
 SOURCES = ("Bundled example", "Upload a file", "Zoo model")
@@ -66,7 +66,7 @@ def _pick_checkpoints(loaded: LoadedModel) -> list[tuple[str, dict[str, Any]]]:
     """Checkpoint uploader with a label per file; the bundled example brings its own two."""
     structures = []
     if loaded.key == BUNDLED:
-        from importers.load import example_checkpoints
+        from morphscope.importers.load import example_checkpoints
 
         for label, path in example_checkpoints(BUNDLED).items():
             data = path.read_bytes()
@@ -87,15 +87,15 @@ def _pick_checkpoints(loaded: LoadedModel) -> list[tuple[str, dict[str, Any]]]:
 
 def _solve_into_slider(model: Any, alive: np.ndarray, target: str, hardware: Any) -> None:
     """Button callback: set the width-factor slider to the factor matching the seed's cost."""
-    from analyzers.compare import matching_factor
+    from morphscope.analyzers.compare import matching_factor
 
     factor = matching_factor(model, alive, target, hardware)
     st.session_state[state.FACTOR] = float(np.floor(factor * 1000) / 1000)  # stay under budget
 
 
 def explorer_view() -> None:
-    from analyzers import compare
-    from analyzers.hardware import HARDWARE, get_hardware
+    from morphscope.analyzers import compare
+    from morphscope.analyzers.hardware import HARDWARE, get_hardware
 
     st.title("MorphScope")
     loaded = _pick_model()
@@ -136,7 +136,7 @@ def explorer_view() -> None:
         st.info("Upload gamma checkpoints (or morph-net alive files) to compare learned structures.")
         return
     if loaded.key == BUNDLED:
-        from importers.load import example_cost_logs
+        from morphscope.importers.load import example_cost_logs
 
         st.subheader("Target cost during training")
         st.plotly_chart(figures.cost_vs_step(example_cost_logs(BUNDLED)), key="cost_vs_step")
@@ -147,7 +147,7 @@ def explorer_view() -> None:
 
 
 def _metrics(seed: dict[str, Any], views: list[Any]) -> None:
-    from analyzers.compare import metrics_rows
+    from morphscope.analyzers.compare import metrics_rows
 
     st.subheader(f"Costs: {views[0].label}, expanded" if views else "Costs: seed")
     cols = st.columns(4)
@@ -166,7 +166,7 @@ def _metrics(seed: dict[str, Any], views: list[Any]) -> None:
 
 
 def _gamma_section(structures, threshold) -> None:
-    from analyzers.compare import gamma_magnitudes
+    from morphscope.analyzers.compare import gamma_magnitudes
 
     with_gammas = [(label, s["gammas"]) for label, s in structures if s["gammas"]]
     if not with_gammas:
@@ -180,7 +180,7 @@ def _gamma_section(structures, threshold) -> None:
 
 
 def _tradeoff_section(model, views, factor, hardware) -> None:
-    from analyzers.compare import matching_factor, tradeoff_curves
+    from morphscope.analyzers.compare import matching_factor, tradeoff_curves
 
     st.subheader("Trade-off under a width multiplier")
     curves = tradeoff_curves(model, views, FACTORS, hardware)
@@ -192,7 +192,7 @@ def _tradeoff_section(model, views, factor, hardware) -> None:
 
 
 def _reports(graph, model, structures, alive, threshold) -> None:
-    from analyzers.alive import consistency_report, topology_report
+    from morphscope.analyzers.alive import consistency_report, topology_report
 
     st.subheader("Groups and topology")
     for label, s in structures:
@@ -216,7 +216,7 @@ def _reports(graph, model, structures, alive, threshold) -> None:
 
 
 def _downloads(graph, model, loaded, views, structures, threshold, factor) -> None:
-    from analyzers.export import layer_table, table_csv, widths_json
+    from morphscope.exporters.writers import layer_table, table_csv, widths_json
 
     st.subheader("Export")
     label = st.session_state.get(state.EXPAND_TARGET) or views[0].label
@@ -248,22 +248,13 @@ def _rebuild_bytes(graph, model, loaded, structures, label, view, threshold, fac
     import tempfile
     from pathlib import Path
 
-    from analyzers.morph import Morphed, export_plan, plan_totals
-    from importers import rebuild
+    from morphscope.analyzers.morph import Morphed, export_plan, plan_totals
+    from morphscope.exporters.export import MODEL_SUFFIX, write_rebuilt_model
 
     gammas = dict(structures)[label]["gammas"]
     plan = export_plan(graph, model, Morphed(label, view.alive, None), factor, gammas, threshold)
     source = cache.framework_model(loaded.rebuild_spec, loaded.side)
-    out = Path(tempfile.mkdtemp(prefix="morphscope_export_"))
-    if graph.framework == "torch":
-        path = out / "morphed.pt2"
-        new = rebuild.rebuild_torch(source, graph, model, plan)
-        rebuild.save_torch_pt2(new, graph.input_shape, path)
-        params = rebuild.count_torch_params(new)
-    else:
-        path = out / "morphed.keras"
-        new = rebuild.rebuild_keras(source, graph, model, plan)
-        new.save(path)
-        params = int(new.count_params())
+    path = Path(tempfile.mkdtemp(prefix="morphscope_export_")) / f"morphed{MODEL_SUFFIX[graph.framework]}"
+    params = write_rebuilt_model(source, graph, model, plan, path)
     note = f"{params:,} parameters (predicted {plan_totals(model, plan)['params']:,})"
     return path.name, path.read_bytes(), note

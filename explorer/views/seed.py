@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from explorer import state
-from explorer.format import human_count
+from morphscope.explorer import state
+from morphscope.units import human_count
 from morphscope.errors import MorphScopeError
 
 ZOO_PREFIXES = ("torchvision:", "keras:", "example:")
@@ -11,8 +11,8 @@ ZOO_PREFIXES = ("torchvision:", "keras:", "example:")
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _seed_report(spec: str) -> dict:
-    from analyzers.report import seed_report
-    from importers.load import load_model
+    from morphscope.analyzers.report import seed_report
+    from morphscope.importers.load import load_model
 
     return seed_report(load_model(spec))
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from analyzers.cost import COST_RULES, ZERO_COST_KINDS, bilinear, compile_costs, seed_costs, totals_of
-from analyzers.hardware import HARDWARE, get_hardware
+from morphscope.analyzers.cost import COST_RULES, ZERO_COST_KINDS, bilinear, compile_costs, seed_costs, totals_of
+from morphscope.analyzers.hardware import HARDWARE, get_hardware
 from morphscope.errors import MorphScopeError
 from morphscope.graph import ChannelGraph, Kind
 

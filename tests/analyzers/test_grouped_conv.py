@@ -3,18 +3,18 @@
 import numpy as np
 import pytest
 
-from analyzers.alive import gamma_masks
-from analyzers.morph import Morphed, export_plan, plan_totals
-from analyzers.widths import apply_multiplier, compile_width_model
+from morphscope.analyzers.alive import gamma_masks
+from morphscope.analyzers.morph import Morphed, export_plan, plan_totals
+from morphscope.analyzers.widths import apply_multiplier, compile_width_model
 from handbuilt import random_gammas
-from importers.torch_importer import load_module
+from morphscope.importers.torch_importer import load_module
 
 
 @pytest.mark.parametrize("name", ["resnext50_32x4d", "regnet_x_400mf"])
 def test_grouped_conv_widths_stay_multiples_of_groups(name):
     import torchvision
 
-    from importers import rebuild
+    from morphscope.exporters import rebuild
 
     module = torchvision.models.get_model(name).eval()
     graph = load_module(module, (3, 224, 224), name=name)

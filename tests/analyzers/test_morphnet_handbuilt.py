@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 import handbuilt
-from analyzers.alive import consistency_report, topology_report
-from analyzers.morph import export_plan, morph, plan_totals, source_op_widths
-from analyzers.widths import apply_multiplier, compile_width_model
+from morphscope.analyzers.alive import consistency_report, topology_report
+from morphscope.analyzers.morph import export_plan, morph, plan_totals, source_op_widths
+from morphscope.analyzers.widths import apply_multiplier, compile_width_model
 from handbuilt import H, W, alive_at
-from importers.checkpoints import load_structure
-from importers.keras_importer import load_keras_model
-from importers.torch_importer import load_module
+from morphscope.importers.checkpoints import load_structure
+from morphscope.importers.keras_importer import load_keras_model
+from morphscope.importers.torch_importer import load_module
 
 FRAMEWORKS = ["torch", "keras"]
 
@@ -43,7 +43,7 @@ def macs_of(graph, model, widths):
 def test_two_inputs_three_outputs_costs_six_then_four():
     from torch import nn
 
-    from importers.checkpoints import match_gammas
+    from morphscope.importers.checkpoints import match_gammas
 
     # 2 inputs -> 3 outputs (bn) -> 5 logits; the logits are pinned (model output).
     graph = load_module(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 5)), (2,),
@@ -153,7 +153,7 @@ def test_dead_residual_branch_is_removable_and_removed(framework, tmp_path):
     predicted = plan_totals(model, plan)
     # What remains: stem, unit 2 and fc at full width.
     assert predicted["macs"] == 3 * 3 * H * W * (3 * 13 + 13 * 7 + 7 * 13) + 13 * 5
-    from importers import rebuild
+    from morphscope.exporters import rebuild
 
     if framework == "torch":
         import torch
@@ -177,7 +177,7 @@ def test_rebuilt_model_matches_prediction_and_copies_alive_weights(framework, tm
               "bn_pw": alive_at(23, range(17))}
     graph, model, structure, morphed, module = analyze("separable_net", framework, gammas, tmp_path)
     plan = export_plan(graph, model, morphed, gammas=structure.gammas)
-    from importers import rebuild
+    from morphscope.exporters import rebuild
 
     predicted = plan_totals(model, plan)["params"]
     if framework == "torch":

@@ -2,7 +2,7 @@
 
 import pytest
 
-from analyzers.report import seed_report
+from morphscope.analyzers.report import seed_report
 from morphscope.graph import ChannelGraph, Kind
 
 

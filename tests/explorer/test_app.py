@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analyzers.alive import alive_masks, alive_widths, group_scores
-from analyzers.hardware import get_hardware
-from analyzers.widths import apply_multiplier, compile_width_model
-from importers.checkpoints import load_structure
-from importers.load import example_checkpoints, load_model
+from morphscope.analyzers.alive import alive_masks, alive_widths, group_scores
+from morphscope.analyzers.hardware import get_hardware
+from morphscope.analyzers.widths import apply_multiplier, compile_width_model
+from morphscope.importers.checkpoints import load_structure
+from morphscope.importers.load import example_checkpoints, load_model
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 V100 = get_hardware("V100")

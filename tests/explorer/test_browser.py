@@ -16,12 +16,12 @@ import pytest
 import torch
 
 import handbuilt
-from analyzers.alive import alive_masks, alive_widths, group_scores
-from analyzers.export import widths_json
-from analyzers.widths import apply_multiplier, compile_width_model
+from morphscope.analyzers.alive import alive_masks, alive_widths, group_scores
+from morphscope.exporters.writers import widths_json
+from morphscope.analyzers.widths import apply_multiplier, compile_width_model
 from handbuilt import H, W, alive_at
-from importers.checkpoints import load_structure
-from importers.load import load_model
+from morphscope.importers.checkpoints import load_structure
+from morphscope.importers.load import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "screenshots"

@@ -2,7 +2,7 @@
 
 from streamlit.testing.v1 import AppTest
 
-PAGE = "from explorer.views.seed import seed_view\nseed_view()\n"
+PAGE = "from morphscope.explorer.views.seed import seed_view\nseed_view()\n"
 
 
 def test_seed_page_shows_torchvision_totals():

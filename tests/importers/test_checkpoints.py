@@ -7,9 +7,9 @@ import pytest
 
 import handbuilt
 from handbuilt import H, W, alive_at
-from importers.checkpoints import load_structure, match_alive_counts, read_tensors
-from importers.keras_importer import load_keras_model
-from importers.torch_importer import load_module
+from morphscope.importers.checkpoints import load_structure, match_alive_counts, read_tensors
+from morphscope.importers.keras_importer import load_keras_model
+from morphscope.importers.torch_importer import load_module
 from morphscope.errors import CheckpointMismatchError, UnsupportedFileError
 
 GAMMAS = {"bn_stem": alive_at(13, range(6)), "bn_dw": alive_at(13, range(4, 10)),
@@ -80,12 +80,12 @@ def test_missing_extra_and_wrong_shapes_are_reported(torch_net, tmp_path):
 
 
 def test_model_without_bn_scales_says_so(tmp_path):
-    from importers.keras_importer import build_keras_application
+    from morphscope.importers.keras_importer import build_keras_application
 
     graph = load_keras_model(build_keras_application("InceptionV3"))  # bn built with scale=False
     path = tmp_path / "empty.json"
     with pytest.raises(CheckpointMismatchError, match="no bn scales .gammas.: nothing to regularize or prune"):
-        from importers.checkpoints import match_gammas
+        from morphscope.importers.checkpoints import match_gammas
 
         match_gammas(graph, {"x": np.ones(3)}, str(path))
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from analyzers.cost import compile_costs, seed_costs, totals_of
+from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
 from handbuilt import H, TOWER_MACS, TOWER_TRAINABLE, W, keras_tower_net, torch_tower_net
-from importers.keras_importer import load_keras_model
-from importers.torch_importer import load_module, load_pt2
+from morphscope.importers.keras_importer import load_keras_model
+from morphscope.importers.torch_importer import load_module, load_pt2
 from morphscope.graph import Kind
 
 

@@ -9,10 +9,10 @@ import math
 
 import pytest
 
-from analyzers.cost import compile_costs, seed_costs, totals_of
-from analyzers.widths import compile_width_model
+from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
+from morphscope.analyzers.widths import compile_width_model
 from morphscope.graph import Kind
-from importers.keras_importer import build_keras_application, keras_application_names, load_keras_model
+from morphscope.importers.keras_importer import build_keras_application, keras_application_names, load_keras_model
 
 ZOO = keras_application_names()
 

@@ -4,12 +4,12 @@ import numpy as np
 import torch
 import torchvision
 
-from analyzers.alive import gamma_masks
-from analyzers.morph import Morphed, export_plan, plan_totals
-from analyzers.widths import compile_width_model
+from morphscope.analyzers.alive import gamma_masks
+from morphscope.analyzers.morph import Morphed, export_plan, plan_totals
+from morphscope.analyzers.widths import compile_width_model
 from handbuilt import random_gammas
-from importers import rebuild
-from importers.torch_importer import load_module
+from morphscope.exporters import rebuild
+from morphscope.importers.torch_importer import load_module
 
 
 def test_convnext_layer_scale_and_layernorm2d_follow_the_widths():

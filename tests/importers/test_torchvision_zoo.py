@@ -10,10 +10,10 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from analyzers.cost import compile_costs, seed_costs, totals_of
-from analyzers.widths import compile_width_model
+from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
+from morphscope.analyzers.widths import compile_width_model
 from morphscope.graph import Kind
-from importers.torch_importer import build_torchvision, load_module, torchvision_input_size
+from morphscope.importers.torch_importer import build_torchvision, load_module, torchvision_input_size
 
 ZOO = torchvision.models.list_models(module=torchvision.models)
 

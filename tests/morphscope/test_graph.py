@@ -57,7 +57,7 @@ def test_of_kind_lists_ops_in_order():
 
 
 def test_real_model_round_trips():
-    from importers.torch_importer import load_torchvision
+    from morphscope.importers.torch_importer import load_torchvision
 
     graph = load_torchvision("mobilenet_v3_small")
     back = ChannelGraph.from_json(graph.to_json())

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from analyzers.morph import morph, source_op_widths
-from analyzers.widths import compile_width_model
-from importers.checkpoints import load_structure
-from importers.load import example_checkpoints, load_model
+from morphscope.analyzers.morph import morph, source_op_widths
+from morphscope.analyzers.widths import compile_width_model
+from morphscope.importers.checkpoints import load_structure
+from morphscope.importers.load import example_checkpoints, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 # examples/train_digits.py: stem and res1 run at 16x16, pointwise and res2 at 4x4.

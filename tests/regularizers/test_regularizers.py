@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 import handbuilt
-from analyzers.morph import morph
-from analyzers.widths import compile_width_model
+from morphscope.analyzers.morph import morph
+from morphscope.analyzers.widths import compile_width_model
 from handbuilt import H, W, alive_at
-from importers.checkpoints import load_structure
-from importers.keras_importer import load_keras_model
-from importers.torch_importer import load_module
+from morphscope.importers.checkpoints import load_structure
+from morphscope.importers.keras_importer import load_keras_model
+from morphscope.importers.torch_importer import load_module
 
 NETS = {
     "residual_net": {"bn_stem": alive_at(13, [0, 1, 2, 3, 4]), "bn_u1b": alive_at(13, [3, 4, 5, 6]),
@@ -26,7 +26,7 @@ TARGETS = ["flops", "size", "latency"]
 def torch_regularizer(net, gammas, target):
     import torch
 
-    from regularizers.torch_regularizer import GammaRegularizer
+    from morphscope.regularizers.torch_regularizer import GammaRegularizer
 
     module = getattr(handbuilt, f"torch_{net}")()
     state = module.state_dict()
@@ -37,7 +37,7 @@ def torch_regularizer(net, gammas, target):
 
 
 def keras_regularizer(net, gammas, target):
-    from regularizers.keras_regularizer import KerasGammaRegularizer
+    from morphscope.regularizers.keras_regularizer import KerasGammaRegularizer
 
     module = getattr(handbuilt, f"keras_{net}")()
     for bn, gamma in gammas.items():
@@ -145,7 +145,7 @@ def test_torch_gradient_matches_finite_differences(net, target):
 def test_structure_logger_writes_widths_and_cost(tmp_path):
     import json
 
-    from regularizers.torch_regularizer import StructureLogger
+    from morphscope.regularizers.torch_regularizer import StructureLogger
 
     _, reg = torch_regularizer("residual_net", NETS["residual_net"], "flops")
     logger = StructureLogger(reg, tmp_path, every=10)
@@ -162,7 +162,7 @@ def test_structure_logger_writes_widths_and_cost(tmp_path):
 def test_keras_attach_adds_the_term_to_fit_and_the_logger_writes(tmp_path):
     import json
 
-    from regularizers.keras_regularizer import keras_structure_logger
+    from morphscope.regularizers.keras_regularizer import keras_structure_logger
 
     module, reg = keras_regularizer("residual_net", NETS["residual_net"], "flops")
     module.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")

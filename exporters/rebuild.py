@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.morph import ExportPlan
-from analyzers.spaces import Layout
-from analyzers.widths import WidthModel
+from morphscope.analyzers.morph import ExportPlan
+from morphscope.analyzers.spaces import Layout
+from morphscope.analyzers.widths import WidthModel
 from morphscope.errors import GraphError
 from morphscope.graph import ChannelGraph, Kind
 
@@ -230,7 +230,7 @@ def rebuild_keras(keras_model: Any, graph: ChannelGraph, model: WidthModel, plan
                   masks: tuple[np.ndarray, ...] | None = None) -> Any:
     """A new Keras model from ``keras_model.get_config()`` with the plan's widths; the alive
     channels' weights copied in when ``masks`` are given."""
-    from importers.keras_importer import import_keras
+    from morphscope.importers.keras_importer import import_keras
 
     keras = import_keras()
     _check_other_params(graph, model, plan)

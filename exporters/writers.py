@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.morph import source_op_widths
-from analyzers.widths import WidthModel
+from morphscope.analyzers.morph import source_op_widths
+from morphscope.analyzers.widths import WidthModel
 from morphscope.graph import ChannelGraph
 
 

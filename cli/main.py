@@ -72,8 +72,8 @@ def _format_tuple(value: Any) -> str:
 
 def print_report_table(doc: dict[str, Any], hardware: str, out=sys.stdout) -> None:
     """Print the per-layer table and totals, like torchinfo / model.summary()."""
-    from analyzers.hardware import get_hardware
-    from explorer.format import human_count, human_seconds
+    from morphscope.analyzers.hardware import get_hardware
+    from morphscope.units import human_count, human_seconds
 
     get_hardware(hardware)
     rows = doc["layers"]
@@ -109,10 +109,10 @@ def print_report_table(doc: dict[str, Any], hardware: str, out=sys.stdout) -> No
 
 
 def _analysis(args: argparse.Namespace):
-    from analyzers.morph import morph
-    from analyzers.widths import compile_width_model
-    from importers.checkpoints import load_structure
-    from importers.load import load_model, parse_input_shape
+    from morphscope.analyzers.morph import morph
+    from morphscope.analyzers.widths import compile_width_model
+    from morphscope.importers.checkpoints import load_structure
+    from morphscope.importers.load import load_model, parse_input_shape
 
     _progress(f"importing {args.model} ...")
     graph = load_model(args.model, parse_input_shape(args.input_shape))
@@ -128,33 +128,12 @@ def _progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _morphed_entry(graph, model, structure, morphed, threshold: float) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from analyzers.alive import consistency_report, topology_report
-    from analyzers.morph import source_op_widths
-
-    totals = model.totals(morphed.widths)
-    topology = topology_report(graph, model.spaces, morphed.widths, structure.gammas, threshold)
-    return {
-        "checkpoint": morphed.label,
-        **{k: totals[k] for k in ("macs", "flops", "params", "size", "latency_s")},
-        "widths": source_op_widths(graph, model, morphed.widths),
-        "inconsistent_groups": [asdict(g) for g in consistency_report(
-            model.spaces, structure.gammas, threshold) if g.broken],
-        "removable_blocks": [list(b) for b in topology.removable_blocks],
-        "dead_towers": [list(t) for t in topology.dead_towers],
-        "zero_width": list(topology.zero_width),
-        "notes": list(morphed.notes),
-    }
-
-
 def _run_report(args: argparse.Namespace) -> int:
-    from analyzers.report import seed_report
+    from morphscope.analyzers.report import seed_report, structure_entry
 
     graph, model, structures, morphed = _analysis(args)
     doc = seed_report(graph, every_op=args.all)
-    doc["morphed"] = [_morphed_entry(graph, model, s, m, args.threshold)
+    doc["morphed"] = [structure_entry(graph, model, s, m, args.threshold)
                       for s, m in zip(structures, morphed)]
     if args.json:
         json.dump(doc, sys.stdout)
@@ -168,7 +147,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def print_morphed(entry: dict[str, Any], seed: dict[str, Any], out=sys.stdout) -> None:
     """Totals of one checkpoint against the seed, then its topology findings."""
-    from explorer.format import human_count, signed_percent
+    from morphscope.units import human_count, signed_percent
 
     print(f"\n{entry['checkpoint']}", file=out)
     for key in ("flops", "params", "size"):
@@ -186,27 +165,14 @@ def print_morphed(entry: dict[str, Any], seed: dict[str, Any], out=sys.stdout) -
 
 
 def _run_expand(args: argparse.Namespace) -> int:
-    from analyzers.hardware import get_hardware
-    from analyzers.morph import source_op_widths
-    from analyzers.widths import apply_multiplier, solve_multiplier
+    from morphscope.analyzers.hardware import get_hardware
+    from morphscope.analyzers.report import expand_entry
 
     graph, model, _, morphed = _analysis(args)
     hardware = get_hardware(args.hardware)
     budget = args.budget if args.budget is not None else \
         model.target_cost(model.seed_widths, args.resource, hardware)
-    results = []
-    for m in morphed:
-        factor = solve_multiplier(model, m.widths, args.resource, budget, hardware)
-        expanded = apply_multiplier(model.spaces, m.widths, factor)
-        alive_totals, expanded_totals = model.totals(m.widths, hardware), model.totals(expanded, hardware)
-        results.append({
-            "checkpoint": m.label, "resource": args.resource, "budget": budget,
-            "factor": factor,
-            "cost": expanded_totals["latency_s" if args.resource == "latency" else args.resource],
-            "alive": {k: alive_totals[k] for k in ("flops", "params", "size")},
-            "expanded": {k: expanded_totals[k] for k in ("flops", "params", "size")},
-            "widths": source_op_widths(graph, model, expanded),
-        })
+    results = [expand_entry(graph, model, m, args.resource, budget, hardware) for m in morphed]
     if args.json:
         json.dump({"model": graph.name, "expanded": results}, sys.stdout)
         print()
@@ -223,9 +189,9 @@ def _run_expand(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from analyzers.export import layer_table, table_csv, widths_json
-    from analyzers.morph import export_plan, plan_totals
-    from analyzers.widths import apply_multiplier
+    from morphscope.exporters.writers import layer_table, table_csv, widths_json
+    from morphscope.analyzers.morph import export_plan, plan_totals
+    from morphscope.analyzers.widths import apply_multiplier
 
     graph, model, structures, morphed = _analysis(args)
     if len(morphed) != 1:
@@ -255,18 +221,12 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _write_model(args, graph, model, plan, morphed) -> int:
-    from importers.load import load_framework_model, parse_input_shape
-    from importers import rebuild
+    from morphscope.exporters.export import write_rebuilt_model
+    from morphscope.importers.load import load_framework_model, parse_input_shape
 
     framework_model = load_framework_model(args.model, parse_input_shape(args.input_shape))
     copy_masks = morphed.masks if args.copy_weights and args.multiplier is None else None
-    if graph.framework == "torch":
-        new = rebuild.rebuild_torch(framework_model, graph, model, plan, copy_masks)
-        rebuild.save_torch_pt2(new, graph.input_shape, args.model_out)
-        return rebuild.count_torch_params(new)
-    new = rebuild.rebuild_keras(framework_model, graph, model, plan, copy_masks)
-    new.save(args.model_out)
-    return int(new.count_params())
+    return write_rebuilt_model(framework_model, graph, model, plan, args.model_out, copy_masks)
 
 
 COMMANDS = {"report": _run_report, "expand": _run_expand, "export": _run_export}
