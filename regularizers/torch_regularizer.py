@@ -122,8 +122,8 @@ class LatencyRegularizer(GammaRegularizer):
 
 class StructureLogger:
     """Every ``every`` steps, writes ``<out>/alive_<step>`` (morph-net's widths JSON) and
-    appends ``{"step", "cost", "loss"}`` to ``<out>/cost.jsonl``, so the explorer can plot
-    cost against step.
+    appends ``{"step", "target", "cost", "loss", **metrics}`` to ``<out>/cost.jsonl``, so the
+    explorer can plot cost against step and the cost against a user metric.
 
     Call it once per training step: ``logger.step(step, loss=float(total_loss))``.
     """
@@ -134,9 +134,15 @@ class StructureLogger:
         self.every = every
         self.out.mkdir(parents=True, exist_ok=True)
 
-    def step(self, step: int, loss: float | None = None) -> None:
+    def step(self, step: int, loss: float | None = None, metrics: Any = None) -> None:
+        """Log ``step`` if it is a multiple of ``every``. ``metrics``: user numbers to record beside
+        the cost (e.g. ``{"val_accuracy": 0.93}``), or a callable returning them, called only on
+        logged steps."""
         if step % self.every:
             return
         (self.out / f"alive_{step}").write_text(self.regularizer.widths_json() + "\n")
+        extra = metrics() if callable(metrics) else (metrics or {})
+        record = {"step": step, "target": self.regularizer.plan.target, "cost": self.regularizer.cost(),
+                  "loss": loss, **{k: float(v) for k, v in extra.items()}}
         with open(self.out / "cost.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "cost": self.regularizer.cost(), "loss": loss}) + "\n")
+            f.write(json.dumps(record) + "\n")
