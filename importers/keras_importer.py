@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from morphscope.errors import GraphError, UnsafeFileError, UnsupportedFileError
+from morphscope.importers.keras_legacy import normalized_keras_file
 from morphscope.graph import ChannelGraph, Kind
 
 KERAS_TO_KIND: Mapping[str, Kind] = {
@@ -332,7 +333,10 @@ def load_keras_file_model(path: str | Path) -> Any:
     keras = import_keras()
     path = Path(path)
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        with normalized_keras_file(path) as (source, _):  # tf_keras 2.x configs, see keras_legacy
+            return keras.saving.load_model(source, compile=False, safe_mode=True)
+    except UnsupportedFileError:
+        raise
     except ValueError as err:
         text = str(err)
         if "safe_mode" in text or "unsafe" in text.lower():
