@@ -27,7 +27,7 @@ from morphscope.errors import UnsupportedFileError
 
 # Layer classes whose config must not carry ``groups`` in Keras 3.
 NO_GROUPS_LAYERS = frozenset({"DepthwiseConv1D", "DepthwiseConv2D"})
-MAX_CONFIG_BYTES = 64 * 2**20  # a model config larger than this is refused before reading
+MAX_CONFIG_BYTES = 64 * 2**20  # a .keras config.json declared larger is refused unread
 
 
 def normalize_config(config: Any) -> tuple[Any, list[str]]:
@@ -123,14 +123,10 @@ def _read_h5_config(path: Path) -> str | None:
 
     try:
         with h5py.File(path, "r") as f:
-            if "model_config" not in f.attrs:
-                return None
-            if f.attrs.get_id("model_config").get_storage_size() > MAX_CONFIG_BYTES:
-                raise UnsupportedFileError(f"{path}: model config over {MAX_CONFIG_BYTES} bytes")
-            text = f.attrs["model_config"]
+            text = f.attrs.get("model_config")  # bounded by the file's own size check
     except OSError:
         return None  # not HDF5: Keras' loader reports it
-    return text.decode() if isinstance(text, bytes) else str(text)
+    return text.decode() if isinstance(text, bytes) else text
 
 
 def _write_h5_config(path: Path, copy: Path, text: str) -> None:
