@@ -1,99 +1,239 @@
-"""The framework-neutral half of the MorphNet regularizers: coefficients from the analyzers.
+"""The framework-neutral half of the MorphNet regularizers: constants from the analyzers, and
+the one evaluation both frameworks run on live tensors.
 
 The regularizer of the paper (DESIGN section 7), for an op whose cost is bilinear,
 ``io*a_in*a_out + i*a_in + o*a_out``::
 
     G_op = io * (a_in * S_out + a_out * S_in) + i * S_in + o * S_out
 
-where ``a`` are alive channel counts now (constants) and ``S`` the sums over channels of the
+where ``a`` are alive channel counts now (no gradient) and ``S`` the sums over channels of the
 group score max |gamma| (differentiable). Depthwise convs (cost ``o*a``, input and output one
-group) get ``o * (S_in + S_out)``. Everything comes from :mod:`analyzers` (the same cost rules,
-spaces and groups), so ``cost()`` here is the analyzers' alive cost by construction.
+group) get ``o * (S_in + S_out)``. Coefficients, spaces, groups and quanta come from
+:mod:`morphscope.analyzers` once, at construction (:func:`regularizer_plan`), as plain arrays;
+:func:`evaluate` then computes the alive counts and G with the framework's own tensor ops
+(gather, max, segment sum, where): no host sync, no numpy, no Python branch on a
+tensor value, so the step compiles (``torch.compile(fullgraph=True)``, Keras ``jit_compile``)
+and runs under data parallelism.
 """
 
 from __future__ import annotations
 
-import operator
+import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
+from scipy import sparse
 
 from morphscope.analyzers.alive import alive_widths, gamma_masks
 from morphscope.analyzers.cost import bilinear
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
-from morphscope.analyzers.widths import WidthModel, check_target
+from morphscope.analyzers.resources import get_resource
+from morphscope.analyzers.widths import WidthModel
+from morphscope.errors import MorphScopeError
 from morphscope.graph import ChannelGraph, Kind
+
+
+class TensorOps(Protocol):
+    """The few tensor operations :func:`evaluate` needs; each framework half supplies them."""
+
+    def const(self, name: str) -> Any:
+        """The plan's constant array ``name`` as a tensor (cached by the caller as it likes)."""
+
+    def take(self, x: Any, index: Any) -> Any:
+        """``x[index]`` along axis 0."""
+
+    def amax(self, x: Any, axis: int) -> Any:
+        """Max along ``axis`` (gradient to the max)."""
+
+    def segment_sum(self, x: Any, ids: Any, n: int) -> Any:
+        """``out[k] = sum(x[ids == k])`` for k < n."""
+
+    def above(self, x: Any, threshold: float) -> Any:
+        """``x > threshold`` as 0/1 numbers of ``x``'s dtype, with no gradient."""
+
+    def concat(self, xs: list[Any]) -> Any:
+        """Join 1-D tensors."""
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any:
+        """Elementwise choice."""
+
 
 
 @dataclass(frozen=True)
 class RegularizerPlan:
-    """Arrays the framework halves evaluate on live tensors.
+    """Constant arrays the framework halves evaluate on live tensors, built once.
 
-    coeff_out / coeff_in : (n_ops, 4) bilinear coefficients such that
-        ``G = sum(bilinear(coeff_out, a_in, S_out) + bilinear(coeff_in, S_in, a_out))``.
-    members : per regularized space, ``[(bn op, offset)]`` of its bn scales.
+    bn_names / bn_sizes : the regularized bn ops, in the order their |gamma| vectors are laid
+        end to end into one flat vector, and each one's length.
+    channel_index : (C, K) int, per regularized channel, the flat positions of its K group
+        members' scales; padding points at one extra zero appended to the flat vector.
+    channel_space / channel_qgroup : (C,) int, the space and the quantum group of each channel.
+    qgroup_index : (n_spaces, Q) int, per space its quantum groups (padding: an extra zero).
+    Everything else per space (``sizes``, ``quantum``, ``regularized``) or per op.
     """
 
     model: WidthModel
     target: str
     hardware: Hardware
     members: dict[int, list[tuple[str, int]]]
-    depthwise: np.ndarray
+    bn_names: tuple[str, ...]
+    bn_sizes: tuple[int, ...]
+    n_qgroups: int
+    n_ops: int
+    n_branches: int
+    arrays: dict[str, np.ndarray]
 
-    def coefficients(self, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(coeff_out, coeff_in)`` for the current alive widths (latency picks, per op,
-        the roofline branch that binds at these widths)."""
-        io_i_o = self._resource_coeffs(widths)
-        io, i, o = io_i_o[:, 0], io_i_o[:, 1], io_i_o[:, 2]
-        zero = np.zeros_like(io)
-        i_eff = np.where(self.depthwise, o, i)  # depthwise: o * (S_in + S_out)
-        coeff_out = np.stack([io, zero, o, zero], axis=1)
-        coeff_in = np.stack([io, i_eff, zero, zero], axis=1)
-        return coeff_out, coeff_in
-
-    def _resource_coeffs(self, widths: np.ndarray) -> np.ndarray:
-        coeffs = self.model.costs.coeffs
-        if self.target == "flops":
-            return 2.0 * coeffs["macs"]
-        if self.target in ("size", "params"):
-            return coeffs[self.target]
-        compute = 2.0 * coeffs["macs"] / (self.hardware.peak_gflop_per_s * 1e9)
-        memory = coeffs["bytes_moved"] / (self.hardware.memory_gb_per_s * 1e9)
-        per_op = self.model.per_op(widths)
-        compute_bound = (2.0 * per_op["macs"] / (self.hardware.peak_gflop_per_s * 1e9)
-                         >= per_op["bytes_moved"] / (self.hardware.memory_gb_per_s * 1e9))
-        return np.where(compute_bound[:, None], compute, memory)
+    @property
+    def n_spaces(self) -> int:
+        return self.model.spaces.n_spaces
 
     def alive_widths(self, gammas: dict[str, np.ndarray], threshold: float) -> np.ndarray:
-        """Alive widths for the current gammas (the analyzers' rule)."""
-        return alive_widths(gamma_masks(self.model.spaces, gammas,
-                                        threshold))
-
-    def value(self, group_sums: Any, widths: np.ndarray, to_tensor: Callable[[np.ndarray], Any],
-              matmul: Callable[[Any, Any], Any] = operator.matmul) -> Any:
-        """G per op, for either framework: ``group_sums`` (one differentiable S per space),
-        ``to_tensor`` (numpy -> that framework's tensor) and its ``matmul`` are all that
-        differs; the caller sums."""
-        coeff_out, coeff_in = (to_tensor(c) for c in self.coefficients(widths))
-        m_in, m_out, alive = to_tensor(self.model.m_in), to_tensor(self.model.m_out), to_tensor(widths)
-        a_in, a_out = matmul(m_in, alive), matmul(m_out, alive)
-        s_in, s_out = matmul(m_in, group_sums), matmul(m_out, group_sums)
-        return bilinear(coeff_out, a_in, s_out) + bilinear(coeff_in, s_in, a_out)
+        """Alive widths for ``gammas`` by the analyzers' own numpy rule (the reference)."""
+        return alive_widths(gamma_masks(self.model.spaces, gammas, threshold))
 
     def cost(self, widths: np.ndarray) -> float:
         """The alive cost of the target resource (FLOPs, params, size or latency seconds)."""
-        return float(self.model.target_cost(widths, self.target, self.hardware))
+        return float(self.model.target_cost(np.asarray(widths, dtype=np.float64), self.target,
+                                            self.hardware))
+
+
+def evaluate(plan: RegularizerPlan, flat_abs: Any, ops: TensorOps, threshold: float) -> tuple[Any, Any]:
+    """``(G per op, alive widths per space)`` from the |gamma| of ``plan.bn_names`` laid end
+    to end (one 1-D tensor); the caller sums G.
+
+    The alive count of a space is the number of its channels whose group score (max |gamma|
+    over the group's bn members) is strictly above ``threshold``; a space with a quantum q
+    (grouped convs, group norms) counts q x its largest per-group count, as
+    :func:`morphscope.analyzers.alive.alive_masks` does; unregularized and pinned spaces keep
+    their full width. ``threshold`` must already be rounded for the tensor dtype
+    (:func:`tensor_threshold`).
+    """
+    padded = ops.concat([flat_abs, ops.const("zero")])
+    score = ops.amax(ops.take(padded, ops.const("channel_index")), axis=1)
+    group_sums = ops.segment_sum(score, ops.const("channel_space"), plan.n_spaces)
+    qcount = ops.segment_sum(ops.above(score, threshold), ops.const("channel_qgroup"), plan.n_qgroups)
+    per_group = ops.amax(ops.take(ops.concat([qcount, ops.const("zero")]), ops.const("qgroup_index")), axis=1)
+    regularized = ops.const("regularized")
+    widths = regularized * ops.const("quantum") * per_group + (1 - regularized) * ops.const("sizes")
+    a_in, a_out = _per_op(plan, ops, "in", widths), _per_op(plan, ops, "out", widths)
+    s_in, s_out = _per_op(plan, ops, "in", group_sums), _per_op(plan, ops, "out", group_sums)
+    coeff_out, coeff_in = _coefficients(plan, ops, a_in, a_out)
+    per_op = bilinear(coeff_out, a_in, s_out) + bilinear(coeff_in, s_in, a_out)
+    return per_op, widths
+
+
+def _per_op(plan: RegularizerPlan, ops: TensorOps, side: str, per_space: Any) -> Any:
+    """``m_side @ per_space`` (each op's input or output channels), from the sparse matrix's
+    entries: a gather and a segment sum."""
+    picked = ops.take(per_space, ops.const(f"{side}_cols")) * ops.const(f"{side}_vals")
+    return ops.segment_sum(picked, ops.const(f"{side}_rows"), plan.n_ops)
+
+
+def _coefficients(plan: RegularizerPlan, ops: TensorOps, a_in: Any, a_out: Any) -> tuple[Any, Any]:
+    """``(coeff_out, coeff_in)``. A resource with several branches (the roofline: compute and
+    memory) costs, per op, the max over its branches; G weighs the branch that binds at these
+    widths (the first on a tie), chosen with a tensor ``where``."""
+    coeff_out, coeff_in = ops.const("branch0_coeff_out"), ops.const("branch0_coeff_in")
+    if plan.n_branches == 1:
+        return coeff_out, coeff_in
+    best = bilinear(ops.const("branch0_cost"), a_in, a_out)
+    for k in range(1, plan.n_branches):
+        value = bilinear(ops.const(f"branch{k}_cost"), a_in, a_out)
+        better = value > best
+        coeff_out = ops.where(better[:, None], ops.const(f"branch{k}_coeff_out"), coeff_out)
+        coeff_in = ops.where(better[:, None], ops.const(f"branch{k}_coeff_in"), coeff_in)
+        best = ops.where(better, value, best)
+    return coeff_out, coeff_in
+
+
+def tensor_threshold(threshold: float, float64: bool) -> float:
+    """The threshold as the tensor compares it: for float32 scores the largest float32 not
+    above ``threshold``, so ``score > t`` in float32 is exactly ``float64(score) > threshold``,
+    the analyzers' rule."""
+    if float64:
+        return float(threshold)
+    t32 = np.float32(threshold)
+    if float(t32) > threshold:
+        t32 = np.nextafter(t32, np.float32(-np.inf))
+    return float(t32)
+
+
+def _bilinear_split(io_i_o: np.ndarray, depthwise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients ``(io, i, o)`` of a cost -> the ``(coeff_out, coeff_in)`` pair of G."""
+    io, i, o = io_i_o[:, 0], io_i_o[:, 1], io_i_o[:, 2]
+    zero = np.zeros_like(io)
+    i_eff = np.where(depthwise, o, i)  # depthwise: o * (S_in + S_out)
+    return np.stack([io, zero, o, zero], axis=1), np.stack([io, i_eff, zero, zero], axis=1)
 
 
 def regularizer_plan(graph: ChannelGraph, model: WidthModel, target: str,
                      hardware: str | Hardware = DEFAULT_HARDWARE) -> RegularizerPlan:
-    """Which bn scales regularize which space, and the per-op coefficients' source."""
-    check_target(target)
+    """Which bn scales regularize which space, and every constant array of :func:`evaluate`.
+
+    Raises
+    ------
+    MorphScopeError
+        If no unpinned space has a norm scale (nothing to regularize).
+    """
     hw = hardware if isinstance(hardware, Hardware) else get_hardware(hardware)
     spaces = model.spaces
     members = {s: cover for s, cover in spaces.bn_cover.items() if not spaces.pinned[s]}
+    if not members:
+        raise MorphScopeError(f"{graph.name}: nothing to regularize: no trainable norm scale "
+                              "(gamma) on a prunable channel space (FrozenBatchNorm, Identity or "
+                              "scale-free norms only, or every normed space pinned)")
+    bn_names = tuple(dict.fromkeys(bn for cover in members.values() for bn, _ in cover))
+    bn_sizes = tuple(int(graph[bn]["out_channels"]) for bn in bn_names)
+    start = dict(zip(bn_names, np.concatenate([[0], np.cumsum(bn_sizes)[:-1]]).astype(int)))
+    pad = int(sum(bn_sizes))  # position of the appended zero
+    width = max(len(cover) for cover in members.values())
+    q_width = int(spaces.quantum.max())
+    rows, channel_space, channel_qgroup, n_qgroups = [], [], [], 0
+    qgroup_index = np.full((spaces.n_spaces, q_width), -1, dtype=np.int64)
+    for space, cover in sorted(members.items()):
+        size, q = int(spaces.sizes[space]), int(spaces.quantum[space])
+        index = np.full((size, width), pad, dtype=np.int64)
+        for k, (bn, offset) in enumerate(cover):
+            index[:, k] = start[bn] + offset + np.arange(size)
+        rows.append(index)
+        channel_space.append(np.full(size, space, dtype=np.int64))
+        channel_qgroup.append(n_qgroups + np.arange(size) // (size // q))
+        qgroup_index[space, :q] = n_qgroups + np.arange(q)
+        n_qgroups += q
+    qgroup_index[qgroup_index < 0] = n_qgroups  # padding: the appended zero
+    regularized = np.zeros(spaces.n_spaces)
+    regularized[list(members)] = 1.0
     depthwise = np.array([graph[n]["kind"] == Kind.CONV and 1 < graph[n].get("groups", 1)
-                          == graph[n].get("in_channels") for n in model.costs.names])
-    return RegularizerPlan(model, target, hw, members, depthwise)
+                          == graph[n].get("in_channels") for n in model.costs.names], dtype=bool)
+    branches = get_resource(target).coefficients(model.costs.coeffs, hw)
+    m_in, m_out = (sparse.coo_array(m) for m in (model.m_in, model.m_out))
+    arrays = {"channel_index": np.concatenate(rows), "channel_space": np.concatenate(channel_space),
+              "channel_qgroup": np.concatenate(channel_qgroup).astype(np.int64),
+              "qgroup_index": qgroup_index, "zero": np.zeros(1), "regularized": regularized,
+              "quantum": spaces.quantum.astype(np.float64), "sizes": model.seed_widths,
+              **{f"{side}_{part}": np.asarray(getattr(m, attr), dtype=dtype)
+                 for side, m in (("in", m_in), ("out", m_out))
+                 for part, attr, dtype in (("rows", "row", np.int64), ("cols", "col", np.int64),
+                                           ("vals", "data", np.float64))}}
+    for k, coeffs in enumerate(branches):
+        arrays[f"branch{k}_cost"] = coeffs
+        arrays[f"branch{k}_coeff_out"], arrays[f"branch{k}_coeff_in"] = _bilinear_split(coeffs, depthwise)
+    return RegularizerPlan(model, target, hw, members, bn_names, bn_sizes, n_qgroups,
+                           len(model.costs.names), len(branches), arrays)
 
+
+def cost_record(plan: RegularizerPlan, step: int, widths: np.ndarray, loss: float | None,
+                metrics: Any) -> dict[str, Any]:
+    """One ``cost.jsonl`` line: step, target, alive cost, loss and the user's metrics."""
+    extra = metrics() if callable(metrics) else (metrics or {})
+    return {"step": step, "target": plan.target, "cost": plan.cost(widths),
+            "loss": None if loss is None else float(loss), **{k: float(v) for k, v in extra.items()}}
+
+
+def write_structure(out: Path, step: int, widths_text: str, record: dict[str, Any]) -> None:
+    """Write ``alive_<step>`` (morph-net's widths JSON) and append ``record`` to ``cost.jsonl``."""
+    (out / f"alive_{step}").write_text(widths_text + "\n")
+    with open(out / "cost.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")

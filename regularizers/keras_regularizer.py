@@ -1,28 +1,80 @@
-"""MorphNet regularizers for Keras 3 models (keras imported lazily, on construction).
+"""MorphNet regularizers for Keras 3 models (keras imported lazily, on construction; never torch).
 
     reg = KerasFlopsRegularizer(model)
-    reg.attach(model, strength=1e-9)      # adds strength * reg.loss() to the training loss
-    model.fit(..., callbacks=[KerasStructureLogger(reg, "learned_structure", every=100)])
+    reg.attach(model, strength=1e-9)      # fit now minimizes task loss + strength * reg.loss()
+    model.fit(..., callbacks=[keras_structure_logger(reg, "learned_structure", every=100)])
 
-``loss()`` reads the live ``gamma`` variables of the bn layers, so gradients reach them.
+``loss()`` reads the live ``gamma`` variables of the bn layers, so gradients reach them, and is
+pure ``keras.ops`` code (see :func:`morphscope.regularizers.core.evaluate`): ``fit`` runs
+compiled, with ``jit_compile=True`` and under ``tf.distribute`` strategies.
 """
 
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from morphscope.analyzers.alive import DEFAULT_THRESHOLD
-from morphscope.exporters.writers import widths_json
 from morphscope.analyzers.widths import compile_width_model
-from morphscope.regularizers.core import regularizer_plan
+from morphscope.exporters.writers import widths_json
+from morphscope.regularizers.core import cost_record, evaluate, regularizer_plan, tensor_threshold, write_structure
+
+
+class _KerasOps:
+    """:class:`~morphscope.regularizers.core.TensorOps` on ``keras.ops`` (constants become
+    graph constants when a train step is traced)."""
+
+    def __init__(self, keras: Any, plan: Any) -> None:
+        self.ops, self.plan = keras.ops, plan
+
+    def const(self, name):
+        array = self.plan.arrays[name]
+        return self.ops.convert_to_tensor(array, dtype="int32" if array.dtype.kind == "i" else "float32")
+
+    def take(self, x, index):
+        return self.ops.take(x, index, axis=0)
+
+    def amax(self, x, axis):
+        return self.ops.max(x, axis=axis)
+
+    def segment_sum(self, x, ids, n):
+        return self.ops.segment_sum(x, ids, num_segments=n)
+
+    def above(self, x, threshold):
+        return self.ops.stop_gradient(self.ops.cast(self.ops.greater(x, threshold), x.dtype))
+
+    def concat(self, xs):
+        return self.ops.concatenate(xs, axis=0)
+
+    def where(self, cond, a, b):
+        return self.ops.where(cond, a, b)
 
 
 class KerasGammaRegularizer:
-    """Resource-weighted group-L1 on a Keras model's bn gammas (see :mod:`morphscope.regularizers.core`)."""
+    """Resource-weighted group-L1 on a Keras model's bn gammas (see :mod:`morphscope.regularizers.core`).
+
+    Parameters
+    ----------
+    model : keras.Model
+    threshold : float
+        Alive means group max |gamma| > threshold (the analyzers' rule).
+    hardware : str
+        Device of the roofline for ``latency``.
+    target : str
+        ``flops``, ``size``, ``params`` or ``latency``.
+
+    Raises
+    ------
+    MorphScopeError
+        If nothing is regularizable (no bn scale on a prunable space: ``scale=False`` layers).
+
+    Notes
+    -----
+    The loss is float32 under any dtype policy (``mixed_float16`` included).
+    """
 
     target = "flops"
 
@@ -36,55 +88,61 @@ class KerasGammaRegularizer:
         self.width_model = compile_width_model(self.graph)
         self.plan = regularizer_plan(self.graph, self.width_model, target or self.target, hardware)
         layers = {layer.name: layer for layer in model._flatten_layers(include_self=False, recursive=True)}
-        self.gamma_vars = {name: layers[name.split("/")[-1]].gamma
-                           for cover in self.plan.members.values() for name, _ in cover}
+        bn_layers = {name: layers[name.split("/")[-1]] for name in self.plan.bn_names}
+        self.gamma_vars = {name: layer.gamma for name, layer in bn_layers.items()}
+        frozen = [n for n, layer in bn_layers.items() if not (layer.trainable and layer.gamma.trainable)]
+        if frozen:
+            warnings.warn(f"{model.name}: {len(frozen)} bn scales are frozen (trainable=False), the "
+                          f"regularizer cannot move them: {', '.join(frozen)}", stacklevel=2)
+        self._ops = _KerasOps(self.keras, self.plan)
+
+    def _evaluate(self) -> tuple[Any, Any]:
+        ops = self.keras.ops
+        flat = ops.abs(ops.concatenate([ops.cast(v, "float32") for v in self.gamma_vars.values()], axis=0))
+        return evaluate(self.plan, flat, self._ops, tensor_threshold(self.threshold, float64=False))
+
+    def loss(self) -> Any:
+        """The differentiable regularizer G, a float32 scalar tensor."""
+        per_op, _ = self._evaluate()
+        return self.keras.ops.sum(per_op)
 
     def gammas(self) -> dict[str, np.ndarray]:
-        """Current bn scales by bn op name (numpy copies)."""
-        return {n: np.asarray(v.numpy(), dtype=np.float64) for n, v in self.gamma_vars.items()}
+        """Current bn scales by bn op name (numpy float64 copies)."""
+        return {n: np.asarray(self.keras.ops.convert_to_numpy(v), dtype=np.float64)
+                for n, v in self.gamma_vars.items()}
 
     def alive_widths(self) -> np.ndarray:
-        return self.plan.alive_widths(self.gammas(), self.threshold)
+        """Alive channels per space now (a host copy of the tensor computation)."""
+        _, widths = self._evaluate()
+        return np.asarray(self.keras.ops.convert_to_numpy(widths), dtype=np.float64)
 
     def cost(self) -> float:
         """The alive cost of the target now: the analyzers' count for these gammas."""
         return self.plan.cost(self.alive_widths())
 
-    def loss(self) -> Any:
-        """The differentiable regularizer G as a backend scalar tensor."""
-        ops = self.keras.ops
-        spaces = self.width_model.spaces
-        sums = []
-        for space in range(spaces.n_spaces):
-            cover = self.plan.members.get(space)
-            if not cover:
-                sums.append(ops.zeros(()))
-                continue
-            size = int(spaces.sizes[space])
-            scales = [ops.abs(self.gamma_vars[bn][off:off + size]) for bn, off in cover]
-            group = scales[0] if len(scales) == 1 else ops.max(ops.stack(scales), axis=0)
-            sums.append(ops.sum(group))
-        s = ops.stack(sums)
-
-        def to_tensor(array: np.ndarray):
-            return ops.convert_to_tensor(array, dtype="float32")
-
-        return ops.sum(self.plan.value(s, self.alive_widths(), to_tensor, ops.matmul))
-
     def attach(self, model: Any, strength: float) -> None:
-        """Make ``model.fit`` minimize ``task loss + strength * loss()``. Call it after
-        ``compile``: it switches the model to eager steps, since the alive counts (constants
-        of the regularizer) are re-read from the gammas at every step."""
-        task_loss = model.compute_loss
+        """Make ``model.fit`` (and ``evaluate``) minimize ``task loss + strength * loss()``.
 
-        def compute_loss(*args, **kwargs):
-            return task_loss(*args, **kwargs) + strength * self.loss()
+        Works before or after ``compile`` and after an earlier ``fit``: it wraps the model's
+        ``compute_loss`` (the term is added the way Keras adds ``add_loss`` terms, scaled for
+        ``tf.distribute`` replicas) and drops the model's traced train/test functions, which
+        Keras would otherwise reuse. Attaching again replaces the earlier term. The model
+        stays compiled (no ``run_eagerly``).
+        """
+        task_loss = getattr(model, "_morphscope_task_loss", model.compute_loss)
+        model._morphscope_task_loss = task_loss
+
+        def compute_loss(x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            term = model._aggregate_additional_loss(strength * self.loss())
+            return task_loss(x, y, y_pred, sample_weight, training=training) + term
 
         model.compute_loss = compute_loss
-        model.run_eagerly = True
+        model.train_function = model.test_function = None
 
-    def widths_json(self) -> str:
-        return widths_json(self.graph, self.width_model, self.alive_widths())
+    def widths_json(self, widths: np.ndarray | None = None) -> str:
+        """The alive widths (now, or ``widths``) in morph-net's StructureExporter form."""
+        return widths_json(self.graph, self.width_model,
+                           self.alive_widths() if widths is None else widths)
 
 
 class KerasFlopsRegularizer(KerasGammaRegularizer):
@@ -105,24 +163,25 @@ class KerasLatencyRegularizer(KerasGammaRegularizer):
     target = "latency"
 
 
-def keras_structure_logger(regularizer: KerasGammaRegularizer, out_dir: str | Path, every: int = 100):
-    """A Keras callback writing ``alive_<step>`` and ``cost.jsonl`` lines every ``every`` batches."""
-    keras = regularizer.keras
+def keras_structure_logger(regularizer: KerasGammaRegularizer, out_dir: str | Path, every: int = 100,
+                           metrics: Any = None):
+    """A Keras callback writing ``alive_<step>`` and a ``cost.jsonl`` line every ``every``
+    training batches (counted across epochs): step, target, cost, the batch's loss and
+    ``metrics`` (a dict or a callable returning one, e.g. a validation accuracy)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    class StructureLogger(keras.callbacks.Callback):
+    class StructureLogger(regularizer.keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.step = 0
 
         def on_train_batch_end(self, batch, logs=None):
             if self.step % every == 0:
-                (out / f"alive_{self.step}").write_text(regularizer.widths_json() + "\n")
-                loss = (logs or {}).get("loss")
-                with open(out / "cost.jsonl", "a") as f:
-                    f.write(json.dumps({"step": self.step, "cost": regularizer.cost(),
-                                        "loss": None if loss is None else float(loss)}) + "\n")
+                widths = regularizer.alive_widths()
+                write_structure(out, self.step, regularizer.widths_json(widths),
+                                cost_record(regularizer.plan, self.step, widths,
+                                            (logs or {}).get("loss"), metrics))
             self.step += 1
 
     return StructureLogger()

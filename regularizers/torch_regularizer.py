@@ -4,23 +4,99 @@
     loss = task_loss + strength * reg.loss()     # strength: e.g. 1e-9 for FLOPs
     reg.cost()                                   # alive FLOPs now, as the analyzers count them
 
-The bn modules are found by the graph's op names (module paths); ``loss()`` reads their live
-``weight`` parameters, so gradients flow to the gammas.
+The bn modules are found by the graph's op names (module paths of the unwrapped model);
+``loss()`` reads their live ``weight`` parameters at every call, so gradients flow to the
+gammas, and wrapping the model afterwards (DDP, ``torch.compile``, FSDP2 ``fully_shard``)
+changes nothing. ``loss()`` is pure tensor code (see :func:`morphscope.regularizers.core.evaluate`):
+no host sync, so ``torch.compile(fullgraph=True)`` takes a step that includes it.
 """
 
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from morphscope.analyzers.alive import DEFAULT_THRESHOLD
-from morphscope.exporters.writers import widths_json
 from morphscope.analyzers.widths import compile_width_model
+from morphscope.errors import MorphScopeError
+from morphscope.exporters.writers import widths_json
 from morphscope.graph import ChannelGraph
-from morphscope.regularizers.core import regularizer_plan
+from morphscope.regularizers.core import (cost_record, evaluate, regularizer_plan, tensor_threshold,
+                                          write_structure)
+
+
+def unwrap_model(model: Any) -> Any:
+    """The user's own module inside DDP/DataParallel (``module.``) and ``torch.compile``
+    (``_orig_mod.``) wrappers, so op names never carry their prefixes.
+
+    Raises
+    ------
+    MorphScopeError
+        If the model uses FSDP1 (``FullyShardedDataParallel``): it flattens the bn scales into
+        sharded flat parameters, so a rank does not hold its gammas; use FSDP2 ``fully_shard``.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    while True:
+        if getattr(model, "_orig_mod", None) is not None:
+            model = model._orig_mod
+        elif type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            model = model.module
+        else:
+            break
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        raise MorphScopeError(f"{type(model).__name__}: FSDP1 (FullyShardedDataParallel) is not "
+                              "supported: it flattens the bn scales into sharded flat parameters; "
+                              "shard with FSDP2 torch.distributed.fsdp.fully_shard instead")
+    return model
+
+
+def _is_rank_zero() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class _TorchOps:
+    """:class:`~morphscope.regularizers.core.TensorOps` on torch, constants cached per device and dtype."""
+
+    def __init__(self, plan: Any, device: Any, dtype: Any) -> None:
+        import torch
+
+        self.device, self.dtype = device, dtype
+        self.consts = {name: torch.as_tensor(a, device=device,
+                                             dtype=torch.int64 if a.dtype.kind == "i" else dtype)
+                       for name, a in plan.arrays.items()}
+
+    def const(self, name):
+        return self.consts[name]
+
+    def take(self, x, index):
+        return x[index]
+
+    def amax(self, x, axis):
+        return x.amax(dim=axis)
+
+    def segment_sum(self, x, ids, n):
+        import torch
+
+        return torch.zeros(n, device=x.device, dtype=x.dtype).index_add(0, ids, x)
+
+    def above(self, x, threshold):
+        return (x.detach() > threshold).to(x.dtype)
+
+    def concat(self, xs):
+        import torch
+
+        return torch.cat(xs)
+
+    def where(self, cond, a, b):
+        import torch
+
+        return torch.where(cond, a, b)
 
 
 class GammaRegularizer:
@@ -29,6 +105,8 @@ class GammaRegularizer:
     Parameters
     ----------
     model : torch.nn.Module
+        The model, plain or wrapped (DDP, ``torch.compile``; FSDP2 after
+        :meth:`fully_shard` too when ``graph`` is given).
     example_input : torch.Tensor, optional
         One batch-1 input to capture the graph with; or pass ``graph``.
     graph : ChannelGraph, optional
@@ -39,6 +117,20 @@ class GammaRegularizer:
         ``flops``, ``size``, ``params`` or ``latency``.
     hardware : str
         Device of the roofline for ``latency``.
+
+    Raises
+    ------
+    MorphScopeError
+        If nothing is regularizable (no norm scale on a prunable space), or for FSDP1.
+
+    Notes
+    -----
+    ``loss()`` is computed in float32 (float64 for a float64 model) whatever the model's
+    dtype or autocast: a FLOP regularizer is ~1e10, beyond float16. FSDP2 shards each gamma
+    along its channels; the loss gathers the full vectors (``DTensor.full_tensor()``, one
+    small all-gather per bn) rather than reducing from local shards, because the group max
+    ties channels of different bn layers that FSDP shards independently; every rank then
+    computes the same G, equal to the single-process value.
     """
 
     target = "flops"
@@ -48,58 +140,82 @@ class GammaRegularizer:
                  target: str | None = None) -> None:
         from morphscope.importers.torch_importer import load_module
 
+        inner = unwrap_model(model)
         if graph is None:
             if example_input is None:
-                raise ValueError("pass example_input (one batch-1 input) or graph")
-            was_training = model.training
-            graph = load_module(model, tuple(example_input.shape[1:]), name=type(model).__name__)
-            model.train(was_training)
+                raise MorphScopeError(f"{type(inner).__name__}: pass example_input (one batch-1 "
+                                      "input) or graph")
+            was_training = inner.training
+            graph = load_module(inner, tuple(example_input.shape[1:]), name=type(inner).__name__)
+            inner.train(was_training)
         self.graph = graph
         self.threshold = threshold
         self.width_model = compile_width_model(graph)
         self.plan = regularizer_plan(graph, self.width_model, target or self.target, hardware)
-        self.bn_modules = {name: model.get_submodule(name)
-                           for cover in self.plan.members.values() for name, _ in cover}
+        self.bn_modules = {name: inner.get_submodule(name) for name in self.plan.bn_names}
+        frozen = [n for n, m in self.bn_modules.items() if not m.weight.requires_grad]
+        if frozen:
+            warnings.warn(f"{type(inner).__name__}: {len(frozen)} bn scales are frozen "
+                          f"(requires_grad=False), the regularizer cannot move them: {', '.join(frozen)}",
+                          stacklevel=2)
+        self._ops: _TorchOps | None = None
+
+    def _full_scales(self) -> list[Any]:
+        """Each regularized bn's whole gamma vector (FSDP2 DTensors gathered)."""
+        from torch.distributed.tensor import DTensor
+
+        scales = []
+        for (name, module), size in zip(self.bn_modules.items(), self.plan.bn_sizes):
+            weight = module.weight
+            if isinstance(weight, DTensor):
+                weight = weight.full_tensor()
+            if weight.shape != (size,):
+                raise MorphScopeError(f"{name}.weight has shape {tuple(weight.shape)}, expected "
+                                      f"({size},): the model was resharded or changed after the "
+                                      "regularizer was built (FSDP1 is not supported; use fully_shard)")
+            scales.append(weight)
+        return scales
+
+    def _evaluate(self) -> tuple[Any, Any]:
+        import torch
+
+        scales = self._full_scales()
+        device = scales[0].device
+        dtype = torch.float64 if any(s.dtype == torch.float64 for s in scales) else torch.float32
+        if self._ops is None or self._ops.device != device or self._ops.dtype != dtype:
+            self._ops = _TorchOps(self.plan, device, dtype)
+        with torch.autocast(device.type, enabled=False):
+            flat = torch.cat([s.to(dtype) for s in scales]).abs()
+            threshold = tensor_threshold(self.threshold, dtype == torch.float64)
+            return evaluate(self.plan, flat, self._ops, threshold)
+
+    def loss(self) -> Any:
+        """The differentiable regularizer G, a float32 scalar tensor (float64 for a float64
+        model), see :mod:`morphscope.regularizers.core`."""
+        per_op, _ = self._evaluate()
+        return per_op.sum()
 
     def gammas(self) -> dict[str, np.ndarray]:
-        """Current bn scales by bn op name (numpy copies)."""
-        return {n: m.weight.detach().cpu().numpy().astype(np.float64) for n, m in self.bn_modules.items()}
+        """Current bn scales by bn op name (numpy float64 copies of the full vectors)."""
+        return {n: s.detach().float().cpu().numpy().astype(np.float64)
+                for n, s in zip(self.bn_modules, self._full_scales())}
 
     def alive_widths(self) -> np.ndarray:
-        """Alive channels per space now."""
-        return self.plan.alive_widths(self.gammas(), self.threshold)
+        """Alive channels per space now (a host copy of the tensor computation)."""
+        import torch
+
+        with torch.no_grad():
+            _, widths = self._evaluate()
+        return widths.cpu().numpy().astype(np.float64)
 
     def cost(self) -> float:
         """The alive cost of the target now: equal to the analyzers' count for these gammas."""
         return self.plan.cost(self.alive_widths())
 
-    def loss(self) -> Any:
-        """The differentiable regularizer G (a scalar tensor), see :mod:`morphscope.regularizers.core`."""
-        import torch
-
-        spaces = self.width_model.spaces
-        first = next(iter(self.bn_modules.values())).weight
-        device, dtype = first.device, first.dtype
-        group_sums = []
-        for space in range(spaces.n_spaces):
-            cover = self.plan.members.get(space)
-            if not cover:
-                group_sums.append(torch.zeros((), device=device, dtype=dtype))
-                continue
-            size = int(spaces.sizes[space])
-            scales = [self.bn_modules[bn].weight[off:off + size].abs() for bn, off in cover]
-            group = scales[0] if len(scales) == 1 else torch.stack(scales).amax(dim=0)
-            group_sums.append(group.sum())
-        s = torch.stack(group_sums)
-
-        def to_tensor(array: np.ndarray):
-            return torch.as_tensor(array, dtype=dtype, device=device)
-
-        return self.plan.value(s, self.alive_widths(), to_tensor).sum()
-
-    def widths_json(self) -> str:
-        """The alive widths now, in morph-net's StructureExporter form."""
-        return widths_json(self.graph, self.width_model, self.alive_widths())
+    def widths_json(self, widths: np.ndarray | None = None) -> str:
+        """The alive widths (now, or ``widths``) in morph-net's StructureExporter form."""
+        return widths_json(self.graph, self.width_model,
+                           self.alive_widths() if widths is None else widths)
 
 
 class FlopsRegularizer(GammaRegularizer):
@@ -125,24 +241,27 @@ class StructureLogger:
     appends ``{"step", "target", "cost", "loss", **metrics}`` to ``<out>/cost.jsonl``, so the
     explorer can plot cost against step and the cost against a user metric.
 
-    Call it once per training step: ``logger.step(step, loss=float(total_loss))``.
+    Call it once per training step, on every rank: ``logger.step(step, loss=float(loss))``.
+    Under ``torch.distributed`` only rank 0 writes (the alive counts are computed on every
+    rank, since gathering FSDP2 gammas is collective).
     """
 
     def __init__(self, regularizer: GammaRegularizer, out_dir: str | Path, every: int = 100) -> None:
         self.regularizer = regularizer
         self.out = Path(out_dir)
         self.every = every
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.writer = _is_rank_zero()
+        if self.writer:
+            self.out.mkdir(parents=True, exist_ok=True)
 
     def step(self, step: int, loss: float | None = None, metrics: Any = None) -> None:
         """Log ``step`` if it is a multiple of ``every``. ``metrics``: user numbers to record beside
         the cost (e.g. ``{"val_accuracy": 0.93}``), or a callable returning them, called only on
-        logged steps."""
+        logged steps of rank 0."""
         if step % self.every:
             return
-        (self.out / f"alive_{step}").write_text(self.regularizer.widths_json() + "\n")
-        extra = metrics() if callable(metrics) else (metrics or {})
-        record = {"step": step, "target": self.regularizer.plan.target, "cost": self.regularizer.cost(),
-                  "loss": loss, **{k: float(v) for k, v in extra.items()}}
-        with open(self.out / "cost.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        widths = self.regularizer.alive_widths()
+        if not self.writer:
+            return
+        write_structure(self.out, step, self.regularizer.widths_json(widths),
+                        cost_record(self.regularizer.plan, step, widths, loss, metrics))
