@@ -10,21 +10,34 @@ plain arrays: nothing is deserialized as code); morph-net StructureExporter file
 from __future__ import annotations
 
 import io
-import json
+import math
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from morphscope.importers.load import check_file, read_torch_pickle
+from morphscope.importers.kernels import source_kernels
 from morphscope.errors import CheckpointMismatchError, UnsupportedFileError
 from morphscope.graph import ChannelGraph, Kind
+from morphscope.importers.h5safe import open_h5
+from morphscope.importers.limits import (DEFAULT_LIMITS, Limits, check_tensor_shape, describe_error,
+                                         loads_json, open_zip, read_member)
+from morphscope.importers.load import check_file, read_torch_pickle
 
-MAX_CHECKPOINT_BYTES = 2 * 2**30
+MAX_CHECKPOINT_BYTES = DEFAULT_LIMITS.max_file_bytes
 MAX_ALIVE_JSON_BYTES = 64 * 2**20
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".keras", ".weights.h5",
+                       ".h5", ".hdf5")
+# Path segments training wrappers add to state_dict keys: DDP / DataParallel (``module.``, leading
+# only: a model may own a submodule called "module"), torch.compile, FSDP (full state dict),
+# activation checkpointing, Lightning's forward wrapper.
+LEADING_WRAPPERS = ("module",)
+WRAPPER_SEGMENTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module",
+                              "_forward_module", "_fpw_module"})
+# Top-level HDF5 groups Keras writes for the optimizer's state (slots, iteration): not layers.
+OPTIMIZER_GROUPS = frozenset({"optimizer", "optimizer_weights"})
 # morph-net names ops by their TF op: "conv1/Conv2D", "block/dense/MatMul".
 _TF_OP_SUFFIX = re.compile(r"/(Conv2D|Conv3D|Conv2DBackpropInput|DepthwiseConv2dNative|MatMul|"
                            r"BiasAdd|FusedBatchNorm\w*|Relu\w*|convolution)$")
@@ -38,103 +51,187 @@ class LearnedStructure:
     gammas: dict[str, np.ndarray] = field(default_factory=dict)
     alive_counts: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    kernels: dict[str, np.ndarray] = field(default_factory=dict)  # group lasso: out-first kernels
 
 
-def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Every array in a checkpoint file by key (PyTorch, safetensors or Keras h5/zip).
+@dataclass(frozen=True)
+class CheckpointTensors:
+    """What matching needs from a checkpoint, as plain data: every floating point tensor's
+    shape by key, and the values of those with at most one axis (bn scales are among them),
+    or of every tensor when read with ``full=True`` (group lasso needs the kernels).
+    Keys carry no training-wrapper segments (``module.``, ``_orig_mod.``, FSDP's)."""
+
+    arrays: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]]
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Any]) -> "CheckpointTensors":
+        """From key -> array (any shapes), all values kept."""
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        return cls(arrays, {k: tuple(v.shape) for k, v in arrays.items()})
+
+
+def unwrap_key(key: str) -> str:
+    """A state_dict key without training wrappers: ``module._orig_mod.layer1.0.bn1.weight``
+    and ``_fsdp_wrapped_module.layer1._fsdp_wrapped_module.0.bn1.weight`` -> ``layer1.0.bn1.weight``."""
+    parts = key.split(".")
+    start = 0
+    while start < len(parts) - 1 and (parts[start] in LEADING_WRAPPERS or parts[start] in WRAPPER_SEGMENTS):
+        start += 1
+    return ".".join(p for p in parts[start:] if p not in WRAPPER_SEGMENTS)
+
+
+def checkpoint_suffix(path: Path, name: str) -> str:
+    """The checkpoint type of ``path`` (its suffix, ``.weights.h5`` counted as ``.h5``)."""
+    lowered = name.lower() if name.lower().endswith(CHECKPOINT_SUFFIXES) else path.name.lower()
+    for suffix in CHECKPOINT_SUFFIXES:
+        if lowered.endswith(suffix):
+            return ".h5" if suffix == ".weights.h5" else suffix
+    raise UnsupportedFileError(f"{name}: unknown checkpoint type; choose from .pt, .pth, "
+                               ".safetensors, .keras, .weights.h5, .h5, or a morph-net alive JSON")
+
+
+def read_checkpoint(path: str | Path, name: str | None = None, limits: Limits = DEFAULT_LIMITS,
+                    full: bool = False) -> CheckpointTensors:
+    """A checkpoint file's tensors by key (PyTorch, safetensors or Keras h5/zip), in this
+    process (the isolated worker runs this), declared sizes checked first. Values of tensors
+    with at most one axis only, unless ``full``.
 
     Raises
     ------
     UnsupportedFileError, UnsafeFileError
-        For missing, empty, oversized, corrupt or code-carrying files.
+        For missing, empty, oversized, corrupt, code-carrying or outward-pointing files.
     """
     path = Path(path)
-    check_file(path, MAX_CHECKPOINT_BYTES)
-    name = path.name.lower()
-    if name.endswith((".pt", ".pth", ".bin", ".ckpt")):
-        return _torch_tensors(path, read_torch_pickle(path))
-    if name.endswith(".safetensors"):
-        return _safetensors(path)
-    if name.endswith(".keras"):
-        return _keras_zip(path)
-    if name.endswith((".h5", ".hdf5")):
-        return _h5_tensors(path, path)
-    raise UnsupportedFileError(f"{path}: unknown checkpoint type; choose from .pt, .pth, "
-                               ".safetensors, .keras, .weights.h5, .h5, or a morph-net alive JSON")
+    name = name or str(path)
+    check_file(path, limits.max_file_bytes, name)
+    suffix = checkpoint_suffix(path, name)
+    if suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        return _torch_tensors(name, read_torch_pickle(path, name, limits), full)
+    if suffix == ".safetensors":
+        return _safetensors(path, name, limits, full)
+    if suffix == ".keras":
+        with open_zip(path, name, limits) as archive:
+            data = read_member(archive, "model.weights.h5", name, limits.max_unzipped_bytes)
+        return _h5_tensors(name, io.BytesIO(data), limits, full)
+    return _h5_tensors(name, path, limits, full)
 
 
-def _torch_tensors(path: Path, obj: Any) -> dict[str, np.ndarray]:
+def _torch_tensors(name: str, obj: Any, full: bool) -> CheckpointTensors:
     import torch
 
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict):
-        raise UnsupportedFileError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
-    tensors = {k.removeprefix("module."): v.detach().float().numpy()
-               for k, v in obj.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
-    if not tensors:
-        raise UnsupportedFileError(f"{path}: the state_dict holds no floating point tensors")
-    return tensors
+        raise UnsupportedFileError(f"{name}: holds a {type(obj).__name__}, not a state_dict")
+    arrays, shapes = {}, {}
+    for key, value in obj.items():
+        if isinstance(key, str) and isinstance(value, torch.Tensor) and value.is_floating_point():
+            key = unwrap_key(key)
+            shapes[key] = tuple(value.shape)
+            if full or value.dim() <= 1:
+                arrays[key] = value.detach().float().numpy()
+    if not shapes:
+        raise UnsupportedFileError(f"{name}: the state_dict holds no floating point tensors")
+    return CheckpointTensors(arrays, shapes)
 
 
-def _safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return {k.removeprefix("module."): v for k, v in load_file(path).items()}
-    except (SafetensorError, ValueError, OSError) as err:
-        raise UnsupportedFileError(f"{path}: not a readable safetensors file ({err})") from err
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+_SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+                         "I8": 1, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1,
+                         "F8_E5M2": 1, "F8_E4M3": 1}
 
 
-def _keras_zip(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            data = archive.read("model.weights.h5")
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as err:
-        raise UnsupportedFileError(f"{path}: not a readable .keras archive ({err})") from err
-    return _h5_tensors(path, io.BytesIO(data))
+def _safetensors(path: Path, name: str, limits: Limits, full: bool) -> CheckpointTensors:
+    """Read the header ourselves (8-byte length, JSON), check every declared shape and offset
+    against the file, then read only the floating point vectors."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        header_bytes = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= header_bytes <= min(size - 8, limits.max_json_bytes):
+            raise UnsupportedFileError(f"{name}: not a readable safetensors file (header length "
+                                       f"{header_bytes} does not fit the file's {size} bytes)")
+        header = loads_json(handle.read(header_bytes), name, limits, "safetensors header")
+        if not isinstance(header, dict):
+            raise UnsupportedFileError(f"{name}: not a readable safetensors file (header is not an object)")
+        data_start = 8 + header_bytes
+        arrays, shapes = {}, {}
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            dtype, shape, offsets = _safetensors_entry(name, key, entry, limits)
+            begin, end = offsets
+            if not 0 <= begin <= end <= size - data_start or end - begin != math.prod(shape) * _SAFETENSORS_ITEMSIZE[dtype]:
+                raise UnsupportedFileError(f"{name}: not a readable safetensors file (tensor {key}: "
+                                           f"offsets {offsets} do not fit shape {list(shape)} and the file)")
+            if dtype not in _SAFETENSORS_DTYPES:
+                continue
+            key = unwrap_key(key)
+            shapes[key] = shape
+            if full or len(shape) <= 1:
+                handle.seek(data_start + begin)
+                raw = np.frombuffer(handle.read(end - begin), dtype=_SAFETENSORS_DTYPES[dtype])
+                arrays[key] = ((raw.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16"
+                                else raw.astype(np.float32)).reshape(shape)
+    return CheckpointTensors(arrays, shapes)
 
 
-def _h5_tensors(path: Path, source: Any) -> dict[str, np.ndarray]:
+def _safetensors_entry(name: str, key: str, entry: Any, limits: Limits) -> tuple[str, tuple[int, ...], list[int]]:
+    if not (isinstance(entry, dict) and entry.get("dtype") in _SAFETENSORS_ITEMSIZE
+            and isinstance(entry.get("shape"), list) and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2 and all(isinstance(o, int) for o in entry["data_offsets"])):
+        raise UnsupportedFileError(f"{name}: not a readable safetensors file (tensor {key}: "
+                                   "expected dtype, shape and data_offsets)")
+    dtype = entry["dtype"]
+    shape = check_tensor_shape(name, key, entry["shape"], _SAFETENSORS_ITEMSIZE[dtype], limits)
+    return dtype, shape, entry["data_offsets"]
+
+
+def _h5_tensors(name: str, source: Any, limits: Limits, full: bool) -> CheckpointTensors:
     """Keras 3 files: ``layers/<x>/vars/<i>`` groups named by a ``name`` attribute
     (-> ``<layer>/vars/<i>``); legacy h5: ``model_weights/<layer>/<layer>/<var>``
-    (-> ``<layer>/<var>``)."""
+    (-> ``<layer>/<var>``). The optimizer's groups are skipped; the file is checked by
+    :func:`~morphscope.importers.h5safe.check_h5` before anything is read."""
     import h5py
 
-    tensors: dict[str, np.ndarray] = {}
+    arrays, shapes = {}, {}
 
-    def visit(name: str, obj: Any) -> None:
-        if not isinstance(obj, h5py.Dataset) or obj.ndim == 0:
+    def visit(path: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Dataset) or obj.ndim == 0 or obj.dtype.kind != "f":
             return
-        parts = name.split("/")
+        parts = path.split("/")
+        if parts[0] in OPTIMIZER_GROUPS:
+            return
         if "vars" in parts:  # Keras 3 format
-            layer = obj.parent.attrs.get("name", parts[-3])
-            tensors[f"{layer}/vars/{parts[-1]}"] = obj[()]
+            layer = obj.parent.attrs.get("name", parts[-3] if len(parts) > 2 else parts[0])
+            key = f"{layer}/vars/{parts[-1]}"
         else:  # legacy: .../<layer>/<layer>/<var>[:0]
-            tensors[f"{parts[-2]}/{parts[-1].split(':')[0]}"] = obj[()]
+            key = f"{parts[-2] if len(parts) > 1 else ''}/{parts[-1].split(':')[0]}"
+        shapes[key] = tuple(obj.shape)
+        if full or obj.ndim == 1:
+            arrays[key] = obj[()].astype(np.float32)
 
-    try:
-        with h5py.File(source, "r") as f:
-            f.visititems(visit)
-    except (OSError, ValueError, KeyError) as err:
-        raise UnsupportedFileError(f"{path}: not a readable HDF5 file ({err})") from err
-    if not tensors:
-        raise UnsupportedFileError(f"{path}: the HDF5 file holds no weights")
-    return tensors
+    with open_h5(source, name, limits) as h5file:
+        try:
+            h5file.visititems(visit)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+            raise UnsupportedFileError(f"{name}: corrupt HDF5 file ({describe_error(err)})") from err
+    if not shapes:
+        raise UnsupportedFileError(f"{name}: the HDF5 file holds no weights")
+    return CheckpointTensors(arrays, shapes)
 
 
-def read_alive_json(path: str | Path) -> dict[str, int]:
+def read_alive_json(path: str | Path, name: str | None = None, limits: Limits = DEFAULT_LIMITS) -> dict[str, int]:
     """A morph-net StructureExporter file: a JSON object from op name to alive count."""
     path = Path(path)
-    check_file(path, MAX_ALIVE_JSON_BYTES)
-    try:
-        doc = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UnsupportedFileError(f"{path}: not a JSON file ({err})") from err
-    if not isinstance(doc, dict) or not all(isinstance(v, int) and v >= 0 for v in doc.values()):
-        raise UnsupportedFileError(f"{path}: expected a JSON object from op name to alive count")
+    name = name or str(path)
+    check_file(path, MAX_ALIVE_JSON_BYTES, name)
+    doc = loads_json(path.read_bytes(), name, limits, "alive file")
+    if not isinstance(doc, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                            for v in doc.values()):
+        raise UnsupportedFileError(f"{name}: expected a JSON object from op name to alive count")
     return doc
 
 
@@ -144,17 +241,38 @@ def is_alive_json(path: str | Path) -> bool:
     return path.suffix.lower() == ".json" or re.fullmatch(r"alive_\d+", path.name) is not None
 
 
-def load_structure(graph: ChannelGraph, path: str | Path) -> LearnedStructure:
+def load_structure(graph: ChannelGraph, path: str | Path, name: str | None = None,
+                   limits: Limits = DEFAULT_LIMITS, isolate: bool = True) -> LearnedStructure:
     """Read a checkpoint or alive file and match it to ``graph``.
+
+    Parameters
+    ----------
+    name : str, optional
+        The user's name for the file (an upload's own name), used in messages.
+    isolate : bool
+        Read the file in a limited child process (default; see
+        :mod:`~morphscope.importers.isolation`); False reads it in this process.
 
     Raises
     ------
     CheckpointMismatchError
-        If the file does not fit the model: missing or unknown keys, wrong shapes.
+        If the file does not fit the model: missing or unknown keys, wrong shapes, NaN/inf scales.
+    UnsupportedFileError, UnsafeFileError
+        If the file cannot be read safely.
     """
-    if is_alive_json(path):
-        return match_alive_counts(graph, read_alive_json(path), str(path))
-    return match_gammas(graph, read_tensors(path), str(path))
+    from morphscope.importers import isolation
+
+    name = name or str(path)
+    if is_alive_json(name) or is_alive_json(path):
+        reader = isolation.read_alive_isolated if isolate else read_alive_json
+        return match_alive_counts(graph, reader(path, name, limits), name)
+    full = not _bn_ops(graph)  # no bn scales: group lasso reads the kernels
+    reader = isolation.read_checkpoint_isolated if isolate else read_checkpoint
+    return match_gammas(graph, reader(path, name, limits, full), name)
+
+
+def _bn_ops(graph: ChannelGraph) -> list[tuple[str, dict[str, Any]]]:
+    return [(n, a) for n, a in graph.ops() if a["kind"] == Kind.BN and a.get("gamma_key")]
 
 
 def _bn_lookup_keys(graph: ChannelGraph, gamma_key: str) -> tuple[str, ...]:
@@ -169,7 +287,7 @@ def _known_prefixes(graph: ChannelGraph) -> set[str]:
     if graph.framework == "keras":
         return {n.split("/")[-1] for n in graph.nx} | {n.split("/")[-2] for n in graph.nx if "/" in n} \
             | set(graph.detached_params)
-    keys = [k for _, a in graph.ops() for k in a.get("param_keys", ())]
+    keys = [k for _, a in graph.nx.nodes(data=True) for k in a.get("param_keys", ())]
     return {k.rsplit(".", 1)[0] for k in keys} | set(graph.detached_params)
 
 
@@ -177,26 +295,49 @@ def _prefix(graph: ChannelGraph, key: str) -> str:
     return key.split("/")[0] if graph.framework == "keras" else key.rsplit(".", 1)[0]
 
 
-def match_gammas(graph: ChannelGraph, tensors: dict[str, np.ndarray], source: str) -> LearnedStructure:
-    """Pick each bn op's scale vector out of ``tensors``; report everything that does not fit."""
-    bns = [(n, a) for n, a in graph.ops() if a["kind"] == Kind.BN and a.get("gamma_key")]
-    if not bns:
-        raise CheckpointMismatchError(f"{source}: the model {graph.name} has no bn scales "
-                                      "(gammas): nothing to regularize or prune")
-    gammas, missing, wrong = {}, [], []
+def match_gammas(graph: ChannelGraph, tensors: CheckpointTensors | Mapping[str, np.ndarray],
+                 source: str) -> LearnedStructure:
+    """Pick each bn op's scale vector out of a checkpoint's tensors; report everything that
+    does not fit. Dictionary lookups only: linear in the number of keys and ops.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        Missing scales, wrong shapes, layers the model does not have, or NaN/inf scales
+        (naming the bn layer).
+    """
+    if not isinstance(tensors, CheckpointTensors):
+        tensors = CheckpointTensors.from_arrays(tensors)
+    bns = _bn_ops(graph)
+    if not bns:  # VGG without bn, MLPs: morph-net's group-lasso family scores the kernels
+        kernels = source_kernels(graph, tensors.arrays, source)
+        if not kernels:
+            raise CheckpointMismatchError(f"{source}: the model {graph.name} has no bn scales "
+                                          "(gammas): nothing to regularize or prune (and the file "
+                                          "holds none of its conv or dense kernels for group lasso)")
+        return LearnedStructure(source, kernels=kernels, notes=(
+            "no bn scales: alive channels from kernel norms (group lasso)",))
+    gammas, missing, wrong, not_finite = {}, [], [], []
     for name, attrs in bns:
-        key = next((k for k in _bn_lookup_keys(graph, attrs["gamma_key"]) if k in tensors), None)
+        key = next((k for k in _bn_lookup_keys(graph, attrs["gamma_key"]) if k in tensors.shapes), None)
         if key is None:
             missing.append(attrs["gamma_key"])
             continue
-        vector = np.asarray(tensors[key], dtype=np.float64).reshape(-1)
-        if vector.size != attrs["out_channels"]:
-            wrong.append(f"{key} has {vector.size} values, the model has {attrs['out_channels']}")
+        size = math.prod(tensors.shapes[key])
+        if size != attrs["out_channels"] or key not in tensors.arrays:
+            wrong.append(f"{key} has {size} values, the model has {attrs['out_channels']}")
+            continue
+        vector = np.asarray(tensors.arrays[key], dtype=np.float64).reshape(-1)
+        if not np.isfinite(vector).all():
+            not_finite.append(f"{name} ({int((~np.isfinite(vector)).sum())} of {vector.size})")
             continue
         gammas[name] = vector
     known = _known_prefixes(graph)
-    unknown = sorted({_prefix(graph, k) for k in tensors} - known)
+    unknown = sorted({_prefix(graph, k) for k in tensors.shapes} - known)
     problems = []
+    if not_finite:
+        problems.append(f"NaN or infinite bn scales in {len(not_finite)} layers (e.g. "
+                        f"{', '.join(not_finite[:3])})")
     if missing:
         problems.append(f"{len(missing)} of {len(bns)} bn scales missing (e.g. {', '.join(missing[:3])})")
     if wrong:
