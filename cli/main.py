@@ -12,21 +12,36 @@ import signal
 import sys
 from typing import Any, Sequence
 
+from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE
+from morphscope.cli.arguments import (EXIT_BAD_INPUT, MAX_MULTIPLIER, OneLineParser,
+                                      attach_signed_values, budget_value, check_input_shape,
+                                      input_shape_value, multiplier_value, threshold_value)
 from morphscope.errors import MorphScopeError
 
-EXIT_BAD_INPUT = 2
+EXPORT_FILES_RULE = ("Outputs are written whole or not at all: each to a temporary file beside "
+                     "it, renamed into place once every output is complete, so a failure or a "
+                     "kill leaves the previous files as they were. An existing file is replaced; "
+                     "an output naming one of the command's inputs (MODEL, a CKPT) or another "
+                     "output is refused before anything runs.")
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL",
-                        help="a .pt2/.keras/.h5/.json file, torchvision:NAME or keras:NAME")
-    parser.add_argument("--input-shape", metavar="C,H,W",
-                        help="input size for zoo models (default: the model's own)")
+                        help="a .pt2/.keras/.h5/.json file, torchvision:NAME, keras:NAME or "
+                        "example:digits")
+    parser.add_argument("--input-shape", metavar="C,H,W", type=input_shape_value,
+                        help="input size for torchvision:/keras: models (default: the model's "
+                        "own); files carry their own")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def _hardware_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--hardware", default=DEFAULT_HARDWARE, choices=sorted(HARDWARE), metavar="NAME",
+                        help=f"{help_text}: {', '.join(sorted(HARDWARE))} (default {DEFAULT_HARDWARE})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="morphscope",
         description="Static analysis of MorphNet structures: seed and alive-channel costs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,25 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(report)
     report.add_argument("--all", action="store_true", help="list every op, not only those "
                         "that compute or own parameters")
-    report.add_argument("--hardware", default="V100", help="device for the latency line")
+    _hardware_arg(report, "device for the latency lines, the seed's and each checkpoint's")
     _checkpoint_args(report, required=False)
 
     expand = commands.add_parser("expand", help="solve the width multiplier for a budget")
     _model_args(expand)
     _checkpoint_args(expand, required=True)
     expand.add_argument("--resource", default="flops", choices=["flops", "params", "size", "latency"])
-    expand.add_argument("--budget", type=float, help="cost to meet (default: the seed's own)")
-    expand.add_argument("--hardware", default="V100", help="device for --resource latency")
+    expand.add_argument("--budget", type=budget_value, metavar="N",
+                        help="cost to meet, finite and > 0 (default: the seed's own)")
+    _hardware_arg(expand, "device for --resource latency")
 
-    export = commands.add_parser("export", help="write widths JSON, a layer table, a model")
+    export = commands.add_parser("export", help="write widths JSON, a layer table, a model",
+                                 description=EXPORT_FILES_RULE)
     _model_args(export)
     _checkpoint_args(export, required=True)
-    export.add_argument("--out", required=True, help="widths file: morph-net JSON (.json) "
+    export.add_argument("--out", required=True, metavar="FILE", help="widths file: morph-net JSON (.json) "
                         "or the per-layer table (.csv)")
-    export.add_argument("--table", help="also write the per-layer table (seed, alive and expanded "
+    export.add_argument("--table", metavar="FILE", help="also write the per-layer table (seed, alive and expanded "
                         "width, MACs, params): .csv or .json")
-    export.add_argument("--multiplier", type=float, help="expand the widths by this factor")
-    export.add_argument("--model-out", help="rebuilt model to retrain: .pt2 (PyTorch) or .keras")
+    export.add_argument("--multiplier", type=multiplier_value, metavar="W",
+                        help=f"expand the widths by this factor (> 0, at most {MAX_MULTIPLIER:g})")
+    export.add_argument("--model-out", metavar="FILE", help="rebuilt model to retrain: .pt2 (PyTorch) or .keras")
     export.add_argument("--copy-weights", action="store_true",
                         help="copy the alive channels' weights into the rebuilt model")
     return parser
@@ -62,8 +80,9 @@ def _checkpoint_args(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--checkpoint", action="append", required=required, default=None,
                         metavar="CKPT", help="gammas (.pt/.pth/.safetensors/.keras/.h5) or a "
                         "morph-net alive JSON; repeat for several")
-    parser.add_argument("--threshold", type=float, default=1e-2,
-                        help="a channel is alive when its group's max |gamma| is above this")
+    parser.add_argument("--threshold", type=threshold_value, default=1e-2, metavar="T",
+                        help="a channel is alive when its group's max |gamma| is above this "
+                        "(finite, >= 0; default 0.01)")
 
 
 def _format_tuple(value: Any) -> str:
@@ -108,14 +127,22 @@ def print_report_table(doc: dict[str, Any], hardware: str, out=sys.stdout) -> No
     print(f"Convention: {doc['convention']}", file=out)
 
 
+ZOO_PREFIXES = ("torchvision:", "keras:")
+
+
 def _analysis(args: argparse.Namespace):
     from morphscope.analyzers.morph import morph
     from morphscope.analyzers.widths import compile_width_model
     from morphscope.importers.checkpoints import load_structure
-    from morphscope.importers.load import load_model, parse_input_shape
+    from morphscope.importers.load import load_model
 
+    if args.input_shape is not None and not args.model.startswith(ZOO_PREFIXES):
+        raise MorphScopeError(f"--input-shape applies to {' and '.join(ZOO_PREFIXES)} models; "
+                              f"{args.model} carries its own input shape")
     _progress(f"importing {args.model} ...")
-    graph = load_model(args.model, parse_input_shape(args.input_shape))
+    graph = load_model(args.model, args.input_shape)
+    if args.input_shape is not None:
+        check_input_shape(graph, args.input_shape)
     model = compile_width_model(graph)
     structures = [load_structure(graph, path) for path in (args.checkpoint or [])]
     morphed = [morph(model, s, args.threshold) for s in structures]
@@ -187,46 +214,76 @@ def _run_expand(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from morphscope.exporters.writers import layer_table, table_csv, widths_json
     from morphscope.analyzers.morph import export_plan, plan_totals
     from morphscope.analyzers.widths import apply_multiplier
+    from morphscope.exporters.export import MODEL_SUFFIX
+    from morphscope.exporters.files import OutputError, check_targets, write_files
+    from morphscope.exporters.writers import layer_table, table_csv, widths_json
 
-    graph, model, structures, morphed = _analysis(args)
-    if len(morphed) != 1:
+    if len(args.checkpoint) != 1:
         raise MorphScopeError("export takes exactly one --checkpoint")
+    targets = check_targets(_export_targets(args), _input_files(args))
+    graph, model, structures, morphed = _analysis(args)
     structure, m = structures[0], morphed[0]
     expanded = m.widths if args.multiplier is None else \
         apply_multiplier(model.spaces, m.widths, args.multiplier)
     rows = layer_table(graph, model, m.widths, expanded)
-    out = Path(args.out)
-    if out.suffix.lower() == ".csv":
-        out.write_text(table_csv(rows))
-    else:
-        out.write_text(widths_json(graph, model, expanded) + "\n")
-    print(f"wrote {out}")
+    contents = {targets["--out"]: table_csv(rows) if _is_csv(args.out) else
+                widths_json(graph, model, expanded) + "\n"}
     if args.table:
-        table = Path(args.table)
-        table.write_text(table_csv(rows) if table.suffix.lower() == ".csv" else json.dumps(rows, indent=2) + "\n")
-        print(f"wrote {table}")
+        contents[targets["--table"]] = table_csv(rows) if _is_csv(args.table) else \
+            json.dumps(rows, indent=2) + "\n"
+    model_lines = []
     if args.model_out:
+        suffix = MODEL_SUFFIX[graph.framework]
+        if not args.model_out.lower().endswith(suffix):
+            raise OutputError(f"--model-out {args.model_out}: a rebuilt {graph.framework} model is "
+                              f"saved as {suffix}; name the file *{suffix}")
         plan = export_plan(graph, model, m, args.multiplier, structure.gammas, args.threshold)
         predicted = plan_totals(model, plan)["params"]
-        actual = _write_model(args, graph, model, plan, m)
-        print(f"wrote {args.model_out}: {actual:,} parameters (predicted {predicted:,})")
-        for note in plan.notes:
-            print(f"  note: {note}")
+        contents[targets["--model-out"]], actual = _rebuilt_model(args, graph, model, plan, m)
+        model_lines = [f"wrote {args.model_out}: {actual:,} parameters (predicted {predicted:,})",
+                       *(f"  note: {note}" for note in plan.notes)]
+    write_files({path: text.encode() if isinstance(text, str) else text
+                 for path, text in contents.items()})
+    print(f"wrote {args.out}")
+    if args.table:
+        print(f"wrote {args.table}")
+    for line in model_lines:
+        print(line)
     return 0
 
 
-def _write_model(args, graph, model, plan, morphed) -> int:
-    from morphscope.exporters.export import write_rebuilt_model
-    from morphscope.importers.load import load_framework_model, parse_input_shape
+def _is_csv(path: str) -> bool:
+    return path.lower().endswith(".csv")
 
-    framework_model = load_framework_model(args.model, parse_input_shape(args.input_shape))
+
+def _export_targets(args: argparse.Namespace) -> dict[str, str]:
+    """Option -> file for every output the export writes."""
+    named = {"--out": args.out, "--table": args.table, "--model-out": args.model_out}
+    return {option: path for option, path in named.items() if path is not None}
+
+
+def _input_files(args: argparse.Namespace) -> dict[str, str]:
+    """Option -> file for every file the command reads (a bundled example's too)."""
+    from morphscope.importers.load import EXAMPLES, EXAMPLES_DIR
+
+    model = args.model
+    if model.startswith("example:") and model.split(":", 1)[1] in EXAMPLES:
+        model = str(EXAMPLES_DIR / EXAMPLES[model.split(":", 1)[1]]["model"])
+    files = {"MODEL": model}
+    files.update({f"--checkpoint {i + 1}" if len(args.checkpoint) > 1 else "--checkpoint": path
+                  for i, path in enumerate(args.checkpoint)})
+    return files
+
+
+def _rebuilt_model(args, graph, model, plan, morphed) -> tuple[bytes, int]:
+    from morphscope.exporters.export import rebuilt_model_bytes
+    from morphscope.importers.load import load_framework_model
+
+    framework_model = load_framework_model(args.model, args.input_shape)
     copy_masks = morphed.masks if args.copy_weights and args.multiplier is None else None
-    return write_rebuilt_model(framework_model, graph, model, plan, args.model_out, copy_masks)
+    return rebuilt_model_bytes(framework_model, graph, model, plan, copy_masks)
 
 
 COMMANDS = {"report": _run_report, "expand": _run_expand, "export": _run_export}
@@ -235,7 +292,7 @@ COMMANDS = {"report": _run_report, "expand": _run_expand, "export": _run_export}
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``morphscope`` console script."""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `morphscope ... | head` ends quietly
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_signed_values(sys.argv[1:] if argv is None else argv))
     try:
         return COMMANDS[args.command](args)
     except MorphScopeError as err:

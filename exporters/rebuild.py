@@ -13,15 +13,15 @@ from __future__ import annotations
 import copy
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from morphscope.analyzers.morph import ExportPlan
-from morphscope.analyzers.spaces import Layout
+from morphscope.analyzers.spaces import CHANNEL_RULES, Layout, is_source_kind
 from morphscope.analyzers.widths import WidthModel
 from morphscope.errors import GraphError
-from morphscope.graph import ChannelGraph, Kind
+from morphscope.graph import ChannelGraph, Kind, is_depthwise
 
 
 def layout_indices(layout: Layout, masks: tuple[np.ndarray, ...], sizes: np.ndarray) -> np.ndarray:
@@ -47,7 +47,7 @@ def _width(layout: Layout, widths: np.ndarray) -> int:
 def _check_other_params(graph: ChannelGraph, model: WidthModel, plan: ExportPlan) -> None:
     """Ops owning weights the rebuild cannot resize (layer scale, class token) must keep width."""
     for name, attrs in graph.ops():
-        if attrs.get("params") and attrs["kind"] not in (Kind.CONV, Kind.LINEAR, Kind.BN) \
+        if attrs.get("params") and not CHANNEL_RULES[attrs["kind"]].channel_weights \
                 and name not in plan.removed_ops:
             for seg in model.spaces.op_out.get(name, ()):
                 if plan.widths[seg.space] != model.spaces.sizes[seg.space]:
@@ -67,7 +67,7 @@ def rebuild_torch(module: Any, graph: ChannelGraph, model: WidthModel, plan: Exp
     removed_ends = {end for _, end, _ in plan.removed_blocks}
     for name, attrs in graph.ops():
         kind = attrs["kind"]
-        if kind not in (Kind.CONV, Kind.LINEAR, Kind.BN):
+        if not CHANNEL_RULES[kind].channel_weights:
             if attrs.get("param_keys") and name not in plan.removed_ops:
                 _resize_loose_params(new, graph, model, plan, name, attrs, masks)
             continue
@@ -161,8 +161,7 @@ def _resized(old: Any, kind: Kind, attrs: dict[str, Any], a_in: int, a_out: int)
     from torch import nn
 
     if kind == Kind.CONV:
-        depthwise = 1 < old.groups == old.in_channels
-        groups = a_in if depthwise else old.groups
+        groups = a_in if is_depthwise(attrs) else old.groups
         cls = type(old)
         return cls(a_in, a_out, old.kernel_size, stride=old.stride, padding=old.padding,
                    dilation=old.dilation, groups=groups, bias=old.bias is not None,
@@ -197,7 +196,7 @@ def _copy_alive(old: Any, new: Any, kind: Kind, attrs: dict[str, Any], in_idx, o
         groups = old.groups if kind == Kind.CONV else 1
         if groups == 1:
             weight = old.weight[out_t][:, in_t]
-        elif groups == old.in_channels:  # depthwise: one input per filter
+        elif is_depthwise(attrs):  # one input per filter
             weight = old.weight[out_t]
         else:  # grouped: filter o keeps the alive inputs of its own group (equal counts)
             in_per_group, out_per_group = old.in_channels // groups, old.out_channels // groups
@@ -214,14 +213,15 @@ def count_torch_params(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def save_torch_pt2(module: Any, input_shape: tuple[int, ...], path: str | Path) -> None:
-    """Run one forward pass and save ``torch.export.export(module)`` to ``path`` (.pt2)."""
+def save_torch_pt2(module: Any, input_shape: tuple[int, ...], path: str | Path | BinaryIO) -> None:
+    """Run one forward pass and save ``torch.export.export(module)`` to ``path`` (.pt2 file or
+    a binary buffer)."""
     import torch
 
     example = torch.zeros((1, *input_shape))
     with torch.no_grad():
         module(example)
-    torch.export.save(torch.export.export(module, (example,)), str(path))
+    torch.export.save(torch.export.export(module, (example,)), path)
 
 
 # -- Keras ------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ def rebuild_keras(keras_model: Any, graph: ChannelGraph, model: WidthModel, plan
     _check_other_params(graph, model, plan)
     out_widths = {}
     for name, attrs in graph.ops():
-        if attrs["kind"] in (Kind.CONV, Kind.LINEAR) and name not in plan.removed_ops:
+        if is_source_kind(attrs) and name not in plan.removed_ops:
             layer = name.split("/")[-2] if name.endswith(("/depthwise", "/pointwise")) else name.split("/")[-1]
             if not name.endswith("/depthwise"):
                 out_widths[layer] = _width(model.spaces.op_out[name], plan.widths)
@@ -262,7 +262,7 @@ def _copy_alive_keras(old_model: Any, new_model: Any, graph: ChannelGraph, model
     old_layers = {l.name: l for l in old_model._flatten_layers(include_self=False, recursive=True)}
     new_layers = {l.name: l for l in new_model._flatten_layers(include_self=False, recursive=True)}
     for name, attrs in graph.ops():
-        if attrs["kind"] not in (Kind.CONV, Kind.LINEAR, Kind.BN) or name in plan.removed_ops:
+        if not CHANNEL_RULES[attrs["kind"]].channel_weights or name in plan.removed_ops:
             continue
         if name.endswith(("/depthwise", "/pointwise")):
             raise GraphError(f"{name}: copying weights into SeparableConv layers is not supported; "
@@ -270,7 +270,7 @@ def _copy_alive_keras(old_model: Any, new_model: Any, graph: ChannelGraph, model
         layer = name.split("/")[-1]
         in_idx = layout_indices(spaces.op_in.get(name, ()), masks, spaces.sizes)
         out_idx = layout_indices(spaces.op_out.get(name, ()), masks, spaces.sizes)
-        depthwise = attrs["kind"] == Kind.CONV and 1 < attrs.get("groups", 1) == attrs.get("in_channels")
+        depthwise = is_depthwise(attrs)
         sliced = []
         for weight in old_layers[layer].get_weights():
             if weight.ndim == 1:

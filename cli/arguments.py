@@ -1,0 +1,123 @@
+"""Command-line values checked where they are parsed: one line and exit status 2 for a bad one.
+
+argparse calls the ``*_value`` functions below as option types; an ``ArgumentTypeError``
+becomes ``morphscope CMD: error: argument --threshold: ...``. Values that only the model can
+judge (an input shape against the model's strides) are checked by :func:`check_input_shape`
+once the model is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from morphscope.errors import GraphError
+from morphscope.graph import ChannelGraph
+
+MAX_MULTIPLIER = 100.0  # a width multiplier above this is a typo, not a design (1e4x the MACs)
+# Options whose value may start with "-" ("-inf", "-1", "-3,224,224"): argparse would read
+# such a value as an option, so the value is refused with a message about the option instead.
+SIGNED_VALUE_OPTIONS = ("--threshold", "--multiplier", "--budget", "--input-shape")
+EXIT_BAD_INPUT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def attach_signed_values(argv: Sequence[str]) -> list[str]:
+    """``["--threshold", "-inf"]`` -> ``["--threshold=-inf"]`` for :data:`SIGNED_VALUE_OPTIONS`,
+    so that a negative or non-finite value reaches its type check.
+
+    Examples
+    --------
+    >>> attach_signed_values(["report", "m", "--threshold", "-inf", "--json"])
+    ['report', 'm', '--threshold=-inf', '--json']
+    """
+    out: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token in SIGNED_VALUE_OPTIONS:
+            value = next(tokens, None)
+            if value is not None and value.startswith("-") and not value.startswith("--"):
+                out.append(f"{token}={value}")
+                continue
+            out.append(token)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(token)
+    return out
+
+
+def _bounded(what: str, low: float, low_inclusive: bool, high: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite float in ``[low, high]`` (``(low, high]`` if not inclusive)."""
+    allowed = (f"{what} must be finite and {'>=' if low_inclusive else '>'} {low:g}"
+               + (f" and <= {high:g}" if high < math.inf else ""))
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; {allowed}") from None
+        in_range = value >= low if low_inclusive else value > low
+        if not (math.isfinite(value) and in_range and value <= high):
+            raise argparse.ArgumentTypeError(f"{text}: {allowed}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its own messages
+    return parse
+
+
+threshold_value = _bounded("a threshold on |gamma|", 0.0, low_inclusive=True)
+multiplier_value = _bounded("a width multiplier", 0.0, low_inclusive=False, high=MAX_MULTIPLIER)
+budget_value = _bounded("a budget", 0.0, low_inclusive=False)
+
+
+def input_shape_value(text: str) -> tuple[int, ...]:
+    """``"3,224,224"`` -> ``(3, 224, 224)``: channels, height and width, positive integers.
+
+    Examples
+    --------
+    >>> input_shape_value("3,160,192")
+    (3, 160, 192)
+    """
+    expected = "expected positive integers C,H,W such as 3,224,224"
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {expected}") from None
+    if len(shape) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} has {len(shape)} value(s); zoo models take "
+                                         f"2-D images: {expected}")
+    if min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: {expected}")
+    return shape
+
+
+def check_input_shape(graph: ChannelGraph, requested: tuple[int, ...]) -> None:
+    """Refuse an ``--input-shape`` the model was not captured at, or one too small for its
+    strides (a strided op that gets fewer pixels than its stride).
+
+    Raises
+    ------
+    GraphError
+        One line naming the model, the shape and the op that does not fit.
+    """
+    shape = ",".join(map(str, requested))
+    if tuple(graph.input_shape) != tuple(requested):
+        raise GraphError(f"--input-shape {shape}: {graph.name} was captured at "
+                         f"{','.join(map(str, graph.input_shape))} instead; give a shape the "
+                         "model takes as it is (torchvision zoo models: 3 channels, H = W)")
+    for name, attrs in graph.ops():
+        stride, spatial = attrs.get("stride"), attrs.get("in_spatial")
+        if stride and spatial and any(s > n for s, n in zip(stride, spatial)):
+            raise GraphError(f"--input-shape {shape} is too small for {graph.name}: {name} "
+                             f"(stride {'x'.join(map(str, stride))}) gets a "
+                             f"{'x'.join(map(str, spatial))} map; use a larger H,W")
