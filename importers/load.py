@@ -7,13 +7,16 @@ loaded with ``safe_mode=True``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from morphscope.errors import UnsafeFileError, UnsupportedFileError
-from morphscope.graph import ChannelGraph
+from morphscope.graph import ChannelGraph, Kind
+from morphscope.importers.limits import DEFAULT_LIMITS, Limits, describe_error, loads_json, open_zip
+from morphscope.units import human_bytes
 
-MAX_MODEL_FILE_BYTES = 4 * 2**30
+MAX_MODEL_FILE_BYTES = DEFAULT_LIMITS.max_file_bytes
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 # Bundled examples: the explorer's default. example:digits is made by examples/train_digits.py.
 EXAMPLES = {"digits": {"model": "digits/seed.pt2", "script": "train_digits.py",
@@ -44,29 +47,50 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
-def check_file(path: Path, max_bytes: int = MAX_MODEL_FILE_BYTES) -> None:
-    """Raise a one-line error if ``path`` is missing, not a file, empty or too large."""
+def check_file(path: Path, max_bytes: int = MAX_MODEL_FILE_BYTES, name: str | None = None) -> None:
+    """Raise a one-line error (naming the file as ``name``) if ``path`` is missing, not a
+    file, empty or too large."""
+    name = name or str(path)
     if not path.exists():
-        raise UnsupportedFileError(f"{path}: no such file")
+        raise UnsupportedFileError(f"{name}: no such file")
     if not path.is_file():
-        raise UnsupportedFileError(f"{path}: not a regular file")
+        raise UnsupportedFileError(f"{name}: not a regular file")
     size = path.stat().st_size
     if size == 0:
-        raise UnsupportedFileError(f"{path}: empty file")
+        raise UnsupportedFileError(f"{name}: empty file")
     if size > max_bytes:
-        raise UnsupportedFileError(f"{path}: {size} bytes, over the {max_bytes} byte limit")
+        raise UnsupportedFileError(f"{name}: {human_bytes(size)}, over the {human_bytes(max_bytes)} "
+                                   "file size limit")
 
 
-def load_model(spec: str, input_shape: tuple[int, ...] | None = None) -> ChannelGraph:
+def model_suffix(path: Path, name: str) -> str:
+    """The model file type of ``path`` (``.pt2``, ``.keras``, ...), or a one-line refusal."""
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES + (".pt", ".pth", ".bin"):
+        raise UnsupportedFileError(f"{name}: unknown model file type {suffix or '(none)'!r}; choose "
+                                   f"from {', '.join(MODEL_SUFFIXES)}, torchvision:NAME, keras:NAME")
+    return suffix
+
+
+def load_model(spec: str, input_shape: tuple[int, ...] | None = None, limits: Limits = DEFAULT_LIMITS,
+               isolate: bool = True, name: str | None = None) -> ChannelGraph:
     """Import a model from a spec.
 
     Parameters
     ----------
     spec : str
-        ``torchvision:NAME``, ``keras:NAME``, or a path to a ``.pt2`` (torch.export.save),
-        ``.keras``/``.h5`` (Keras) or ``.json`` (a saved ChannelGraph) file.
+        ``torchvision:NAME``, ``keras:NAME``, ``example:NAME`` (built in-process: they are
+        ours), or a path to a ``.pt2`` (torch.export.save), ``.keras``/``.h5`` (Keras) or
+        ``.json`` (a saved ChannelGraph) file.
     input_shape : tuple of int, optional
         Channels-first (C, H, W) input for zoo models; files carry their own.
+    limits : Limits
+        What parsing a file may use (memory, CPU time, declared sizes).
+    isolate : bool
+        Parse a file in a limited child process (default); False parses in this process,
+        with the declared-size checks but without the operating-system limits.
+    name : str, optional
+        The user's name for the file (an upload's own name), used in messages.
 
     Raises
     ------
@@ -88,26 +112,37 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Channel
         graph = load_pt2(EXAMPLES_DIR / _example(spec)["model"])
         graph.name = spec
         return graph
-    path = Path(spec)
-    check_file(path)
-    suffix = path.suffix.lower()
+    if isolate:
+        from morphscope.importers.isolation import parse_model_isolated
+
+        return parse_model_isolated(spec, name, limits)
+    return load_model_file(Path(spec), name or spec, limits)
+
+
+def load_model_file(path: Path, name: str, limits: Limits = DEFAULT_LIMITS) -> ChannelGraph:
+    """Parse a model file in this process (the isolated worker runs this), declared sizes
+    checked first; see :func:`load_model`."""
+    check_file(path, limits.max_file_bytes, name)
+    suffix = model_suffix(path, name)
     if suffix == ".pt2":
         from morphscope.importers.torch_importer import load_pt2
 
-        return load_pt2(path)
-    if suffix in (".keras", ".h5", ".hdf5"):
+        graph = load_pt2(path)
+    elif suffix in (".keras", ".h5", ".hdf5"):
+        from morphscope.importers.keras_guard import check_keras_file
         from morphscope.importers.keras_importer import load_keras_file
 
-        return load_keras_file(path)
-    if suffix == ".json":
-        return _load_graph_json(path)
-    if suffix in (".pt", ".pth", ".bin"):
-        read_torch_pickle(path)  # refuses code payloads with UnsafeFileError
-        raise UnsupportedFileError(f"{path}: a PyTorch pickle holds weights, not a graph; save the "
+        check_keras_file(path, name, limits)
+        graph = load_keras_file(path)
+    elif suffix == ".json":
+        graph = _load_graph_json(path, name, limits)
+    else:
+        read_torch_pickle(path, name, limits)  # refuses code payloads with UnsafeFileError
+        raise UnsupportedFileError(f"{name}: a PyTorch pickle holds weights, not a graph; save the "
                                    "model with torch.export.save (.pt2) or name it torchvision:NAME, "
                                    "and pass this file as --checkpoint")
-    raise UnsupportedFileError(f"{path}: unknown model file type {suffix or '(none)'!r}; choose "
-                               f"from {', '.join(MODEL_SUFFIXES)}, torchvision:NAME, keras:NAME")
+    graph.name = name
+    return graph
 
 
 def _example(spec: str) -> dict[str, Any]:
@@ -130,15 +165,70 @@ def example_cost_logs(spec: str) -> dict[str, list[dict[str, Any]]]:
             for label, rel in _example(spec).get("cost_logs", {}).items()}
 
 
-def _load_graph_json(path: Path) -> ChannelGraph:
-    try:
-        return ChannelGraph.from_json(path.read_text())
-    except (ValueError, KeyError, TypeError) as err:  # JSON and Unicode errors are ValueErrors
-        raise UnsupportedFileError(f"{path}: not a MorphScope channel graph JSON "
-                                   f"({type(err).__name__}: {err})") from err
+def _load_graph_json(path: Path, name: str, limits: Limits) -> ChannelGraph:
+    doc = loads_json(path.read_bytes(), name, limits, "graph JSON")
+    problem = graph_doc_problem(doc)
+    if problem:
+        raise UnsupportedFileError(f"{name}: not a MorphScope channel graph JSON ({problem})")
+    return ChannelGraph.from_json(json.dumps(doc))
 
 
-def read_torch_pickle(path: Path) -> Any:
+_INT_FIELDS = ("in_channels", "out_channels", "groups", "params", "trainable_params")
+_TUPLE_INT_FIELDS = ("kernel", "stride", "in_spatial", "out_spatial")
+
+
+def graph_doc_problem(doc: Any) -> str | None:
+    """What is wrong with a channel graph JSON document (None if nothing): the fields every
+    reader relies on, typed and in range, edges between known nodes, no cycles."""
+    if not isinstance(doc, dict) or doc.get("format") != "morphscope.channel_graph":
+        return "no \"format\": \"morphscope.channel_graph\" object"
+    if not isinstance(doc.get("name"), str) or doc.get("framework") not in ("torch", "keras"):
+        return "name must be a string and framework 'torch' or 'keras'"
+    if not _ints(doc.get("input_shape"), minimum=1):
+        return "input_shape must be a list of positive integers"
+    if not isinstance(doc.get("nodes"), list) or not isinstance(doc.get("edges"), list):
+        return "nodes and edges must be lists"
+    kinds = {k.value for k in Kind}
+    names = set()
+    for node in doc["nodes"]:
+        if not isinstance(node, dict) or not isinstance(node.get("name"), str):
+            return "every node needs a string name"
+        if node["name"] in names:
+            return f"duplicate node {node['name']!r}"
+        names.add(node["name"])
+        if node.get("kind") not in kinds:
+            return f"node {node['name']!r}: kind must be one of {sorted(kinds)}"
+        for key in _INT_FIELDS:
+            if key in node and not _ints([node[key]], minimum=0):
+                return f"node {node['name']!r}: {key} must be a non-negative integer"
+        for key in _TUPLE_INT_FIELDS:
+            if key in node and not _ints(node[key], minimum=0):
+                return f"node {node['name']!r}: {key} must be a list of non-negative integers"
+    import networkx as nx
+
+    order = nx.DiGraph()
+    for edge in doc["edges"]:
+        if not (isinstance(edge, list) and len(edge) == 3 and edge[0] in names and edge[1] in names
+                and _ints([edge[2]], minimum=0)):
+            return f"edge {str(edge)[:80]}: expected [source, target, port] between known nodes"
+        order.add_edge(edge[0], edge[1])
+    if not nx.is_directed_acyclic_graph(order):
+        return "the edges form a cycle"
+    for key in ("detached_params",):
+        value = doc.get(key, {})
+        if not isinstance(value, dict) or not _ints(list(value.values()), minimum=0):
+            return f"{key} must map names to non-negative integers"
+    if not isinstance(doc.get("notes", []), list):
+        return "notes must be a list"
+    return None
+
+
+def _ints(values: Any, minimum: int) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and minimum <= v < 2**62 for v in values)
+
+
+def read_torch_pickle(path: Path, name: str | None = None, limits: Limits = DEFAULT_LIMITS) -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, no code.
 
     Raises
@@ -146,13 +236,17 @@ def read_torch_pickle(path: Path) -> Any:
     UnsafeFileError
         If the pickle references anything but tensors and plain data (it would run code).
     UnsupportedFileError
-        If the file is not a readable PyTorch file.
+        If the file is not a readable PyTorch file, or its zip members are oversized.
     """
     import pickle
     import warnings
+    import zipfile
 
     import torch
 
+    name = name or str(path)
+    if zipfile.is_zipfile(path):
+        open_zip(path, name, limits).close()  # bombs and member names, before torch reads them
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol notices; the outcome is what matters
@@ -160,49 +254,25 @@ def read_torch_pickle(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         imports = _pickle_imports(path)
         if imports:
-            raise UnsafeFileError(f"{path}: refused, the pickle would run code (it imports "
+            raise UnsafeFileError(f"{name}: refused, the pickle would run code (it imports "
                                   f"{', '.join(imports[:3])}); only tensors and plain "
                                   "containers are loaded") from err
-        raise UnsupportedFileError(f"{path}: refused, the pickle holds more than tensors and "
-                                   "plain containers (torch.load weights_only=True rejects it)") from err
+        if "unsupported global" in str(err).lower():  # a well-formed pickle of other objects
+            raise UnsupportedFileError(f"{name}: refused, the pickle holds more than tensors and "
+                                       "plain containers (torch.load weights_only=True rejects it)") from err
+        raise UnsupportedFileError(f"{name}: not a readable PyTorch file ({describe_error(err)})") from err
+    except MemoryError:
+        raise
     except Exception as err:  # noqa: BLE001 - torch raises many types on corrupt files
-        raise UnsupportedFileError(f"{path}: not a readable PyTorch file "
-                                   f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from err
+        raise UnsupportedFileError(f"{name}: not a readable PyTorch file ({describe_error(err)})") from err
 
 
-_SAFE_PICKLE_MODULES = ("torch", "collections", "builtins", "_codecs", "numpy")
-
-
-def _pickle_imports(path: Path) -> list[str]:
-    """Callables a pickle would import outside torch/collections/builtins, read with
-    pickletools (opcodes only, nothing is executed); [] if the bytes cannot be parsed."""
-    import pickletools
-    import zipfile
-
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            blobs = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
-    else:
-        blobs = [path.read_bytes()]
-    found: list[str] = []
-    for blob in blobs:
-        strings: list[str] = []
-        try:
-            for opcode, arg, _ in pickletools.genops(blob):
-                if isinstance(arg, str):
-                    strings.append(arg)
-                if opcode.name == "GLOBAL":
-                    found.append(arg.replace(" ", "."))
-                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(f"{strings[-2]}.{strings[-1]}")
-        except (ValueError, EOFError):  # not a pickle stream: nothing to name
-            continue
-    return [g for g in dict.fromkeys(found) if not g.startswith(_SAFE_PICKLE_MODULES)]
-
-
-def load_framework_model(spec: str, input_shape: tuple[int, ...] | None = None) -> Any:
+def load_framework_model(spec: str, input_shape: tuple[int, ...] | None = None,
+                         limits: Limits = DEFAULT_LIMITS, name: str | None = None) -> Any:
     """The framework's own model object for a spec, to rebuild with new widths: a CPU
-    ``nn.Module`` (torchvision, random weights) or a ``keras.Model``.
+    ``nn.Module`` (torchvision, random weights) or a ``keras.Model``. A Keras file is loaded
+    in this process (the rebuild needs the live model), after :func:`check_keras_file`'s
+    declared-size and HDF5 checks, with ``safe_mode=True``.
 
     Raises
     ------
@@ -229,10 +299,12 @@ def load_framework_model(spec: str, input_shape: tuple[int, ...] | None = None) 
         module_spec.loader.exec_module(module)  # our own example code, not an upload
         return module.SeedNet().eval()
     path = Path(spec)
-    check_file(path)
+    check_file(path, limits.max_file_bytes, name)
     if path.suffix.lower() in (".keras", ".h5", ".hdf5"):
+        from morphscope.importers.keras_guard import check_keras_file
         from morphscope.importers.keras_importer import load_keras_file_model
 
+        check_keras_file(path, name, limits)  # Keras reads this HDF5 too: guard it first
         return load_keras_file_model(path)
     raise UnsupportedFileError(f"{path}: a rebuilt model needs the model itself; use "
                                "torchvision:NAME, keras:NAME or a .keras/.h5 file")

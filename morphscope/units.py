@@ -26,3 +26,11 @@ def signed_percent(new: float, old: float) -> str:
     if not old:
         return "n/a"
     return f"{(new - old) / old * 100:+.1f}%"
+
+
+def human_bytes(n_bytes: float) -> str:
+    """``2 * 2**30`` -> ``"2 GB"`` (binary units: 1 GB = 2**30 bytes)."""
+    for scale, suffix in ((2**40, "TB"), (2**30, "GB"), (2**20, "MB"), (2**10, "KB")):
+        if abs(n_bytes) >= scale:
+            return f"{n_bytes / scale:.3g} {suffix}"
+    return f"{n_bytes:.0f} bytes"

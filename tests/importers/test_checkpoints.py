@@ -7,7 +7,7 @@ import pytest
 
 import handbuilt
 from handbuilt import H, W, alive_at
-from morphscope.importers.checkpoints import load_structure, match_alive_counts, read_tensors
+from morphscope.importers.checkpoints import load_structure, match_alive_counts, read_checkpoint
 from morphscope.importers.keras_importer import load_keras_model
 from morphscope.importers.torch_importer import load_module
 from morphscope.errors import CheckpointMismatchError, UnsupportedFileError
@@ -100,7 +100,7 @@ def test_not_a_checkpoint(tmp_path):
     path = tmp_path / "notes.safetensors"
     path.write_text("hello")
     with pytest.raises(UnsupportedFileError, match="notes.safetensors: not a readable safetensors file"):
-        read_tensors(path)
+        read_checkpoint(path)
     bad_json = tmp_path / "alive_100"
     bad_json.write_text(json.dumps(["not", "an", "object"]))
     with pytest.raises(UnsupportedFileError, match="expected a JSON object from op name to alive count"):
