@@ -87,8 +87,9 @@ def _check_writable(option: str, given: Path, path: Path) -> None:
     except OSError as err:
         raise OutputError(f"{option} {given}: cannot create files in {folder} "
                           f"({err.strerror})") from err
-    if path.exists() and not os.access(path, os.W_OK):
-        raise OutputError(f"{option} {given}: the existing file is read-only")
+    if path.exists() and not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise OutputError(f"{option} {given}: the existing file is read-only (chmod u+w to "
+                          "let it be replaced)")
 
 
 def write_files(contents: Mapping[Path, bytes]) -> None:
