@@ -16,7 +16,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from morphscope.errors import GraphError
 from morphscope.graph import ChannelGraph, Kind
+from morphscope.importers.nodes import Namer, conv_attrs, linear_attrs
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,24 @@ def _mean_kind(ctx: "_Ctx") -> Kind:
 
 
 def _weighted_matmul_kind(ctx: "_Ctx") -> Kind:
-    return Kind.LINEAR if ctx.param_refs else Kind.OPAQUE
+    """A product of an activation and a 2-D weight (``x @ W^T``) is a linear layer; any other
+    product (between activations, batched weights) is opaque and counts its MACs."""
+    weight = ctx.record.args.get(_WEIGHT_ARG[ctx.record.op])
+    data = ctx.record.args.get(_DATA_ARG[ctx.record.op])
+    if weight in ctx.param_refs and data in ctx.act_refs and len(ctx.shapes[weight.name]) == 2:
+        return Kind.LINEAR
+    return Kind.OPAQUE
+
+
+def _view_kind(ctx: "_Ctx") -> Kind:
+    """A view merging the channel axis with the axes after it is a flatten (channel c feeds
+    the block c*HW .. (c+1)*HW-1); any other view is a reshape."""
+    axis, in_shape, out_shape = ctx.in_axis, ctx.in_shape, ctx.out_shape
+    if axis is None or len(in_shape) <= axis + 1 or len(out_shape) != axis + 1:
+        return Kind.RESHAPE
+    if out_shape[:axis] == in_shape[:axis] and out_shape[axis] == math.prod(in_shape[axis:]):
+        return Kind.FLATTEN
+    return Kind.RESHAPE
 
 
 _CONV = ("conv1d", "conv2d", "conv3d", "convolution", "_convolution",
@@ -133,6 +152,7 @@ ATEN_TO_KIND: Mapping[str, Kind | Callable[["_Ctx"], Kind]] = {
     "mean": _mean_kind,
     "flatten": Kind.FLATTEN,
     **{op: Kind.RESHAPE for op in _RESHAPE},
+    **{op: _view_kind for op in ("view", "reshape", "_unsafe_view")},
     "pad": Kind.PAD,
     "constant_pad_nd": Kind.PAD,
     "upsample_nearest2d": Kind.RESIZE,
@@ -202,40 +222,27 @@ def _conv_attrs(ctx: _Ctx) -> dict[str, Any]:
     groups = int(args.get("groups", 1) or 1)
     transposed = bool(args.get("transposed", False)) or "transpose" in ctx.record.op
     spatial_rank = len(w_shape) - 2
-    out_channels = w_shape[1] * groups if transposed else w_shape[0]
     stride = args.get("stride") or [1] * spatial_rank
-    return {
-        "in_channels": ctx.in_shape[1],
-        "out_channels": out_channels,
-        "groups": groups,
-        "kernel": tuple(w_shape[2:]),
-        "stride": tuple(stride if len(stride) == spatial_rank else stride * spatial_rank),
-        "in_spatial": tuple(ctx.in_shape[2:]),
-        "out_spatial": tuple(ctx.out_shape[2:]),
-        "bias": args.get("bias") is not None,
-        "transposed": transposed,
-    }
+    return conv_attrs(
+        in_channels=ctx.in_shape[1], out_channels=w_shape[1] * groups if transposed else w_shape[0],
+        groups=groups, kernel=w_shape[2:],
+        stride=stride if len(stride) == spatial_rank else stride * spatial_rank,
+        in_spatial=ctx.in_shape[2:], out_spatial=ctx.out_shape[2:],
+        bias=args.get("bias") is not None, transposed=transposed,
+        batch=ctx.in_shape[0])  # the model runs at batch 1: more is a folded batch
+
+
+# The weight operand of each matrix product that is a linear layer when it holds a weight.
+_WEIGHT_ARG = {"linear": "weight", "addmm": "mat2", "mm": "mat2", "matmul": "other"}
 
 
 def _linear_attrs(ctx: _Ctx) -> dict[str, Any]:
-    args = ctx.record.args
     op = ctx.record.op
-    if op == "linear":
-        out_f, in_f = _weight_shape(ctx, "weight")
-        has_bias = args.get("bias") is not None
-    else:  # addmm(bias, x, W^T) / mm(x, W^T) / matmul(x, W^T): weight stored (in, out)
-        weight_arg = "mat2" if op in ("addmm", "mm") else "other"
-        in_f, out_f = _weight_shape(ctx, weight_arg)
-        has_bias = op == "addmm"
-    return {
-        "in_channels": in_f,
-        "out_channels": out_f,
-        "groups": 1,
-        "kernel": (),
-        "in_spatial": _rows_shape(ctx.in_shape),
-        "out_spatial": _rows_shape(ctx.out_shape),
-        "bias": has_bias,
-    }
+    shape = _weight_shape(ctx, _WEIGHT_ARG[op])
+    # linear stores its weight (out, in); addmm/mm/matmul take it transposed, (in, out)
+    out_f, in_f = shape if op == "linear" else shape[::-1]
+    has_bias = ctx.record.args.get("bias") is not None if op == "linear" else op == "addmm"
+    return linear_attrs(in_f, out_f, _rows_shape(ctx.out_shape), has_bias, _rows_shape(ctx.in_shape))
 
 
 def _rows_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -251,7 +258,7 @@ def _rows_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 def _matmul_dims(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int, int, int]:
     batch = math.prod(max(x, y) for x, y in zip(a[:-2][::-1], b[:-2][::-1]))
     batch *= math.prod(a[:-2][: max(0, len(a) - len(b))]) * math.prod(b[:-2][: max(0, len(b) - len(a))])
-    return (batch, a[-2] if len(a) > 1 else 1, a[-1], b[-1])
+    return (batch, a[-2] if len(a) > 1 else 1, a[-1], b[-1] if len(b) > 1 else 1)
 
 
 def _einsum_macs(equation: str, shapes: list[tuple[int, ...]]) -> int:
@@ -261,22 +268,33 @@ def _einsum_macs(equation: str, shapes: list[tuple[int, ...]]) -> int:
     return math.prod(sizes.values())
 
 
+# Matrix products by their two operands' argument names: MACs whatever the operands are
+# (activations, parameters or constants).
+_PRODUCT_OPERANDS = {"mm": ("self", "mat2"), "addmm": ("mat1", "mat2"), "bmm": ("self", "mat2"),
+                     "baddbmm": ("batch1", "batch2"), "addbmm": ("batch1", "batch2"),
+                     "matmul": ("self", "other")}
+_ATTENTION = ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+              "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+              "_scaled_dot_product_cudnn_attention")
+
+
 def _opaque_attrs(ctx: _Ctx) -> dict[str, Any]:
     """Opaque ops keep their channels pinned; matrix products record their dimensions."""
-    op = ctx.record.op
-    act = [ctx.shapes[r.name] for r in ctx.act_refs]
-    if op in ("bmm", "matmul", "mm") and len(act) == 2:
-        return {"matmuls": [_matmul_dims(act[0], act[1])]}
-    if op == "scaled_dot_product_attention":
-        q, k, v = act[:3]
+    op, args = ctx.record.op, ctx.record.args
+    if op in _PRODUCT_OPERANDS:
+        a, b = (_weight_shape(ctx, name) for name in _PRODUCT_OPERANDS[op])
+        return {"matmuls": [_matmul_dims(a, b)]} if a and b else {}
+    if op in _ATTENTION:
+        q, k, v = (_weight_shape(ctx, name) for name in ("query", "key", "value"))
         batch = math.prod(q[:-2])
         return {"matmuls": [(batch, q[-2], q[-1], k[-2]), (batch, q[-2], k[-2], v[-1])]}
-    if op == "einsum" and len(act) == 2:
-        return {"matmuls": [(1, 1, _einsum_macs(ctx.record.args["equation"], act), 1)]}
+    if op == "einsum" and len(args.get("tensors") or ()) == 2:
+        shapes = [ctx.shapes[r.name] for r in args["tensors"]]
+        return {"matmuls": [(1, 1, _einsum_macs(args["equation"], shapes), 1)]}
     return {}
 
 
-def _split_attrs(ctx: _Ctx, index: int, sizes: list[int]) -> dict[str, Any]:
+def _split_attrs(index: int, sizes: list[int]) -> dict[str, Any]:
     return {"channel_offset": sum(sizes[:index]), "out_channels": sizes[index]}
 
 
@@ -316,21 +334,6 @@ def _axis_after(op: str, args: dict[str, Any], kind: Kind, in_shape: tuple[int, 
 
 # -- building the graph ------------------------------------------------------------------------
 
-class _Namer:
-    """Unique node names from module paths, as described in the module docstring."""
-
-    def __init__(self) -> None:
-        self.used: set[str] = set()
-
-    def take(self, base: str) -> str:
-        name, n = base, 0
-        while name in self.used:
-            n += 1
-            name = f"{base}_{n}"
-        self.used.add(name)
-        return name
-
-
 def _param_owner_name(key: str) -> str:
     for suffix in (".weight", "_weight"):
         if key.endswith(suffix):
@@ -346,122 +349,183 @@ def _refs_in(value: Any) -> list[Ref]:
     return []
 
 
+# Kinds whose params the cost rules derive from the weight shape: they always carry the
+# count they own (0 for a second call of a shared layer, or a weight held in a buffer).
+_WEIGHT_KINDS = (Kind.CONV, Kind.LINEAR)
+
+
 def build_graph(program: Program, name: str) -> ChannelGraph:
     """Turn a captured :class:`Program` into a ChannelGraph (one node per ATen op).
+
+    Ops computing on weights and constants only fold into their consumer; each parameter
+    tensor is owned by the first op that reads it (shared weights: params once, MACs at
+    every call); buffers are never params.
 
     Raises
     ------
     GraphError
         If the program has no tensor input.
     """
-    from morphscope.errors import GraphError
-
     if not program.user_inputs:
         raise GraphError(f"{name}: the captured program has no tensor input")
-    shapes = program.shapes
-    input_shape = shapes[program.user_inputs[0]][1:]
-    image_rank = len(input_shape) + 1
-    graph = ChannelGraph(name, "torch", input_shape)
-    namer = _Namer()
-    producer: dict[str, str] = {}  # activation value -> graph node
-    axes: dict[str, int | None] = {}
-    param_sources: dict[str, frozenset[str]] = {
-        v: frozenset({k}) for v, k in program.parameters.items()}
-    param_sources.update({c: frozenset() for c in program.constants})
-    numel = {key: math.prod(shapes[v]) for v, key in program.parameters.items()}
-    # Modules owning weights: their weightless ops (LayerNorm2d's permutes) are named
-    # <module>.<op>, leaving the module's own name to the op that uses the weights.
-    weight_owners = {key.rsplit(".", 1)[0] for key in program.parameters.values()}
-    owned: set[str] = set()
-
-    for i, inp in enumerate(program.user_inputs):
-        shape = shapes[inp]
-        node = graph.add_op(namer.take(inp), Kind.INPUT, order=-1, out_channels=shape[1],
-                            out_spatial=tuple(shape[2:]), shape=tuple(shape[1:]))
-        producer[inp] = node
-        axes[inp] = 1
-
+    builder = _Builder(program, name)
+    builder.add_inputs()
     for order, record in enumerate(program.records):
+        try:
+            builder.add_record(order, record)
+        except Exception as err:  # a bug in this module: surface it, with the op it met
+            err.add_note(f"MorphScope bug: building {name!r} failed at {record.name} "
+                         f"(aten.{record.op}, module {record.module_path or '<root>'!r})")
+            raise
+    builder.add_outputs()
+    builder.graph.detached_params = builder.detached_params()
+    return builder.graph
+
+
+class _Builder:
+    """The state of one :func:`build_graph` call, one method per step."""
+
+    def __init__(self, program: Program, name: str) -> None:
+        self.program = program
+        self.shapes = program.shapes
+        input_shape = self.shapes[program.user_inputs[0]][1:]
+        self.image_rank = len(input_shape) + 1
+        self.graph = ChannelGraph(name, "torch", input_shape)
+        self.namer = Namer()
+        self.producer: dict[str, str] = {}  # activation value -> graph node
+        self.axes: dict[str, int | None] = {}  # activation value -> its channel axis
+        # value -> the parameter keys it is computed from (constants: none)
+        self.param_sources: dict[str, frozenset[str]] = {
+            v: frozenset({k}) for v, k in program.parameters.items()}
+        self.param_sources.update({c: frozenset() for c in program.constants})
+        self.numel = {key: math.prod(self.shapes[v]) for v, key in program.parameters.items()}
+        # Modules owning weights: their weightless ops (LayerNorm2d's permutes) are named
+        # <module>.<op>, leaving the module's own name to the op that uses the weights.
+        self.weight_owners = {key.rsplit(".", 1)[0] for key in program.parameters.values()}
+        self.owned: set[str] = set()
+
+    def add_inputs(self) -> None:
+        for inp in self.program.user_inputs:
+            shape = self.shapes[inp]
+            self.producer[inp] = self.graph.add_op(
+                self.namer.take(inp), Kind.INPUT, order=-1, out_channels=shape[1],
+                out_spatial=tuple(shape[2:]), shape=tuple(shape[1:]))
+            self.axes[inp] = 1
+
+    def add_record(self, order: int, record: OpRecord) -> None:
         refs = _refs_in(list(record.args.values()))
-        act_refs = [r for r in refs if r.name in producer]
-        param_refs = [r for r in refs if r.name in param_sources]
+        act_refs = [r for r in refs if r.name in self.producer]
+        param_refs = [r for r in refs if r.name in self.param_sources]
         data = record.args.get(_DATA_ARG.get(record.op, ""))
-        if not act_refs and isinstance(data, Ref) and data.name in param_sources:
-            # A layer run on a constant (Swin V2's position-bias MLP): its MACs count, so the
-            # constant becomes a pinned source node instead of being folded away.
-            shape = shapes[data.name]
-            keys = sorted(param_sources[data.name] - owned)
-            owned.update(keys)
-            base = f"{record.module_path}.constant" if record.module_path else "constant"
-            producer[data.name] = graph.add_op(
-                namer.take(base), Kind.OPAQUE, op="constant", order=order,
-                out_channels=shape[-1], params=sum(numel[k] for k in keys),
-                trainable_params=sum(numel[k] for k in keys))
-            axes[data.name] = len(shape) - 1
-            act_refs = [data]
+        if not act_refs and isinstance(data, Ref) and data.name in self.param_sources:
+            act_refs = [self._constant_source(order, record, data)]
             param_refs = [r for r in param_refs if r != data]
         if not act_refs:  # computes on weights/constants only: fold into its consumer
-            keys = frozenset().union(*(param_sources[r.name] for r in param_refs))
+            keys = frozenset().union(*(self.param_sources[r.name] for r in param_refs))
             for out in record.outputs:
                 if out is not None:
-                    param_sources[out] = keys
-            continue
-        ctx = _Ctx(record, act_refs, param_refs, shapes, axes)
+                    self.param_sources[out] = keys
+            return
+        ctx = _Ctx(record, act_refs, param_refs, self.shapes, self.axes)
         kind = classify_aten(ctx)
-        keys = sorted(frozenset().union(*(param_sources[r.name] for r in param_refs)) - owned)
-        owned.update(keys)
-        if keys and kind in (Kind.CONV, Kind.LINEAR, Kind.BN):
-            base = _param_owner_name(_weight_key(record, program, keys))
-        elif record.module_is_leaf and not keys and record.module_path not in weight_owners:
-            base = record.module_path or record.op
-        else:
-            base = f"{record.module_path}.{record.op}" if record.module_path else record.op
-        attrs: dict[str, Any] = {"op": f"aten.{record.op}", "order": order}
-        if keys:
-            attrs["params"] = attrs["trainable_params"] = sum(numel[k] for k in keys)
-            attrs["param_keys"] = keys
-        if kind == Kind.BN:
-            weight = record.args.get("weight")
-            if isinstance(weight, Ref) and weight.name in program.parameters:
-                attrs["gamma_key"] = program.parameters[weight.name]
-        outputs = [(i, o) for i, o in enumerate(record.outputs) if o is not None]
+        keys = self._take_params(param_refs)
+        attrs = self._op_attrs(order, record, kind, keys)
+        base = self._base_name(record, kind, keys)
         if record.op in MULTI_OUTPUT_SPLITS:
-            _add_split_nodes(graph, namer, base, record, ctx, kind, attrs, outputs, producer, axes)
-            continue
-        node = namer.take(base)
+            self._add_split_nodes(base, ctx, kind, attrs)
+            return
+        node = self.namer.take(base)
         kind_attrs = ATTRS_BY_KIND[kind](ctx) if kind in ATTRS_BY_KIND else {}
-        graph.add_op(node, kind, **{**_generic_attrs(ctx), **attrs, **kind_attrs})
+        self.graph.add_op(node, kind, **{**_generic_attrs(ctx), **attrs, **kind_attrs})
         for port, ref in enumerate(act_refs):
-            graph.connect(producer[ref.name], node, port)
+            self.graph.connect(self.producer[ref.name], node, port)
         out_name = record.outputs[0] if record.outputs else None
         if out_name is not None:
-            producer[out_name] = node
-            out_shape = shapes.get(out_name, ())
-            axes[out_name] = _axis_after(record.op, record.args, kind, ctx.in_shape,
-                                         ctx.in_axis, out_shape)
-            if axes[out_name] is None and len(out_shape) == image_rank:
-                axes[out_name] = 1  # back to an NCHW map (after a channel shuffle's views)
-            _set_channels(graph[node], shapes.get(out_name, ()), axes[out_name])
+            self.producer[out_name] = node
+            out_shape = self.shapes.get(out_name, ())
+            axis = _axis_after(record.op, record.args, kind, ctx.in_shape, ctx.in_axis, out_shape)
+            if axis is None and len(out_shape) == self.image_rank:
+                axis = 1  # back to an NCHW map (after a channel shuffle's views)
+            self.axes[out_name] = axis
+            _set_channels(self.graph[node], out_shape, axis)
 
-    for out in program.user_outputs:
-        if out in producer:
-            node = graph.add_op(namer.take("output"), Kind.OUTPUT, order=len(program.records),
-                                in_channels=graph[producer[out]].get("out_channels"))
-            graph.connect(producer[out], node)
+    def _constant_source(self, order: int, record: OpRecord, data: Ref) -> Ref:
+        """A layer run on a constant (Swin V2's position-bias MLP): its MACs count, so the
+        constant becomes a pinned source node instead of being folded away."""
+        shape = self.shapes[data.name]
+        keys = self._take_params([data])
+        base = f"{record.module_path}.constant" if record.module_path else "constant"
+        self.producer[data.name] = self.graph.add_op(
+            self.namer.take(base), Kind.OPAQUE, op="constant", order=order,
+            out_channels=shape[-1], params=sum(self.numel[k] for k in keys),
+            trainable_params=sum(self.numel[k] for k in keys))
+        self.axes[data.name] = len(shape) - 1
+        return data
 
-    detached: dict[str, int] = {}
-    for key in set(program.parameters.values()) - owned:
-        module = key.rsplit(".", 1)[0] if "." in key else ""
-        detached[module] = detached.get(module, 0) + numel[key]
-    graph.detached_params = dict(sorted(detached.items()))
-    return graph
+    def _take_params(self, refs: list[Ref]) -> list[str]:
+        """The parameter keys behind ``refs`` that no earlier op owns; now owned."""
+        keys = sorted(frozenset().union(*(self.param_sources[r.name] for r in refs)) - self.owned)
+        self.owned.update(keys)
+        return keys
 
+    def _op_attrs(self, order: int, record: OpRecord, kind: Kind, keys: list[str]) -> dict[str, Any]:
+        attrs: dict[str, Any] = {"op": f"aten.{record.op}", "order": order}
+        if keys or kind in _WEIGHT_KINDS:
+            attrs["params"] = attrs["trainable_params"] = sum(self.numel[k] for k in keys)
+        if keys:
+            attrs["param_keys"] = keys
+        weight = record.args.get("weight")
+        if kind == Kind.BN and isinstance(weight, Ref) and weight.name in self.program.parameters:
+            attrs["gamma_key"] = self.program.parameters[weight.name]
+        return attrs
 
-def _weight_key(record: OpRecord, program: Program, keys: list[str]) -> str:
-    weight = record.args.get("weight")
-    if isinstance(weight, Ref) and weight.name in program.parameters:
-        return program.parameters[weight.name]
-    return keys[-1] if len(keys) == 1 else min(keys, key=len)
+    def _base_name(self, record: OpRecord, kind: Kind, keys: list[str]) -> str:
+        if keys and kind in (Kind.CONV, Kind.LINEAR, Kind.BN):
+            return _param_owner_name(self._weight_key(record, keys))
+        op = "flatten" if kind == Kind.FLATTEN else record.op  # a flattening view, either route
+        if record.module_is_leaf and not keys and record.module_path not in self.weight_owners:
+            return record.module_path or op
+        return f"{record.module_path}.{op}" if record.module_path else op
+
+    def _weight_key(self, record: OpRecord, keys: list[str]) -> str:
+        weight = record.args.get("weight")
+        if isinstance(weight, Ref) and weight.name in self.program.parameters:
+            return self.program.parameters[weight.name]
+        weights = [k for k in keys if k.endswith("weight")]  # a standardized weight and its gain
+        return min(weights or keys, key=len)
+
+    def _add_split_nodes(self, base: str, ctx: _Ctx, kind: Kind, attrs: dict[str, Any]) -> None:
+        record = ctx.record
+        sizes = _split_sizes(record, ctx.in_shape[ctx.in_axis]) if kind == Kind.SPLIT else []
+        for index, out_name in enumerate(record.outputs):
+            if out_name is None:
+                continue
+            node = self.namer.take(f"{base}.{index}")
+            extra = _split_attrs(index, sizes) if kind == Kind.SPLIT else {}
+            self.graph.add_op(node, kind, **{**_generic_attrs(ctx), **attrs, **extra})
+            self.graph.connect(self.producer[ctx.act_refs[0].name], node, 0)
+            self.producer[out_name] = node
+            out_shape = ctx.shapes[out_name]
+            # unbind drops the split axis: what was the channel axis is gone
+            axis = ctx.in_axis if len(out_shape) == len(ctx.in_shape) else None
+            self.axes[out_name] = axis
+            _set_channels(self.graph[node], out_shape, axis)
+
+    def add_outputs(self) -> None:
+        for out in self.program.user_outputs:
+            if out in self.producer:
+                node = self.graph.add_op(self.namer.take("output"), Kind.OUTPUT,
+                                         order=len(self.program.records),
+                                         in_channels=self.graph[self.producer[out]].get("out_channels"))
+                self.graph.connect(self.producer[out], node)
+
+    def detached_params(self) -> dict[str, int]:
+        """Parameters no op reads (training-only heads), by module path."""
+        detached: dict[str, int] = {}
+        for key in set(self.program.parameters.values()) - self.owned:
+            module = key.rsplit(".", 1)[0] if "." in key else ""
+            detached[module] = detached.get(module, 0) + self.numel[key]
+        return dict(sorted(detached.items()))
 
 
 def _generic_attrs(ctx: _Ctx) -> dict[str, Any]:
@@ -494,15 +558,3 @@ def _split_sizes(record: OpRecord, channels: int) -> list[int]:
     else:
         step = args["split_size"]
     return [min(step, channels - start) for start in range(0, channels, step)]
-
-
-def _add_split_nodes(graph, namer, base, record, ctx, kind, attrs, outputs, producer, axes):
-    sizes = _split_sizes(record, ctx.in_shape[ctx.in_axis]) if kind == Kind.SPLIT else []
-    for index, out_name in outputs:
-        node = namer.take(f"{base}.{index}")
-        extra = _split_attrs(ctx, index, sizes) if kind == Kind.SPLIT else {}
-        graph.add_op(node, kind, **{**_generic_attrs(ctx), **attrs, **extra})
-        graph.connect(producer[ctx.act_refs[0].name], node, 0)
-        producer[out_name] = node
-        axes[out_name] = ctx.in_axis
-        _set_channels(graph[node], ctx.shapes[out_name], ctx.in_axis)

@@ -1,4 +1,4 @@
-"""PyTorch models -> ChannelGraph, captured with ``torch.export`` (torch imported lazily).
+"""PyTorch models -> ChannelGraph (torch imported lazily).
 
 Three entry points: :func:`load_module` (an ``nn.Module`` and an input shape),
 :func:`load_torchvision` (``torchvision:NAME``, built on the meta device: no weights are
@@ -10,13 +10,14 @@ DESIGN section 10).
 from __future__ import annotations
 
 import contextlib
-import json
 import operator
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from morphscope.importers.aten import OpRecord, Program, Ref, build_graph, short_op_name
+from morphscope.importers.nodes import first_line
+from morphscope.importers.dispatch_capture import CaptureError, leaf_paths, program_from_dispatch
 from morphscope.errors import GraphError, UnsupportedFileError
 from morphscope.graph import ChannelGraph
 
@@ -27,6 +28,10 @@ MAX_MODEL_JSON_BYTES = 512 * 2**20  # a .pt2's graph description; resnet152's is
 
 def load_module(model: Any, input_shape: tuple[int, ...], name: str | None = None) -> ChannelGraph:
     """Capture an ``nn.Module`` at a per-image ``input_shape`` (C, H, W), batch 1, eval mode.
+
+    One forward pass under a dispatch mode (:mod:`~morphscope.importers.dispatch_capture`),
+    on meta stand-ins of the weights when the model allows it, else on its own tensors;
+    ``torch.export`` only where both fail.
 
     Parameters
     ----------
@@ -40,36 +45,37 @@ def load_module(model: Any, input_shape: tuple[int, ...], name: str | None = Non
     Raises
     ------
     GraphError
-        If ``torch.export`` cannot capture the model at that shape.
+        If no capture route can run the model at that shape.
     """
-    import torch
-
     name = name or type(model).__name__
-    model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    example = torch.zeros((1, *input_shape), device=device)
-    try:
-        return build_graph(program_from_exported(torch.export.export(model, (example,))), name)
-    except Exception as err:  # noqa: BLE001 - any capture failure is handled the same way
-        export_error = _first_line(err)
-        if device.type == "meta":
-            raise GraphError(f"{name}: torch.export could not capture the model at input "
-                             f"{tuple(input_shape)}: {export_error}") from err
-    try:
-        with torch.no_grad():
-            graph = build_graph(_program_from_make_fx(model, example), name)
-    except Exception as err:  # noqa: BLE001
-        raise GraphError(f"{name}: torch.export ({export_error}) and torch.fx make_fx "
-                         f"({_first_line(err)}) could not capture the model at input "
-                         f"{tuple(input_shape)}") from err
-    graph.notes.append(f"captured with torch.fx make_fx on a zero input because torch.export "
-                       f"failed ({export_error}); data-dependent branches follow that input")
+    program, notes = _capture(model.eval(), tuple(input_shape), name)
+    graph = build_graph(program, name)
+    graph.notes.extend(notes)
     return graph
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
+def _capture(model: Any, input_shape: tuple[int, ...], name: str) -> tuple[Program, list[str]]:
+    """The program of one forward pass, and notes on how it was captured."""
+    import torch
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    example = torch.zeros((1, *input_shape), device=device)
+    failures = []
+    for on_meta in (True, False) if device.type != "meta" else (True,):
+        try:
+            program, reads_data = program_from_dispatch(model, example, on_meta)
+        except CaptureError as err:
+            failures.append(f"{'meta' if on_meta else device.type} forward pass: {err}")
+            continue
+        notes = ["captured on a zero input: data-dependent branches follow that input"] if reads_data else []
+        return program, notes
+    try:
+        exported = torch.export.export(model, (example,))
+    except Exception as err:  # noqa: BLE001 - torch.export raises many types on user models
+        failures.append(f"torch.export: {first_line(err)}")
+        raise GraphError(f"{name}: could not run the model at input {input_shape} "
+                         f"({'; '.join(failures)}); check the input shape") from err
+    return program_from_exported(exported), [f"captured with torch.export: {'; '.join(failures)}"]
 
 
 def torchvision_input_size(model: Any, name: str) -> int:
@@ -136,6 +142,10 @@ def load_torchvision(name: str, input_size: int | None = None) -> ChannelGraph:
 
 def program_from_exported(exported: Any) -> Program:
     """Turn an ExportedProgram into plain :class:`Program` data."""
+    import torch
+
+    if any(isinstance(n.target, torch._ops.HigherOrderOperator) for n in exported.graph.nodes):
+        exported = exported.run_decompositions({})  # inlines wrap_with_autocast and friends
     signature = exported.graph_signature
     constants = set(signature.inputs_to_buffers) | set(signature.inputs_to_lifted_tensor_constants)
     return _fx_program(exported.graph, dict(signature.inputs_to_parameters), constants,
@@ -151,7 +161,7 @@ def _fx_program(graph: Any, parameters: dict[str, str], constants: set[str], use
     records: list[OpRecord] = []
     nodes = list(graph.nodes)
     stacks = [_stack_of(n.meta.get("nn_module_stack")) for n in nodes]
-    leaves = _leaf_paths(p for stack in stacks for p in stack)
+    leaves = leaf_paths(p for stack in stacks for p in stack)
     outputs: list[str] = []
     for node, stack in zip(nodes, stacks):
         val = node.meta.get("val")
@@ -167,26 +177,6 @@ def _fx_program(graph: Any, parameters: dict[str, str], constants: set[str], use
     if user_outputs is not None:
         outputs = [o for o in outputs if o in user_outputs]
     return Program(records, shapes, parameters, constants, user_inputs, outputs)
-
-
-def _program_from_make_fx(model: Any, example: Any) -> Program:
-    """The fallback capture: ``make_fx`` on real tensors. It follows Python control flow
-    (the branch the example input takes) where torch.export refuses data-dependent guards."""
-    from torch.func import functional_call
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    keys = list(params) + list(buffers)
-
-    def forward(flat, x):
-        return functional_call(model, dict(zip(keys, flat)), (x,))
-
-    traced = make_fx(forward, tracing_mode="real", _error_on_data_dependent_ops=False)(
-        list(params.values()) + list(buffers.values()), example)
-    placeholders = [n.name for n in traced.graph.nodes if n.op == "placeholder"]
-    parameters = dict(zip(placeholders[:len(params)], params))
-    constants = set(placeholders[len(params):len(keys)])
-    return _fx_program(traced.graph, parameters, constants, placeholders[len(keys):])
 
 
 def _fx_op_name(target: Any) -> str:
@@ -253,11 +243,6 @@ def _clean_path(path: str) -> str:
     return path.replace("[", ".").replace("]", "").replace("'", "").strip(".")
 
 
-def _leaf_paths(paths) -> set[str]:
-    unique = set(paths)
-    return {p for p in unique if p and not any(q.startswith(p + ".") for q in unique)}
-
-
 # -- .pt2 files: JSON and raw bytes only --------------------------------------------------------
 
 def _open_pt2(path: Path) -> tuple[zipfile.ZipFile, str]:
@@ -281,15 +266,15 @@ def read_pt2_program(path: str | Path) -> Program:
         If the file is not a torch.export archive or its graph JSON is malformed.
     """
     path = Path(path)
-    archive, member = _open_pt2(path)
-    info = archive.getinfo(member)
-    if info.file_size > MAX_MODEL_JSON_BYTES:
-        raise UnsupportedFileError(f"{path}: graph description is {info.file_size} bytes, "
-                                   f"over the {MAX_MODEL_JSON_BYTES} byte limit")
+    from morphscope.importers.limits import loads_json, open_zip, read_member
+
+    _, member = _open_pt2(path)
+    with open_zip(path, str(path)) as archive:  # zip bombs and member names, before reading
+        data = read_member(archive, member, str(path), MAX_MODEL_JSON_BYTES)
+    doc = loads_json(data, str(path), what="torch.export graph")  # bounded depth and length
     try:
-        doc = json.loads(archive.read(member))
         return program_from_pt2_json(doc)
-    except (ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as err:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         raise UnsupportedFileError(f"{path}: malformed torch.export graph "
                                    f"({type(err).__name__}: {err})") from err
 
@@ -306,7 +291,7 @@ def program_from_pt2_json(doc: dict[str, Any]) -> Program:
     shapes = {name: tuple(_sym_int(s) for s in meta["sizes"])
               for name, meta in graph["tensor_values"].items()}
     stacks = [_stack_of(n.get("metadata", {}).get("nn_module_stack")) for n in graph["nodes"]]
-    leaves = _leaf_paths(p for stack in stacks for p in stack)
+    leaves = leaf_paths(p for stack in stacks for p in stack)
     records = []
     for node, stack in zip(graph["nodes"], stacks):
         op = short_op_name(node["target"])

@@ -1,0 +1,211 @@
+"""One forward pass, recorded: the ATen ops a model runs, with the module path of each.
+
+The capture ``torch.utils.flop_counter.FlopCounterMode`` itself uses: a ``TorchDispatchMode``
+sees every ATen op below autograd (so ``einsum``, ``linear`` and attention arrive as the
+``bmm``/``addmm``/``_scaled_dot_product_*`` calls FlopCounterMode counts, ops under
+``torch.autocast(enabled=False)`` included), and forward hooks on the model's modules keep the
+stack of module paths. Tensors are known by identity: a parameter shared by two modules is one
+value under its first ``named_parameters()`` key, a buffer is never a parameter.
+
+The pass runs on the meta device when it can (no arithmetic at all; a CPU model gets meta
+stand-ins for its weights), else on the model's own device with a zero input. Python control
+flow follows that input, so models ``torch.export`` refuses (detectors' data-dependent
+branches) keep their layer names. The result is the plain :class:`~morphscope.importers.aten.Program`
+both other capture routes produce.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from morphscope.importers.aten import OpRecord, Program, Ref, short_op_name
+from morphscope.importers.nodes import first_line
+
+# Ops through which Python branches on tensor values (``if x.sum() > 0``, ``.item()``).
+_DATA_READS = frozenset({"_local_scalar_dense", "is_nonzero", "equal"})
+
+
+class CaptureError(RuntimeError):
+    """The model's own forward pass failed under the capture (carries the first line)."""
+
+
+def program_from_dispatch(model: Any, example: Any, on_meta: bool = True) -> tuple[Program, bool]:
+    """Run ``model(example)`` once under a dispatch mode and return what it ran.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        In eval mode.
+    example : torch.Tensor
+        The input (batch 1).
+    on_meta : bool
+        Run on meta stand-ins of the weights and input (no arithmetic); else on the
+        model's own tensors.
+
+    Returns
+    -------
+    program : Program
+        One :class:`OpRecord` per ATen call that returned a tensor.
+    reads_data : bool
+        Whether Python read a tensor value (a data-dependent branch followed ``example``).
+
+    Raises
+    ------
+    CaptureError
+        If the forward pass raises (its message's first line is kept).
+    """
+    import torch
+    from torch.func import functional_call
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    recorder = _Recorder()
+    program = Program([], recorder.shapes, {}, set())
+    state = _meta_state(model) if on_meta else {}
+    for key, param in model.named_parameters():  # remove_duplicate: a shared tensor once
+        program.parameters[recorder.bind(state.get(key, param), f"p:{key}")] = key
+    for key, buffer in model.named_buffers():
+        program.constants.add(recorder.bind(state.get(key, buffer), f"b:{key}"))
+    if on_meta:
+        example = torch.empty_like(example, device="meta")
+    input_name = next(iter(inspect.signature(model.forward).parameters), "x")
+    program.user_inputs.append(recorder.bind(example, input_name))
+    stack: list[str] = []
+    reads: list[Any] = []
+
+    class _Mode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            record = recorder.record(func, args, kwargs or {}, out, stack[-1] if stack else "")
+            if record is not None:
+                program.records.append(record)
+            elif func._schema.name.split("::")[-1] in _DATA_READS:
+                reads.append(func)
+            return out
+
+    handles = _track_modules(model, stack)
+    try:
+        with torch.no_grad(), _Mode():
+            result = functional_call(model, state, (example,)) if state else model(example)
+    except Exception as err:  # noqa: BLE001 - the user's forward pass: any failure is a capture failure
+        raise CaptureError(first_line(err)) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+    program.user_outputs.extend(recorder.names_of(result))
+    leaves = leaf_paths(r.module_path for r in program.records)
+    for record in program.records:
+        record.module_is_leaf = record.module_path in leaves
+    return program, bool(reads)
+
+
+def _meta_state(model: Any) -> dict[str, Any]:
+    """Meta stand-ins for every parameter and buffer name (shared tensors stay shared)."""
+    import torch
+
+    twins: dict[int, Any] = {}
+    state = {}
+    for key, tensor in [*model.named_parameters(remove_duplicate=False),
+                        *model.named_buffers(remove_duplicate=False)]:
+        if id(tensor) not in twins:
+            twins[id(tensor)] = torch.empty_like(tensor, device="meta")
+        state[key] = twins[id(tensor)]
+    return state
+
+
+class _Recorder:
+    """Names tensor values by identity and turns dispatch calls into :class:`OpRecord`."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.alive: list[Any] = []  # every named tensor stays referenced: ids are never reused
+        self.count = 0
+
+    def bind(self, tensor: Any, name: str) -> str:
+        self.names[id(tensor)] = name
+        self.shapes[name] = tuple(int(s) for s in tensor.shape)
+        self.alive.append(tensor)
+        return name
+
+    def ref(self, tensor: Any) -> Ref:
+        name = self.names.get(id(tensor))
+        if name is None:  # made outside the pass (a plain tensor attribute): a constant
+            name = self.bind(tensor, f"c{len(self.names)}")
+        return Ref(name)
+
+    def value(self, value: Any) -> Any:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return self.ref(value)
+        if isinstance(value, (list, tuple)):
+            return [self.value(v) for v in value]
+        if isinstance(value, (int, float, bool, str)) or value is None:
+            return value
+        return str(value)
+
+    def names_of(self, result: Any) -> list[str]:
+        import torch
+        from torch.utils._pytree import tree_leaves
+
+        return [self.names[id(t)] for t in tree_leaves(result)
+                if isinstance(t, torch.Tensor) and id(t) in self.names]
+
+    def record(self, func: Any, args: tuple, kwargs: dict, out: Any, path: str) -> OpRecord | None:
+        import torch
+
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        if not any(isinstance(t, torch.Tensor) for t in outs):
+            return None
+        op = _op_name(func)
+        named = {}
+        for i, arg in enumerate(func._schema.arguments):
+            if i < len(args):
+                named[arg.name] = self.value(args[i])
+            elif arg.name in kwargs:
+                named[arg.name] = self.value(kwargs[arg.name])
+            elif arg.has_default_value():
+                named[arg.name] = self.value(arg.default_value)
+        self.count += 1
+        out_names: list[str | None] = []
+        for index, tensor in enumerate(outs):
+            if isinstance(tensor, torch.Tensor):
+                out_names.append(self.bind(tensor, f"{op}_{self.count}" + (f"_{index}" if index else "")))
+            else:
+                out_names.append(None)
+        return OpRecord(f"{op}_{self.count}", op, named, out_names, path)
+
+
+def _op_name(func: Any) -> str:
+    """``aten::relu_`` -> ``relu``; other namespaces keep theirs (``torchvision.roi_align``)."""
+    namespace, _, name = func._schema.name.partition("::")
+    return short_op_name(f"aten.{name}") if namespace == "aten" else f"{namespace}.{name}"
+
+
+def _track_modules(model: Any, stack: list[str]) -> list[Any]:
+    """Forward pre-hooks push each module's path, forward hooks pop it (also on errors)."""
+    handles = []
+    for path, module in model.named_modules():
+        def push(_module, _args, path=path):
+            stack.append(path)
+
+        def pop(_module, _args, _out):
+            stack.pop()
+
+        handles.append(module.register_forward_pre_hook(push))
+        handles.append(module.register_forward_hook(pop, always_call=True))
+    return handles
+
+
+def leaf_paths(paths) -> set[str]:
+    """The module paths with no deeper path among ``paths`` (one pass over the paths)."""
+    unique = set(paths)
+    parents = set()
+    for path in unique:
+        while "." in path:
+            path = path.rsplit(".", 1)[0]
+            if path in parents:
+                break
+            parents.add(path)
+    return {p for p in unique if p and p not in parents}
