@@ -15,6 +15,8 @@ from typing import Callable, NoReturn, Sequence
 
 from morphscope.errors import GraphError
 from morphscope.graph import ChannelGraph
+from morphscope.importers.limits import DEFAULT_LIMITS, Limits
+from morphscope.units import human_bytes
 
 MAX_MULTIPLIER = 100.0  # a width multiplier above this is a typo, not a design (1e4x the MACs)
 # Options whose value may start with "-" ("-inf", "-1", "-3,224,224"): argparse would read
@@ -121,3 +123,16 @@ def check_input_shape(graph: ChannelGraph, requested: tuple[int, ...]) -> None:
             raise GraphError(f"--input-shape {shape} is too small for {graph.name}: {name} "
                              f"(stride {'x'.join(map(str, stride))}) gets a "
                              f"{'x'.join(map(str, spatial))} map; use a larger H,W")
+
+
+def limits_help(limits: Limits = DEFAULT_LIMITS) -> str:
+    """The parse limits in words, for ``--help``."""
+    return (f"Model and checkpoint files are parsed in a child process limited to "
+            f"{human_bytes(limits.max_memory_bytes)} of memory, {limits.max_cpu_s:g} s of CPU "
+            f"({limits.max_wall_s:g} s wall clock) and {limits.max_open_files} open files; files "
+            f"up to {human_bytes(limits.max_file_bytes)}, zip archives up to "
+            f"{human_bytes(limits.max_unzipped_bytes)} unzipped and {limits.max_zip_ratio}x per "
+            f"member, JSON up to {human_bytes(limits.max_json_bytes)} and "
+            f"{limits.max_json_depth} levels deep, {limits.max_params:,} declared parameters, "
+            f"{human_bytes(limits.max_tensor_bytes)} per tensor. torchvision:, keras: and "
+            "example: names are built in this process.")

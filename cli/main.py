@@ -15,7 +15,8 @@ from typing import Any, Sequence
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE
 from morphscope.cli.arguments import (EXIT_BAD_INPUT, MAX_MULTIPLIER, OneLineParser,
                                       attach_signed_values, budget_value, check_input_shape,
-                                      input_shape_value, multiplier_value, threshold_value)
+                                      input_shape_value, limits_help, multiplier_value,
+                                      threshold_value)
 from morphscope.errors import MorphScopeError
 
 EXPORT_FILES_RULE = ("Outputs are written whole or not at all: each to a temporary file beside "
@@ -42,17 +43,19 @@ def _hardware_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="morphscope",
+        prog="morphscope", epilog=limits_help(),
         description="Static analysis of MorphNet structures: seed and alive-channel costs.")
     commands = parser.add_subparsers(dest="command", required=True)
-    report = commands.add_parser("report", help="per-layer table and totals for a model")
+    report = commands.add_parser("report", help="per-layer table and totals for a model",
+                                 epilog=limits_help())
     _model_args(report)
     report.add_argument("--all", action="store_true", help="list every op, not only those "
                         "that compute or own parameters")
     _hardware_arg(report, "device for the latency lines, the seed's and each checkpoint's")
     _checkpoint_args(report, required=False)
 
-    expand = commands.add_parser("expand", help="solve the width multiplier for a budget")
+    expand = commands.add_parser("expand", help="solve the width multiplier for a budget",
+                                 epilog=limits_help())
     _model_args(expand)
     _checkpoint_args(expand, required=True)
     expand.add_argument("--resource", default="flops", choices=["flops", "params", "size", "latency"])
@@ -61,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hardware_arg(expand, "device for --resource latency")
 
     export = commands.add_parser("export", help="write widths JSON, a layer table, a model",
-                                 description=EXPORT_FILES_RULE)
+                                 description=EXPORT_FILES_RULE, epilog=limits_help())
     _model_args(export)
     _checkpoint_args(export, required=True)
     export.add_argument("--out", required=True, metavar="FILE", help="widths file: morph-net JSON (.json) "
