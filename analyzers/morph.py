@@ -15,6 +15,7 @@ import numpy as np
 
 from morphscope.analyzers.alive import (DEFAULT_THRESHOLD, Topology, alive_widths, gamma_masks,
                              residual_branches, topology_report)
+from morphscope.analyzers.group_lasso import group_lasso_masks
 from morphscope.analyzers.widths import WidthModel, apply_multiplier
 from morphscope.graph import ChannelGraph, Kind
 
@@ -32,11 +33,12 @@ class Morphed:
 def morph(model: WidthModel, structure: Any, threshold: float = DEFAULT_THRESHOLD,
           label: str | None = None) -> Morphed:
     """Alive widths for a :class:`~morphscope.importers.checkpoints.LearnedStructure` (plain fields read:
-    ``source``, ``gammas``, ``alive_counts``, ``notes``)."""
+    ``source``, ``gammas``, ``kernels`` (group lasso), ``alive_counts``, ``notes``)."""
     spaces = model.spaces
     label = label or structure.source
-    if structure.gammas:
-        masks = gamma_masks(spaces, structure.gammas, threshold)
+    if structure.gammas or structure.kernels:
+        masks = (gamma_masks(spaces, structure.gammas, threshold) if structure.gammas
+                 else group_lasso_masks(spaces, structure.kernels, threshold))
         return Morphed(label, alive_widths(masks), tuple(masks), tuple(structure.notes))
     widths, notes = widths_from_counts(model, structure.alive_counts)
     return Morphed(label, widths, None, tuple(structure.notes) + notes)

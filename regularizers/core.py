@@ -169,8 +169,13 @@ def _bilinear_split(io_i_o: np.ndarray, depthwise: np.ndarray) -> tuple[np.ndarr
 
 
 def regularizer_plan(graph: ChannelGraph, model: WidthModel, target: str,
-                     hardware: str | Hardware = DEFAULT_HARDWARE) -> RegularizerPlan:
+                     hardware: str | Hardware = DEFAULT_HARDWARE,
+                     cover: dict[int, list[tuple[str, int]]] | None = None) -> RegularizerPlan:
     """Which bn scales regularize which space, and every constant array of :func:`evaluate`.
+
+    ``cover`` (per space, ``(op, offset)`` of the ops whose per-channel scores regularize it)
+    defaults to the bn scales, ``spaces.bn_cover``; the group-lasso family passes the source
+    ops writing each space (:func:`morphscope.analyzers.group_lasso.writer_cover`).
 
     Raises
     ------
@@ -179,7 +184,8 @@ def regularizer_plan(graph: ChannelGraph, model: WidthModel, target: str,
     """
     hw = hardware if isinstance(hardware, Hardware) else get_hardware(hardware)
     spaces = model.spaces
-    members = {s: cover for s, cover in spaces.bn_cover.items() if not spaces.pinned[s]}
+    cover = spaces.bn_cover if cover is None else cover
+    members = {s: ops for s, ops in cover.items() if not spaces.pinned[s]}
     if not members:
         raise MorphScopeError(f"{graph.name}: nothing to regularize: no trainable norm scale "
                               "(gamma) on a prunable channel space (FrozenBatchNorm, Identity or "

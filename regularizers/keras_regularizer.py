@@ -86,15 +86,25 @@ class KerasGammaRegularizer:
         self.graph = load_keras_model(model)
         self.threshold = threshold
         self.width_model = compile_width_model(self.graph)
-        self.plan = regularizer_plan(self.graph, self.width_model, target or self.target, hardware)
+        self.plan = regularizer_plan(self.graph, self.width_model, target or self.target, hardware,
+                                     self._cover())
         layers = {layer.name: layer for layer in model._flatten_layers(include_self=False, recursive=True)}
         bn_layers = {name: layers[name.split("/")[-1]] for name in self.plan.bn_names}
-        self.gamma_vars = {name: layer.gamma for name, layer in bn_layers.items()}
-        frozen = [n for n, layer in bn_layers.items() if not (layer.trainable and layer.gamma.trainable)]
+        self.gamma_vars = {name: self._scale_variable(layer) for name, layer in bn_layers.items()}
+        frozen = [n for n, layer in bn_layers.items() if not (layer.trainable and self.gamma_vars[n].trainable)]
         if frozen:
             warnings.warn(f"{model.name}: {len(frozen)} bn scales are frozen (trainable=False), the "
                           f"regularizer cannot move them: {', '.join(frozen)}", stacklevel=2)
         self._ops = _KerasOps(self.keras, self.plan)
+
+    def _cover(self) -> dict[int, list[tuple[str, int]]] | None:
+        """The ops whose scores regularize each space: None, the bn scales (the group-lasso
+        family overrides it)."""
+        return None
+
+    def _scale_variable(self, layer: Any) -> Any:
+        """The variable a member layer is scored by: its bn scale."""
+        return layer.gamma
 
     def _evaluate(self) -> tuple[Any, Any]:
         ops = self.keras.ops

@@ -151,7 +151,8 @@ class GammaRegularizer:
         self.graph = graph
         self.threshold = threshold
         self.width_model = compile_width_model(graph)
-        self.plan = regularizer_plan(graph, self.width_model, target or self.target, hardware)
+        self.plan = regularizer_plan(graph, self.width_model, target or self.target, hardware,
+                                     self._cover())
         self.bn_modules = {name: inner.get_submodule(name) for name in self.plan.bn_names}
         frozen = [n for n, m in self.bn_modules.items() if not m.weight.requires_grad]
         if frozen:
@@ -159,6 +160,11 @@ class GammaRegularizer:
                           f"(requires_grad=False), the regularizer cannot move them: {', '.join(frozen)}",
                           stacklevel=2)
         self._ops: _TorchOps | None = None
+
+    def _cover(self) -> dict[int, list[tuple[str, int]]] | None:
+        """The ops whose scores regularize each space: None, the bn scales (the group-lasso
+        family overrides it)."""
+        return None
 
     def _full_scales(self) -> list[Any]:
         """Each regularized bn's whole gamma vector (FSDP2 DTensors gathered)."""
