@@ -39,6 +39,14 @@ def snapshot(folder):
             for p in sorted(folder.rglob("*"))}
 
 
+def refused_leaving_unchanged(capsys, folder, *argv):
+    """The one-line refusal of a command that must not change anything under ``folder``."""
+    before = snapshot(folder)
+    line = cli_error(capsys, *argv)
+    assert snapshot(folder) == before
+    return line
+
+
 @pytest.fixture
 def inputs(tmp_path):
     """A model file and a checkpoint with known bytes (never parsed: refusals come first)."""
@@ -55,20 +63,17 @@ def export_args(model, checkpoint, *more):
 @pytest.mark.parametrize("option", ["--out", "--table", "--model-out"])
 def test_output_naming_the_checkpoint_is_refused(capsys, tmp_path, inputs, option):
     model, checkpoint = inputs
-    before = snapshot(tmp_path)
     extra = [] if option == "--out" else ["--out", tmp_path / "widths.json"]
-    line = cli_error(capsys, *export_args(model, checkpoint, *extra, option, checkpoint))
+    line = refused_leaving_unchanged(capsys, tmp_path, *export_args(model, checkpoint, *extra,
+                                                                    option, checkpoint))
     assert f"{option} {checkpoint} would overwrite input --checkpoint {checkpoint}" in line
-    assert snapshot(tmp_path) == before
 
 
 def test_model_out_naming_the_model_file_is_refused(capsys, tmp_path, inputs):
     model, checkpoint = inputs
-    before = snapshot(tmp_path)
-    line = cli_error(capsys, *export_args(model, checkpoint, "--out", tmp_path / "w.json",
-                                          "--model-out", model))
+    line = refused_leaving_unchanged(capsys, tmp_path, *export_args(
+        model, checkpoint, "--out", tmp_path / "w.json", "--model-out", model))
     assert f"would overwrite input MODEL {model}" in line
-    assert snapshot(tmp_path) == before
 
 
 def test_model_out_naming_the_bundled_example_is_refused(capsys, tmp_path):
@@ -83,20 +88,17 @@ def test_output_reaching_an_input_through_links_is_refused(capsys, tmp_path, inp
     symlink.symlink_to(checkpoint)
     os.link(checkpoint, hardlink)
     (tmp_path / "sub").mkdir()
-    before = snapshot(tmp_path)
     for target in (symlink, hardlink, tmp_path / "sub" / ".." / checkpoint.name):
-        line = cli_error(capsys, *export_args(model, checkpoint, "--out", target))
+        line = refused_leaving_unchanged(capsys, tmp_path, *export_args(model, checkpoint,
+                                                                        "--out", target))
         assert f"would overwrite input --checkpoint {checkpoint}" in line
-    assert snapshot(tmp_path) == before
 
 
 def test_two_outputs_naming_one_file_are_refused(capsys, tmp_path, inputs):
     model, checkpoint = inputs
-    before = snapshot(tmp_path)
-    line = cli_error(capsys, *export_args(model, checkpoint, "--out", tmp_path / "x.json",
-                                          "--table", f"{tmp_path}/./x.json"))
+    line = refused_leaving_unchanged(capsys, tmp_path, *export_args(
+        model, checkpoint, "--out", tmp_path / "x.json", "--table", f"{tmp_path}/./x.json"))
     assert f"--table {tmp_path}/./x.json would overwrite --out {tmp_path / 'x.json'}" in line
-    assert snapshot(tmp_path) == before
 
 
 def test_unwritable_targets_get_one_line(capsys, tmp_path, inputs):
@@ -110,11 +112,10 @@ def test_unwritable_targets_get_one_line(capsys, tmp_path, inputs):
         Path("/proc/w.json"): "cannot create files in /proc",  # unwritable even for root
         Path("/dev/null"): "not a regular file",  # replacing it would remove the device
     }
-    before = snapshot(tmp_path)
     for target, fragment in cases.items():
-        line = cli_error(capsys, *export_args(model, checkpoint, "--out", target))
+        line = refused_leaving_unchanged(capsys, tmp_path, *export_args(model, checkpoint,
+                                                                        "--out", target))
         assert f"--out {target}: {fragment}" in line
-    assert snapshot(tmp_path) == before
 
 
 def test_failed_export_with_three_outputs_leaves_the_folder_as_it_was(capsys, tmp_path):
@@ -124,20 +125,17 @@ def test_failed_export_with_three_outputs_leaves_the_folder_as_it_was(capsys, tm
     out.mkdir()
     (out / "widths.json").write_text('{"old": 1}\n')
     (out / "layers.csv").write_text("old,table\n")
-    before = snapshot(tmp_path)
-    line = cli_error(capsys, "export", DIGITS_MODEL, "--checkpoint", DIGITS_GAMMAS,
-                     "--out", out / "widths.json", "--table", out / "layers.csv",
-                     "--model-out", out / "morphed.pt2")
+    line = refused_leaving_unchanged(capsys, tmp_path, "export", DIGITS_MODEL, "--checkpoint",
+                                     DIGITS_GAMMAS, "--out", out / "widths.json", "--table",
+                                     out / "layers.csv", "--model-out", out / "morphed.pt2")
     assert str(DIGITS_MODEL) in line
-    assert snapshot(tmp_path) == before
 
 
 def test_model_out_suffix_of_the_other_framework_is_refused(capsys, tmp_path):
-    before = snapshot(tmp_path)
-    line = cli_error(capsys, "export", "example:digits", "--checkpoint", DIGITS_GAMMAS,
-                     "--out", tmp_path / "widths.json", "--model-out", tmp_path / "morphed.keras")
+    line = refused_leaving_unchanged(capsys, tmp_path, "export", "example:digits", "--checkpoint",
+                                     DIGITS_GAMMAS, "--out", tmp_path / "widths.json",
+                                     "--model-out", tmp_path / "morphed.keras")
     assert "a rebuilt torch model is saved as .pt2" in line
-    assert snapshot(tmp_path) == before
 
 
 def test_existing_output_is_replaced_with_its_permissions(capsys, tmp_path):
