@@ -430,7 +430,7 @@ class _Builder:
         kind = classify_aten(ctx)
         keys = self._take_params(param_refs)
         attrs = self._op_attrs(order, record, kind, keys)
-        base = self._base_name(record, kind, keys)
+        base = self._base_name(record, kind, self._sources(param_refs))
         if record.op in MULTI_OUTPUT_SPLITS:
             self._add_split_nodes(base, ctx, kind, attrs)
             return
@@ -462,9 +462,13 @@ class _Builder:
         self.axes[data.name] = len(shape) - 1
         return data
 
+    def _sources(self, refs: list[Ref]) -> list[str]:
+        """The parameter keys the values ``refs`` are computed from."""
+        return sorted(frozenset().union(*(self.param_sources[r.name] for r in refs)))
+
     def _take_params(self, refs: list[Ref]) -> list[str]:
         """The parameter keys behind ``refs`` that no earlier op owns; now owned."""
-        keys = sorted(frozenset().union(*(self.param_sources[r.name] for r in refs)) - self.owned)
+        keys = [k for k in self._sources(refs) if k not in self.owned]
         self.owned.update(keys)
         return keys
 
@@ -480,6 +484,7 @@ class _Builder:
         return attrs
 
     def _base_name(self, record: OpRecord, kind: Kind, keys: list[str]) -> str:
+        """Weight ops take their weight's name (a shared weight's later calls too)."""
         if keys and kind in (Kind.CONV, Kind.LINEAR, Kind.BN):
             return _param_owner_name(self._weight_key(record, keys))
         op = "flatten" if kind == Kind.FLATTEN else record.op  # a flattening view, either route

@@ -295,8 +295,8 @@ def program_from_pt2_json(doc: dict[str, Any]) -> Program:
     records = []
     for node, stack in zip(graph["nodes"], stacks):
         op = short_op_name(node["target"])
-        args = _schema_defaults(node["target"])
-        args.update({inp["name"]: _pt2_value(inp["arg"]) for inp in node["inputs"]})
+        args = _bind_by_name(node["target"], {inp["name"]: _pt2_value(inp["arg"])
+                                              for inp in node["inputs"]})
         outputs: list[str | None] = []
         for out in node["outputs"]:
             if "as_tensor" in out:
@@ -350,15 +350,22 @@ def _pt2_value(arg: dict[str, Any]) -> Any:
     return value if key in _PT2_SCALARS else None
 
 
-def _schema_defaults(target: str) -> dict[str, Any]:
-    """Default arguments of an ATen overload (``torch.ops.aten.conv2d.default``), by name."""
+def _bind_by_name(target: str, given: dict[str, Any]) -> dict[str, Any]:
+    """An ATen overload's arguments (``torch.ops.aten.conv2d.default``) in schema order: each
+    one given by name in the file, else its default. Other targets keep the file's arguments."""
     import torch
 
     parts = target.split(".")
     if parts[:3] != ["torch", "ops", "aten"] or len(parts) != 5:
-        return {}
+        return given
     packet = getattr(torch.ops.aten, parts[3], None)
     overload = getattr(packet, parts[4], None) if packet is not None else None
     if overload is None:
-        return {}
-    return {a.name: a.default_value for a in overload._schema.arguments if a.has_default_value()}
+        return given
+    bound = {}
+    for arg in overload._schema.arguments:
+        if arg.name in given:
+            bound[arg.name] = given[arg.name]
+        elif arg.has_default_value():
+            bound[arg.name] = arg.default_value
+    return bound
