@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-import networkx as nx
 import numpy as np
 
-from morphscope.analyzers.spaces import ChannelSpaces
+from morphscope.analyzers.spaces import ChannelSpaces, is_source_kind
 from morphscope.graph import ChannelGraph, Kind
 
 DEFAULT_THRESHOLD = 1e-2
@@ -127,41 +126,32 @@ class Topology:
 def topology_report(graph: ChannelGraph, spaces: ChannelSpaces, widths: np.ndarray,
                     gammas: Mapping[str, np.ndarray] | None = None,
                     threshold: float = DEFAULT_THRESHOLD) -> Topology:
-    """Removable residual blocks, dead concat towers and zero-width layers for ``widths``."""
+    """Removable residual blocks, dead concat towers and zero-width layers for ``widths``.
+
+    Reads the branches, towers and source ops ``spaces`` recorded when it was built: no
+    graph walk (``graph`` is only asked for op kinds).
+    """
     gammas = gammas or {}
-    zero = tuple(n for n, a in graph.ops() if a["kind"] in (Kind.CONV, Kind.LINEAR)
-                 and spaces.op_out.get(n) and all(widths[s.space] == 0 for s in spaces.op_out[n]))
+
+    def dead(op: str) -> bool:
+        layout = spaces.op_out.get(op)
+        return bool(layout) and all(widths[s.space] == 0 for s in layout)
+
+    zero = tuple(n for n in spaces.source_ops if dead(n))
     blocks = []
-    for add in graph.of_kind(Kind.ADD):
-        for branch_end, branch_ops in residual_branches(graph, add).items():
+    for add, branches in spaces.residual_branches.items():
+        for branch_end, branch_ops in branches.items():
             reason = _branch_dead_reason(graph, spaces, widths, gammas, threshold, add, branch_ops)
             if reason:
                 blocks.append((add, branch_end, reason))
-    towers = tuple((cat, src) for cat in graph.of_kind(Kind.CONCAT) for src in graph.inputs_of(cat)
-                   if spaces.op_out.get(src) and all(widths[s.space] == 0 for s in spaces.op_out[src]))
+    towers = tuple((cat, src) for cat, inputs in spaces.concat_inputs.items() for src in inputs if dead(src))
     return Topology(tuple(blocks), towers, zero)
-
-
-def residual_branches(graph: ChannelGraph, add: str) -> dict[str, list[str]]:
-    """For an add op: each input that is a real branch -> the ops only that input depends on
-    (since the fork), in graph order. Identity shortcuts (no exclusive ops) are left out."""
-    inputs = graph.inputs_of(add)
-    if len(inputs) < 2:
-        return {}
-    ancestors = {u: nx.ancestors(graph.nx, u) | {u} for u in inputs}
-    branches = {}
-    for u in inputs:
-        others = set().union(*(ancestors[v] for v in inputs if v != u))
-        exclusive = ancestors[u] - others
-        if exclusive and any(graph[n]["kind"] in (Kind.CONV, Kind.LINEAR) for n in exclusive):
-            branches[u] = [n for n, _ in graph.ops() if n in exclusive]
-    return branches
 
 
 def _branch_dead_reason(graph, spaces, widths, gammas, threshold, add, branch_ops) -> str:
     add_spaces = {s.space for s in spaces.op_out.get(add, ())}
     for op in branch_ops:
-        if graph[op]["kind"] in (Kind.CONV, Kind.LINEAR):
+        if is_source_kind(graph[op]):
             inner = [s.space for s in spaces.op_out.get(op, ()) if s.space not in add_spaces]
             if inner and all(widths[s] == 0 for s in inner):
                 return f"{op} has no alive output channel"

@@ -13,8 +13,8 @@ rules once into numpy arrays, after which any widths cost one vectorized express
 Conventions (morph-net's ``resource_function.py``): a conv with kernel kh x kw, output
 H x W and g groups costs ``kh*kw*H*W*(a_in/g)*a_out`` MACs; FLOPs = 2 x MACs; a depthwise conv
 costs ``kh*kw*H*W*a_out``; bias, bn and activations are not in MACs. ``size`` counts conv and
-linear kernel weights only (morph-net's model size). Latency is a roofline per op,
-``max(flops / peak, bytes_moved / bandwidth)``, over ops that compute (conv, linear, matmul).
+linear kernel weights only (morph-net's model size). What is derived from these (FLOPs, the
+roofline latency) lives in :mod:`morphscope.analyzers.resources`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from morphscope.analyzers.hardware import BYTES_PER_ELEMENT, Hardware
-from morphscope.graph import ChannelGraph, Kind
-
-RESOURCES = ("macs", "params", "size", "bytes_moved")
+from morphscope.analyzers.resources import BASES, RESOURCES, exact_total
+from morphscope.errors import GraphError
+from morphscope.graph import ChannelGraph, Kind, is_depthwise
 
 
 @dataclass(frozen=True)
@@ -88,28 +88,50 @@ def _spatial(attrs: Mapping[str, Any], key: str) -> int:
 
 def _conv_cost(attrs: Mapping[str, Any]) -> OpCost:
     kernel = math.prod(attrs.get("kernel") or ())
-    out_hw = _spatial(attrs, "out_spatial")
-    in_hw = _spatial(attrs, "in_spatial")
+    folded = attrs.get("batch", 1)  # a conv on a batch-folded tensor runs once per element
+    out_hw = _spatial(attrs, "out_spatial") * folded
+    in_hw = _spatial(attrs, "in_spatial") * folded
     groups = attrs.get("groups", 1)
     bias = 1.0 if attrs.get("bias") else 0.0
-    if attrs.get("transposed"):  # each input pixel scatters a kernel: MACs scale with input size
-        out_hw, in_hw = in_hw, out_hw
+    # Pixels a kernel is applied at: the output's, or for a transposed conv the input's (each
+    # input pixel scatters a kernel). Bytes always read the input map and write the output map.
+    mac_hw = in_hw if attrs.get("transposed") else out_hw
     move = Bilinear(i=in_hw * BYTES_PER_ELEMENT, o=out_hw * BYTES_PER_ELEMENT)
-    if groups > 1 and groups == attrs.get("in_channels"):  # depthwise: a_in/g == 1
+    if is_depthwise(attrs):  # a_in/g == 1
         return OpCost(
-            macs=Bilinear(o=kernel * out_hw),
-            params=Bilinear(o=kernel + bias),
+            macs=Bilinear(o=kernel * mac_hw),
+            params=_owned_params(Bilinear(o=kernel + bias), attrs),
             size=Bilinear(o=kernel),
             bytes_moved=Bilinear(i=move.i, o=move.o + (kernel + bias) * BYTES_PER_ELEMENT),
         )
     per_pair = kernel / groups
     return OpCost(
-        macs=Bilinear(io=per_pair * out_hw),
-        params=Bilinear(io=per_pair, o=bias),
+        macs=Bilinear(io=per_pair * mac_hw),
+        params=_owned_params(Bilinear(io=per_pair, o=bias), attrs),
         size=Bilinear(io=per_pair),
         bytes_moved=Bilinear(io=per_pair * BYTES_PER_ELEMENT, i=move.i,
                              o=move.o + bias * BYTES_PER_ELEMENT),
     )
+
+
+def _owned_params(from_shape: Bilinear, attrs: Mapping[str, Any]) -> Bilinear:
+    """A conv/linear's params from its weight shape, corrected by the count it owns (the
+    importers' ``params``): none when its weight is shared and counted at an earlier call or is
+    a buffer; per-channel extras (a standardized conv's gain) scale with the output channels."""
+    owned = attrs.get("params")
+    if owned is None:
+        return from_shape
+    a_in, a_out = attrs.get("in_channels") or 0, attrs.get("out_channels") or 0
+    seed = from_shape.io * a_in * a_out + from_shape.i * a_in + from_shape.o * a_out + from_shape.const
+    extra = owned - seed
+    if extra == 0:
+        return from_shape
+    if owned == 0:
+        return ZERO
+    if extra > 0 and a_out and extra % a_out == 0:
+        return Bilinear(io=from_shape.io, i=from_shape.i, o=from_shape.o + extra / a_out,
+                        const=from_shape.const)
+    return Bilinear(const=owned)
 
 
 def _linear_cost(attrs: Mapping[str, Any]) -> OpCost:
@@ -117,7 +139,7 @@ def _linear_cost(attrs: Mapping[str, Any]) -> OpCost:
     bias = 1.0 if attrs.get("bias") else 0.0
     return OpCost(
         macs=Bilinear(io=rows),
-        params=Bilinear(io=1.0, o=bias),
+        params=_owned_params(Bilinear(io=1.0, o=bias), attrs),
         size=Bilinear(io=1.0),
         bytes_moved=Bilinear(io=BYTES_PER_ELEMENT, i=rows * BYTES_PER_ELEMENT,
                              o=(rows + bias) * BYTES_PER_ELEMENT),
@@ -184,67 +206,62 @@ def compile_costs(graph: ChannelGraph, rules: Mapping[Kind, CostRule] | None = N
     graph : ChannelGraph
     rules : mapping of Kind to rule, optional
         Defaults to :data:`COST_RULES`; pass ``{**COST_RULES, **extra}`` to extend.
+
+    Raises
+    ------
+    GraphError
+        If an op's sizes make a count no real model has (beyond 2**62, or past float range),
+        naming the op.
     """
     rules = COST_RULES if rules is None else rules
-    names, kinds, rows, seed_in, seed_out = [], [], {r: [] for r in RESOURCES}, [], []
+    names, kinds, rows, seed_in, seed_out = [], [], {r: [] for r in BASES}, [], []
     for name, attrs in graph.ops():
-        cost = rules[attrs["kind"]](attrs)
+        try:
+            cost = rules[attrs["kind"]](attrs)
+            for base in BASES:
+                c = getattr(cost, base)
+                rows[base].append((float(c.io), float(c.i), float(c.o), float(c.const)))
+            seed_in.append(float(attrs.get("in_channels") or 0))
+            seed_out.append(float(attrs.get("out_channels") or 0))
+        except OverflowError as err:
+            raise GraphError(f"{name}: its sizes overflow a cost ({err}); the graph's sizes are wrong") from err
         names.append(name)
         kinds.append(attrs["kind"])
-        for resource in RESOURCES:
-            c = getattr(cost, resource)
-            rows[resource].append((c.io, c.i, c.o, c.const))
-        seed_in.append(attrs.get("in_channels") or 0)
-        seed_out.append(attrs.get("out_channels") or 0)
-    return CostModel(
+    model = CostModel(
         names=tuple(names),
         kinds=tuple(kinds),
-        coeffs={r: np.array(rows[r], dtype=np.float64).reshape(-1, 4) for r in RESOURCES},
+        coeffs={r: np.array(rows[r], dtype=np.float64).reshape(-1, 4) for r in BASES},
         seed_in=np.array(seed_in, dtype=np.float64),
         seed_out=np.array(seed_out, dtype=np.float64),
         detached_params=sum(graph.detached_params.values()),
         index={n: i for i, n in enumerate(names)},
     )
-
-
-def roofline_latency_s(per_op_macs: np.ndarray, per_op_bytes: np.ndarray, hw: Hardware) -> Any:
-    """``sum(max(2*macs / peak, bytes / bandwidth))`` in seconds over ops that compute
-    (rows); a float for one width vector, an array for (n_ops, k) columns."""
-    compute_s = 2.0 * per_op_macs / (hw.peak_gflop_per_s * 1e9)
-    memory_s = per_op_bytes / (hw.memory_gb_per_s * 1e9)
-    latency = np.where(per_op_macs > 0, np.maximum(compute_s, memory_s), 0.0).sum(axis=0)
-    return float(latency) if np.ndim(latency) == 0 else latency
+    seed = seed_costs(model)
+    for base in BASES:  # refuse absurd sizes here, naming the op, not deep inside a total
+        exact_total(seed[base], base, model.names)
+    return model
 
 
 def totals_of(model: CostModel, per_op: Mapping[str, np.ndarray], hardware: Hardware | None = None) -> dict[str, Any]:
-    """Sum per-op costs (rows) into whole-model totals: ints for one width vector, int arrays
-    for (n_ops, k) columns.
+    """Sum per-op base costs (rows) into whole-model totals, one key per resource of
+    :data:`~morphscope.analyzers.resources.RESOURCES`: exact ints for one width vector, int
+    arrays for (n_ops, k) columns; ``latency_s`` (roofline seconds) only given ``hardware``.
 
     Keys: ``macs`` (multiply-accumulates of conv, linear and matrix products, batch 1; bias,
     bn and activations excluded), ``flops`` (= 2 x macs), ``params`` (the framework's own
     rule, training-only weights included), ``size`` (conv/linear kernel weights, morph-net's
-    model size), ``bytes_moved`` (float32 bytes the computing ops read and write) and, given
-    ``hardware``, ``latency_s`` (roofline seconds).
+    model size), ``bytes_moved`` (float32 bytes the computing ops read and write),
+    ``latency_s``.
     """
-    def total(values: np.ndarray) -> Any:
-        summed = np.rint(np.sum(values, axis=0)).astype(np.int64)
-        return int(summed) if np.ndim(summed) == 0 else summed
-
-    out = {"macs": total(per_op["macs"])}
-    out["flops"] = 2 * out["macs"]
-    out["params"] = total(per_op["params"]) + model.detached_params
-    out["size"] = total(per_op["size"])
-    out["bytes_moved"] = total(per_op["bytes_moved"])
-    if hardware is not None:
-        out["latency_s"] = roofline_latency_s(per_op["macs"], per_op["bytes_moved"], hardware)
-    return out
+    return {r.key: r.total(model, per_op, hardware) for r in RESOURCES.values()
+            if hardware is not None or r.count}
 
 
-def per_op_costs(model: CostModel, a_in: Any, a_out: Any) -> dict[str, Any]:
-    """Each resource per op for the given alive widths (arrays aligned with ``model.names``)."""
-    return {r: bilinear(model.coeffs[r], a_in, a_out) for r in RESOURCES}
+def per_op_costs(model: CostModel, a_in: Any, a_out: Any, bases: tuple[str, ...] = BASES) -> dict[str, Any]:
+    """Base costs per op for the given alive widths (arrays aligned with ``model.names``)."""
+    return {r: bilinear(model.coeffs[r], a_in, a_out) for r in bases}
 
 
 def seed_costs(model: CostModel) -> dict[str, np.ndarray]:
-    """Per-op costs with every channel alive."""
+    """Per-op base costs with every channel alive."""
     return per_op_costs(model, model.seed_in, model.seed_out)

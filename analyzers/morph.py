@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from morphscope.analyzers.alive import (DEFAULT_THRESHOLD, Topology, alive_widths, gamma_masks,
-                             residual_branches, topology_report)
+from morphscope.analyzers.alive import DEFAULT_THRESHOLD, Topology, alive_widths, gamma_masks, topology_report
+from morphscope.analyzers.spaces import is_source_kind
 from morphscope.analyzers.group_lasso import group_lasso_masks
 from morphscope.analyzers.widths import WidthModel, apply_multiplier
-from morphscope.graph import ChannelGraph, Kind
+from morphscope.graph import ChannelGraph
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,9 @@ def widths_from_counts(model: WidthModel, alive_counts: dict[str, int]) -> tuple
 
 
 def source_op_widths(graph: ChannelGraph, model: WidthModel, widths: np.ndarray) -> dict[str, int]:
-    """Output channels of every source op (conv other than depthwise, linear) for ``widths``."""
-    out = {}
-    for name, attrs in graph.ops():
-        if attrs["kind"] in (Kind.CONV, Kind.LINEAR) and not _is_depthwise(attrs):
-            layout = model.spaces.op_out.get(name, ())
-            out[name] = int(sum(widths[s.space] * s.repeat for s in layout))
-    return out
-
-
-def _is_depthwise(attrs: dict[str, Any]) -> bool:
-    return attrs["kind"] == Kind.CONV and 1 < attrs.get("groups", 1) == attrs.get("in_channels")
+    """Output channels of every source op (conv other than depthwise, linear) for ``widths``,
+    in graph order (from the compiled model: no graph walk)."""
+    return model.source_widths(widths)
 
 
 @dataclass(frozen=True)
@@ -105,12 +97,11 @@ def export_plan(graph: ChannelGraph, model: WidthModel, morphed: Morphed,
     topology = topology_report(graph, model.spaces, widths, gammas, threshold)
     removed, blocks = set(), []
     for add, branch_end, reason in topology.removable_blocks:
-        branch = residual_branches(graph, add)[branch_end]
-        removed.update(branch)
+        removed.update(model.spaces.residual_branches[add][branch_end])
         blocks.append((add, branch_end, reason))
     removed_spaces = {s.space for op in removed for s in model.spaces.op_out.get(op, ())
-                      if graph[op]["kind"] in (Kind.CONV, Kind.LINEAR)}
-    kept_spaces = {s.space for name, _ in graph.ops() if name not in removed
+                      if is_source_kind(graph[op])}
+    kept_spaces = {s.space for name in model.costs.names if name not in removed
                    for s in model.spaces.op_out.get(name, ())}
     notes = []
     for space in np.flatnonzero(widths == 0):

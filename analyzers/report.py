@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from morphscope.analyzers.alive import consistency_report, topology_report
-from morphscope.analyzers.cost import CostModel, compile_costs, roofline_latency_s, seed_costs, totals_of
+from morphscope.analyzers.cost import CostModel, compile_costs, seed_costs, totals_of
 from morphscope.analyzers.hardware import HARDWARE, Hardware
+from morphscope.analyzers.resources import RESOURCES, get_resource
 from morphscope.analyzers.morph import Morphed, source_op_widths
 from morphscope.analyzers.widths import WidthModel, apply_multiplier, solve_multiplier
 from morphscope.graph import ChannelGraph, Kind
@@ -55,8 +56,7 @@ def totals_dict(model: CostModel, per_op: dict[str, np.ndarray], graph: ChannelG
     """Totals with trainable split and roofline latency on every named hardware (seconds)."""
     totals = totals_of(model, per_op)
     trainable = sum(a.get("trainable_params", 0) for _, a in graph.ops()) + model.detached_params
-    latency = {hw: roofline_latency_s(per_op["macs"], per_op["bytes_moved"], spec)
-               for hw, spec in HARDWARE.items()}
+    latency = {hw: RESOURCES["latency"].total(model, per_op, spec) for hw, spec in HARDWARE.items()}
     return {**totals, "trainable_params": trainable,
             "non_trainable_params": totals["params"] - trainable, "latency_s": latency}
 
@@ -121,7 +121,7 @@ def expand_entry(graph: ChannelGraph, model: WidthModel, morphed: Morphed, resou
     alive_totals, expanded_totals = model.totals(morphed.widths, hardware), model.totals(expanded, hardware)
     return {
         "checkpoint": morphed.label, "resource": resource, "budget": budget, "factor": factor,
-        "cost": expanded_totals["latency_s" if resource == "latency" else resource],
+        "cost": expanded_totals[get_resource(resource).key],
         "alive": {k: alive_totals[k] for k in ("flops", "params", "size")},
         "expanded": {k: expanded_totals[k] for k in ("flops", "params", "size")},
         "widths": source_op_widths(graph, model, expanded),

@@ -4,8 +4,9 @@ Every op output is a *layout*: a tuple of :class:`Segment`, each a whole channel
 end to end (a concat output has one segment per input). Source ops (conv, linear) open a new
 space; elementwise ops (residual adds, squeeze-excitation gates) and depthwise convs *tie*
 spaces into one group (union-find); concat and split rearrange segments; anything the rules
-cannot follow is *pinned* (never pruned) with a reason. One handler per op kind, in
-:data:`CHANNEL_RULES`; the builder never names a kind itself.
+cannot follow is *pinned* (never pruned) with a reason. One :class:`ChannelRule` per op kind,
+in :data:`CHANNEL_RULES`: a handler plus the properties callers ask about (``is_source``,
+``ties_inputs``, ``passthrough``, ``channel_weights``); the builder never names a kind itself.
 
 Grouped convs (1 < groups < in_channels): each of the g groups must keep the same number of
 channels, so the spaces they read and write get a *quantum* g: alive counts are made equal
@@ -14,13 +15,15 @@ across groups (:mod:`morphscope.analyzers.alive`) and a width multiplier rounds 
 
 from __future__ import annotations
 
+import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from scipy import sparse
 
-from morphscope.graph import ChannelGraph, Kind
+from morphscope.graph import SOURCE_KINDS, ChannelGraph, Kind, is_depthwise, opens_space
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ class ChannelSpaces:
     writers : per space, the source ops writing it (a tied group has several).
     bn_cover : per space, ``(bn op, offset into its gamma vector)`` of every bn scaling it.
     op_in / op_out : the layout each op reads (its data input) and writes.
+    source_ops : ops opening a space of their own (:func:`~morphscope.graph.opens_space`), in
+        graph order.
+    residual_branches : per add op, each input that is a real branch -> the ops only that
+        input depends on since the fork, in graph order (see :func:`residual_branches`).
+    concat_inputs : per concat op, its inputs by port.
     """
 
     sizes: np.ndarray
@@ -57,6 +65,9 @@ class ChannelSpaces:
     op_in: dict[str, Layout]
     op_out: dict[str, Layout]
     framework: str = "torch"
+    source_ops: tuple[str, ...] = ()
+    residual_branches: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    concat_inputs: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def n_spaces(self) -> int:
@@ -121,7 +132,10 @@ class _Builder:
             rx, ry = self.find(x.space), self.find(y.space)
             if rx != ry:
                 self.parent[ry] = rx
-                self.writers[rx] = self.writers.get(rx, []) + self.writers.pop(ry, [])
+                wx, wy = self.writers.pop(rx, []), self.writers.pop(ry, [])
+                big, small = (wx, wy) if len(wx) >= len(wy) else (wy, wx)
+                big.extend(small)  # small into large: linear over a long residual stack
+                self.writers[rx] = big
                 if ry in self.pinned:
                     self.pinned.setdefault(rx, self.pinned.pop(ry))
                 if ry in self.quantum:
@@ -134,7 +148,32 @@ class _Builder:
             self.quantum[root] = math.lcm(self.quantum.get(root, 1), q)
 
 
-ChannelRule = Callable[[_Builder, str, Mapping[str, Any], list[Layout]], Layout]
+Handler = Callable[[_Builder, str, Mapping[str, Any], list[Layout]], Layout]
+
+
+@dataclass(frozen=True)
+class ChannelRule:
+    """How one op kind treats channels: its handler and the facts callers ask about.
+
+    kind : the kind it handles.
+    handler : ``(builder, name, attrs, input layouts) -> output layout``.
+    ties_inputs : full-width inputs and the output are one group (residual adds, gates).
+    passthrough : the output is the input's layout, channel for channel.
+    channel_weights : owns weights indexed by its channels (resized by a rebuild).
+    """
+
+    kind: Kind
+    handler: Handler
+    ties_inputs: bool = False
+    passthrough: bool = False
+    channel_weights: bool = False
+
+    @property
+    def is_source(self) -> bool:
+        """Ops of this kind mix channels through a weight and open a new space for their
+        output (conv, linear: :data:`~morphscope.graph.SOURCE_KINDS`); a depthwise conv
+        keeps its input's space instead (:func:`~morphscope.graph.opens_space`)."""
+        return self.kind in SOURCE_KINDS
 
 
 def _channels(layout: Layout, builder: _Builder) -> int:
@@ -176,7 +215,7 @@ def _conv(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]
             return b.pinned_output(name, attrs, inputs, f"grouped transposed conv {name}")
         return _source(b, name, attrs, inputs)
     x = _data_input(b, name, attrs, inputs)
-    if groups == in_ch:  # depthwise: output channel j*M+m reads input channel j
+    if is_depthwise(attrs):  # output channel j*M+m reads input channel j
         multiplier = out_ch // in_ch
         if multiplier == 1:
             return x
@@ -255,21 +294,27 @@ def _opaque(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layou
     return b.pinned_output(name, attrs, inputs, f"opaque op {name} ({attrs.get('op', '?')})")
 
 
-CHANNEL_RULES: Mapping[Kind, ChannelRule] = {
-    Kind.INPUT: _model_input,
-    Kind.OUTPUT: _model_output,
-    Kind.CONV: _conv,
-    Kind.LINEAR: _source,
-    Kind.BN: _bn,
-    Kind.ADD: _elementwise,
-    Kind.MUL: _elementwise,
-    Kind.CONCAT: _concat,
-    Kind.SPLIT: _split,
-    Kind.FLATTEN: _flatten,
-    Kind.OPAQUE: _opaque,
-    **{kind: _passthrough for kind in (Kind.ACT, Kind.POOL, Kind.GLOBAL_POOL, Kind.RESHAPE,
-                                       Kind.PAD, Kind.RESIZE, Kind.IDENTITY)},
-}
+CHANNEL_RULES: Mapping[Kind, ChannelRule] = {rule.kind: rule for rule in (
+    ChannelRule(Kind.INPUT, _model_input),
+    ChannelRule(Kind.OUTPUT, _model_output),
+    ChannelRule(Kind.CONV, _conv, channel_weights=True),
+    ChannelRule(Kind.LINEAR, _source, channel_weights=True),
+    ChannelRule(Kind.BN, _bn, passthrough=True, channel_weights=True),
+    ChannelRule(Kind.ADD, _elementwise, ties_inputs=True),
+    ChannelRule(Kind.MUL, _elementwise, ties_inputs=True),
+    ChannelRule(Kind.CONCAT, _concat),
+    ChannelRule(Kind.SPLIT, _split),
+    ChannelRule(Kind.FLATTEN, _flatten),
+    ChannelRule(Kind.OPAQUE, _opaque),
+    *(ChannelRule(kind, _passthrough, passthrough=True) for kind in (
+        Kind.ACT, Kind.POOL, Kind.GLOBAL_POOL, Kind.RESHAPE, Kind.PAD, Kind.RESIZE, Kind.IDENTITY)),
+)}
+
+
+def is_source_kind(attrs: Mapping[str, Any], rules: Mapping[Kind, ChannelRule] | None = None) -> bool:
+    """Whether the op's kind mixes channels through a weight (conv, depthwise included; linear)."""
+    rules = CHANNEL_RULES if rules is None else rules
+    return rules[attrs["kind"]].is_source
 
 
 def build_channel_spaces(graph: ChannelGraph,
@@ -303,13 +348,13 @@ def build_channel_spaces(graph: ChannelGraph,
         inputs = [b.out[u] for u in graph.inputs_of(name)]
         if inputs:
             b.op_in[name] = inputs[0]
-        b.out[name] = rules[attrs["kind"]](b, name, attrs, inputs)
-    return _finish(b)
+        b.out[name] = rules[attrs["kind"]].handler(b, name, attrs, inputs)
+    return _finish(b, rules)
 
 
-def _finish(b: _Builder) -> ChannelSpaces:
+def _finish(b: _Builder, rules: Mapping[Kind, ChannelRule]) -> ChannelSpaces:
+    graph = b.graph
     roots = sorted({b.find(s) for s in range(len(b.parent))})
-    order = {name: i for i, (name, _) in enumerate(b.graph.ops())}
     index = {root: i for i, root in enumerate(roots)}
 
     def canon(layout: Layout) -> Layout:
@@ -327,29 +372,117 @@ def _finish(b: _Builder) -> ChannelSpaces:
         pinned=np.array([r in b.pinned for r in roots], dtype=bool),
         pin_reasons={index[r]: why for r, why in b.pinned.items() if r in index},
         quantum=np.array([b.quantum.get(r, 1) for r in roots], dtype=np.int64),
-        writers={index[r]: sorted(ws, key=order.get) for r, ws in b.writers.items() if r in index},
+        writers={index[r]: sorted(ws, key=graph.position) for r, ws in b.writers.items() if r in index},
         bn_cover=bn_cover,
         op_in={n: canon(layout) for n, layout in b.op_in.items()},
         op_out={n: canon(layout) for n, layout in b.out.items()},
-        framework=b.graph.framework,
+        framework=graph.framework,
+        source_ops=tuple(n for n, a in graph.ops() if opens_space(a)),
+        residual_branches=residual_branches(graph, rules),
+        concat_inputs={n: tuple(graph.inputs_of(n)) for n, a in graph.ops() if a["kind"] == Kind.CONCAT},
     )
+
+
+def residual_branches(graph: ChannelGraph,
+                      rules: Mapping[Kind, ChannelRule] | None = None) -> dict[str, dict[str, tuple[str, ...]]]:
+    """Per add op: each input that is a real branch -> the ops only that input depends on
+    (since the fork), in graph order. Identity shortcuts (no op of a source kind among the
+    exclusive ones) are left out.
+
+    Notes
+    -----
+    One backward search per add, latest op first (a heap on graph position), labelling each
+    op with the one input reaching it or "shared"; it stops when only shared ops are left to
+    expand, so a residual block costs its own size (n log n over a residual stack, not n^2).
+
+    Examples
+    --------
+    >>> g = ChannelGraph("demo", "torch", (3, 8, 8))
+    >>> for name, kind in [("x", Kind.INPUT), ("a", Kind.CONV), ("b", Kind.CONV), ("add", Kind.ADD)]:
+    ...     _ = g.add_op(name, kind, groups=1)
+    >>> for u, v, p in [("x", "a", 0), ("a", "b", 0), ("b", "add", 0), ("a", "add", 1)]:
+    ...     g.connect(u, v, p)
+    >>> residual_branches(g)
+    {'add': {'b': ('b',)}}
+    """
+    rules = CHANNEL_RULES if rules is None else rules
+    out = {}
+    for add, attrs in graph.ops():
+        if attrs["kind"] != Kind.ADD:
+            continue
+        inputs = graph.inputs_of(add)
+        if len(inputs) < 2:
+            out[add] = {}
+            continue
+        exclusive = _exclusive_ancestors(graph, inputs)
+        out[add] = {u: ops for u, ops in zip(inputs, exclusive)
+                    if any(rules[graph[n]["kind"]].is_source for n in ops)}
+    return out
+
+
+_SHARED = -1
+
+
+def _exclusive_ancestors(graph: ChannelGraph, inputs: list[str]) -> list[tuple[str, ...]]:
+    """For each input u: u and its ancestors that reach no other input, in graph order."""
+    label = {u: i for i, u in enumerate(inputs)}
+    heap = [(-graph.position(u), u) for u in inputs]
+    heapq.heapify(heap)
+    unshared = len(heap)  # queued ops still owned by one input
+    found: list[list[str]] = [[] for _ in inputs]
+    while unshared:
+        _, name = heapq.heappop(heap)
+        mine = label[name]
+        if mine != _SHARED:
+            unshared -= 1
+            found[mine].append(name)
+        for pred in graph.nx.predecessors(name):
+            seen = label.get(pred)
+            if seen is None:
+                label[pred] = mine
+                heapq.heappush(heap, (-graph.position(pred), pred))
+                unshared += mine != _SHARED
+            elif seen != mine and seen != _SHARED:
+                label[pred] = _SHARED
+                unshared -= 1
+    return [tuple(reversed(ops)) for ops in found]
 
 
 @dataclass(frozen=True)
 class SpaceMatrices:
-    """``a_in = m_in @ widths`` and ``a_out = m_out @ widths``, per op (rows in cost-model order)."""
+    """``a_in = m_in @ widths`` and ``a_out = m_out @ widths``, per op (rows in cost-model
+    order); sparse (CSR), one entry per (op, space) pair it reads or writes."""
 
-    m_in: np.ndarray
-    m_out: np.ndarray
+    m_in: sparse.csr_array
+    m_out: sparse.csr_array
 
 
 def space_matrices(spaces: ChannelSpaces, op_names: tuple[str, ...]) -> SpaceMatrices:
-    """Dense op x space matrices counting how many channels of each space each op reads/writes."""
-    m_in = np.zeros((len(op_names), spaces.n_spaces))
-    m_out = np.zeros((len(op_names), spaces.n_spaces))
+    """Sparse op x space matrices counting how many channels of each space each op reads/writes.
+
+    >>> m = space_matrices(build_channel_spaces(_demo_graph()), ("x", "conv"))
+    >>> m.m_in.toarray().tolist(), m.m_out.toarray().tolist()
+    ([[0.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]])
+    """
+    return SpaceMatrices(_layout_matrix(spaces.op_in, op_names, spaces.n_spaces),
+                         _layout_matrix(spaces.op_out, op_names, spaces.n_spaces))
+
+
+def _layout_matrix(layouts: Mapping[str, Layout], op_names: tuple[str, ...], n_spaces: int) -> sparse.csr_array:
+    rows, cols, counts = [], [], []
     for row, name in enumerate(op_names):
-        for seg in spaces.op_in.get(name, ()):
-            m_in[row, seg.space] += seg.repeat
-        for seg in spaces.op_out.get(name, ()):
-            m_out[row, seg.space] += seg.repeat
-    return SpaceMatrices(m_in, m_out)
+        for seg in layouts.get(name, ()):
+            rows.append(row)
+            cols.append(seg.space)
+            counts.append(seg.repeat)
+    return sparse.csr_array((np.array(counts, dtype=np.float64), (np.array(rows, dtype=np.int64),
+                             np.array(cols, dtype=np.int64))), shape=(len(op_names), n_spaces))
+
+
+def _demo_graph() -> ChannelGraph:
+    """x(3) -> conv(5): the two-space graph of the examples."""
+    g = ChannelGraph("demo", "torch", (3, 4, 4))
+    g.add_op("x", Kind.INPUT, out_channels=3)
+    g.add_op("conv", Kind.CONV, in_channels=3, out_channels=5, groups=1)
+    g.connect("x", "conv")
+    return g

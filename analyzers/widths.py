@@ -11,37 +11,43 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from morphscope.analyzers.cost import CostModel, compile_costs, per_op_costs, totals_of
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
+from morphscope.analyzers.resources import BASES, get_resource
 from morphscope.analyzers.spaces import ChannelSpaces, build_channel_spaces, space_matrices
 from morphscope.errors import MorphScopeError
 from morphscope.graph import ChannelGraph
 
 SOLVE_TOLERANCE = 1e-4
-TARGETS = ("flops", "params", "size", "latency")
 
 
 @dataclass(frozen=True)
 class WidthModel:
-    """A graph compiled for width arithmetic.
+    """A graph compiled for width arithmetic: everything a slider move needs, no graph walk.
 
     ``m_in @ widths`` and ``m_out @ widths`` give every op's input and output channels for
-    per-space ``widths`` (shape (n_spaces,) or (n_spaces, k) for k width vectors at once).
+    per-space ``widths`` (shape (n_spaces,) or (n_spaces, k) for k width vectors at once);
+    ``m_source @ widths`` the output channels of each of ``spaces.source_ops``. The matrices
+    are sparse (CSR): memory grows with the ops, not with ops x spaces.
     """
 
     costs: CostModel
     spaces: ChannelSpaces
-    m_in: np.ndarray
-    m_out: np.ndarray
+    m_in: sparse.csr_array
+    m_out: sparse.csr_array
+    m_source: sparse.csr_array
 
     @property
     def seed_widths(self) -> np.ndarray:
         return self.spaces.sizes.astype(np.float64)
 
-    def per_op(self, widths: np.ndarray, op_keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Each resource per op (rows follow ``costs.names``); ``op_keep`` zeroes removed ops."""
-        per_op = per_op_costs(self.costs, self.m_in @ widths, self.m_out @ widths)
+    def per_op(self, widths: np.ndarray, op_keep: np.ndarray | None = None,
+               bases: tuple[str, ...] = BASES) -> dict[str, np.ndarray]:
+        """Base costs per op (rows follow ``costs.names``); ``op_keep`` zeroes removed ops."""
+        widths = np.asarray(widths, dtype=np.float64)
+        per_op = per_op_costs(self.costs, self.m_in @ widths, self.m_out @ widths, bases)
         if op_keep is not None:
             keep = op_keep[:, None] if np.ndim(widths) == 2 else op_keep
             per_op = {r: v * keep for r, v in per_op.items()}
@@ -55,20 +61,20 @@ class WidthModel:
         weights included), ``size`` (conv/linear kernels), ``bytes_moved``, ``latency_s``
         (roofline on ``hardware``, default V100).
         """
-        per_op = self.per_op(np.asarray(widths, dtype=np.float64), op_keep)
+        per_op = self.per_op(widths, op_keep)
         return totals_of(self.costs, per_op, hardware or get_hardware(DEFAULT_HARDWARE))
 
     def target_cost(self, widths: np.ndarray, target: str, hardware: Hardware | None = None):
-        """One resource: ``flops``, ``params``, ``size`` or ``latency`` (seconds)."""
-        check_target(target)
-        key = "latency_s" if target == "latency" else target
-        return self.totals(widths, hardware)[key]
+        """One resource of :data:`~morphscope.analyzers.resources.RESOURCES` (``flops``,
+        ``params``, ``size``, ``latency`` in seconds, ...), computing only what it needs."""
+        resource = get_resource(target)
+        per_op = self.per_op(widths, bases=resource.bases)
+        return resource.total(self.costs, per_op, hardware or get_hardware(DEFAULT_HARDWARE))
 
-
-def check_target(target: str) -> None:
-    """Raise a one-line error for an unknown resource name."""
-    if target not in TARGETS:
-        raise MorphScopeError(f"unknown resource {target!r}; choose from {', '.join(TARGETS)}")
+    def source_widths(self, widths: np.ndarray) -> dict[str, int]:
+        """Output channels of every source op (``spaces.source_ops``) for ``widths``."""
+        counts = self.m_source @ np.asarray(widths, dtype=np.float64)
+        return dict(zip(self.spaces.source_ops, np.rint(counts).astype(np.int64).tolist()))
 
 
 def compile_width_model(graph: ChannelGraph) -> WidthModel:
@@ -76,7 +82,8 @@ def compile_width_model(graph: ChannelGraph) -> WidthModel:
     costs = compile_costs(graph)
     spaces = build_channel_spaces(graph)
     matrices = space_matrices(spaces, costs.names)
-    return WidthModel(costs, spaces, matrices.m_in, matrices.m_out)
+    m_source = space_matrices(spaces, spaces.source_ops).m_out
+    return WidthModel(costs, spaces, matrices.m_in, matrices.m_out, m_source)
 
 
 def apply_multiplier(spaces: ChannelSpaces, widths: np.ndarray, factor: float | np.ndarray) -> np.ndarray:
@@ -118,7 +125,7 @@ def solve_multiplier(model: WidthModel, widths: np.ndarray, target: str = "flops
     MorphScopeError
         If even the smallest widths (every space at its quantum) exceed the budget.
     """
-    check_target(target)
+    get_resource(target)
     if budget is None:
         budget = model.target_cost(model.seed_widths, target, hardware)
 

@@ -21,7 +21,10 @@ from typing import Any, Iterator
 
 import networkx as nx
 
+from morphscope.errors import UnsupportedFileError
+
 FORMAT_VERSION = 1
+FORMAT_NAME = "morphscope.channel_graph"
 
 
 class Kind(str, Enum):
@@ -76,6 +79,8 @@ class ChannelGraph:
         self.detached_params = dict(detached_params or {})
         self.notes: list[str] = []  # how the graph was captured, when it matters
         self.nx = nx.DiGraph()
+        self._order: tuple[str, ...] | None = None  # topological order, cached until a change
+        self._position: dict[str, int] | None = None
 
     # -- building ---------------------------------------------------------------------------
     def add_op(self, name: str, kind: Kind, **attrs: Any) -> str:
@@ -83,11 +88,13 @@ class ChannelGraph:
         if name in self.nx:
             raise ValueError(f"{self.name}: duplicate op name {name!r}")
         self.nx.add_node(name, kind=Kind(kind), **attrs)
+        self._order = self._position = None
         return name
 
     def connect(self, src: str, dst: str, port: int = 0) -> None:
         """Add the edge ``src -> dst``: src's output is dst's input number ``port``."""
         self.nx.add_edge(src, dst, port=port)
+        self._order = self._position = None
 
     # -- reading ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -100,9 +107,26 @@ class ChannelGraph:
         return self.nx.nodes[name]
 
     def ops(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Yield ``(name, attrs)`` in a topological order (inputs first, stable)."""
-        for name in nx.lexicographical_topological_sort(self.nx, key=self._order_key):
-            yield name, self.nx.nodes[name]
+        """Yield ``(name, attrs)`` in a topological order (inputs first, stable).
+
+        The order is sorted once and cached until :meth:`add_op` or :meth:`connect` changes
+        the graph.
+        """
+        nodes = self.nx.nodes
+        for name in self.order():
+            yield name, nodes[name]
+
+    def order(self) -> tuple[str, ...]:
+        """Op names in the topological order of :meth:`ops` (cached)."""
+        if self._order is None:
+            self._order = tuple(nx.lexicographical_topological_sort(self.nx, key=self._order_key))
+        return self._order
+
+    def position(self, name: str) -> int:
+        """Index of ``name`` in :meth:`order`."""
+        if self._position is None:
+            self._position = {n: i for i, n in enumerate(self.order())}
+        return self._position[name]
 
     def _order_key(self, name: str) -> int:
         return self.nx.nodes[name].get("order", 0)
@@ -111,10 +135,6 @@ class ChannelGraph:
         """The ops feeding ``name``, ordered by port."""
         preds = self.nx.in_edges(name, data="port")
         return [u for u, _, _ in sorted(preds, key=lambda edge: edge[2])]
-
-    def consumers_of(self, name: str) -> list[str]:
-        """The ops reading ``name``'s output."""
-        return list(self.nx.successors(name))
 
     def of_kind(self, *kinds: Kind) -> list[str]:
         """Names of the ops of the given kinds, in topological order."""
@@ -127,7 +147,7 @@ class ChannelGraph:
         nodes = [{"name": n, **_jsonable(a)} for n, a in self.nx.nodes(data=True)]
         edges = [[u, v, p] for u, v, p in self.nx.edges(data="port")]
         doc = {
-            "format": "morphscope.channel_graph",
+            "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "name": self.name,
             "framework": self.framework,
@@ -140,18 +160,86 @@ class ChannelGraph:
         return json.dumps(doc)
 
     @classmethod
-    def from_json(cls, text: str) -> "ChannelGraph":
-        """Rebuild a graph written by :meth:`to_json`."""
-        doc = json.loads(text)
+    def from_json(cls, text: str, source: str = "graph JSON") -> "ChannelGraph":
+        """Rebuild a graph written by :meth:`to_json`.
+
+        Parameters
+        ----------
+        text : str
+        source : str
+            What the text was read from (a file name), for error messages.
+
+        Raises
+        ------
+        UnsupportedFileError
+            If the text is not a channel graph of this :data:`FORMAT_VERSION`: bad JSON, a
+            missing field, an unknown op kind, an edge to an op that does not exist, a cycle.
+        """
+        try:
+            doc = json.loads(text)
+        except ValueError as err:
+            raise UnsupportedFileError(f"{source}: not JSON ({err})") from err
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+            raise UnsupportedFileError(f"{source}: not a MorphScope channel graph "
+                                       f"(no \"format\": \"{FORMAT_NAME}\")")
+        if doc.get("version") != FORMAT_VERSION:
+            raise UnsupportedFileError(f"{source}: channel graph format version "
+                                       f"{doc.get('version')!r}; this MorphScope reads version "
+                                       f"{FORMAT_VERSION}")
+        try:
+            return cls._from_doc(doc, source)
+        except KeyError as err:
+            raise UnsupportedFileError(f"{source}: channel graph lacks the field {err}") from err
+        except (TypeError, ValueError) as err:
+            raise UnsupportedFileError(f"{source}: malformed channel graph ({err})") from err
+
+    @classmethod
+    def _from_doc(cls, doc: dict[str, Any], source: str) -> "ChannelGraph":
         graph = cls(doc["name"], doc["framework"], tuple(doc["input_shape"]),
                     doc.get("detached_params"))
         graph.notes = list(doc.get("notes", []))
         for node in doc["nodes"]:
             attrs = {k: _from_jsonable(k, v) for k, v in node.items() if k != "name"}
-            graph.nx.add_node(node["name"], **attrs)
+            graph.add_op(node["name"], attrs.pop("kind"), **attrs)
         for u, v, port in doc["edges"]:
+            missing = next((n for n in (u, v) if n not in graph.nx), None)
+            if missing is not None:
+                raise UnsupportedFileError(f"{source}: an edge names the op {missing!r}, "
+                                           "which the graph does not have")
             graph.connect(u, v, port)
+        if not nx.is_directed_acyclic_graph(graph.nx):
+            raise UnsupportedFileError(f"{source}: the channel graph has a cycle")
         return graph
+
+
+# Kinds that mix channels through a weight (conv, linear): each opens a channel space for its
+# output, except a depthwise conv. Node-schema facts live here so importers and analyzers share them.
+SOURCE_KINDS = frozenset({Kind.CONV, Kind.LINEAR})
+
+
+def is_depthwise(attrs: dict[str, Any]) -> bool:
+    """A depthwise conv: each filter reads one input channel (1 < groups == in_channels).
+
+    Its output channels are its input's (times a multiplier), so it opens no channel space.
+
+    >>> is_depthwise({"kind": Kind.CONV, "groups": 13, "in_channels": 13})
+    True
+    >>> is_depthwise({"kind": Kind.CONV, "groups": 1, "in_channels": 1})
+    False
+    """
+    return attrs["kind"] == Kind.CONV and 1 < attrs.get("groups", 1) == attrs.get("in_channels")
+
+
+def opens_space(attrs: dict[str, Any]) -> bool:
+    """Whether the op writes a channel space of its own: a source kind, not depthwise
+    (morph-net's StructureExporter lists exactly these).
+
+    >>> opens_space({"kind": Kind.LINEAR})
+    True
+    >>> opens_space({"kind": Kind.CONV, "groups": 8, "in_channels": 8})
+    False
+    """
+    return attrs["kind"] in SOURCE_KINDS and not is_depthwise(attrs)
 
 
 _TUPLE_FIELDS = frozenset({"kernel", "stride", "in_spatial", "out_spatial", "shape"})

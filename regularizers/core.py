@@ -32,7 +32,7 @@ from morphscope.analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardwa
 from morphscope.analyzers.resources import get_resource
 from morphscope.analyzers.widths import WidthModel
 from morphscope.errors import MorphScopeError
-from morphscope.graph import ChannelGraph, Kind
+from morphscope.graph import ChannelGraph, is_depthwise
 
 
 class TensorOps(Protocol):
@@ -211,8 +211,7 @@ def regularizer_plan(graph: ChannelGraph, model: WidthModel, target: str,
     qgroup_index[qgroup_index < 0] = n_qgroups  # padding: the appended zero
     regularized = np.zeros(spaces.n_spaces)
     regularized[list(members)] = 1.0
-    depthwise = np.array([graph[n]["kind"] == Kind.CONV and 1 < graph[n].get("groups", 1)
-                          == graph[n].get("in_channels") for n in model.costs.names], dtype=bool)
+    depthwise = np.array([is_depthwise(graph[n]) for n in model.costs.names], dtype=bool)
     branches = get_resource(target).coefficients(model.costs.coeffs, hw)
     m_in, m_out = (sparse.coo_array(m) for m in (model.m_in, model.m_out))
     arrays = {"channel_index": np.concatenate(rows), "channel_space": np.concatenate(channel_space),

@@ -1,0 +1,190 @@
+"""The resource registry: every resource MorphScope counts, each written once (DESIGN section 4).
+
+The cost rules (:mod:`morphscope.analyzers.cost`) give four *base* quantities per op, each
+bilinear in its alive channels: ``macs``, ``params``, ``size`` and ``bytes_moved``. Every
+resource a user can ask for (a report column, a solver target, a regularizer target) is a
+:class:`Resource` in :data:`RESOURCES`, derived from those bases in one place:
+
+- ``flops`` = 2 x ``macs`` (:data:`FLOPS_PER_MAC`, a multiply and an add), written only here;
+- ``latency`` = the roofline ``max(flops / peak, bytes_moved / bandwidth)`` per computing op,
+  summed: a resource with two :class:`Branch` es, written only here.
+
+The same :class:`Resource` gives totals (:meth:`Resource.total`) and the bilinear coefficients
+the regularizers weigh (:meth:`Resource.coefficients`).
+
+Totals of counts are exact Python ints (float64 per op, rounded, summed without wrapping);
+an op whose count is beyond :data:`MAX_COUNT` is refused with a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from morphscope.analyzers.hardware import HARDWARE, Hardware
+from morphscope.errors import GraphError, MorphScopeError
+
+BASES = ("macs", "params", "size", "bytes_moved")  # the fields of every cost rule
+MAX_COUNT = 2 ** 62  # no real model comes near; beyond it a count is refused, never wrapped
+
+PerOp = Mapping[str, np.ndarray]  # base name -> per-op values (n_ops,) or (n_ops, k)
+FLOPS_PER_MAC = 2  # a multiply and an add
+
+
+@dataclass(frozen=True)
+class Branch:
+    """``factor * base``, in seconds when divided by a hardware ``rate`` (1e9 per second)."""
+
+    base: str
+    factor: float = 1.0
+    rate: str | None = None  # a Hardware field: peak_gflop_per_s, memory_gb_per_s
+
+    def scale(self, hardware: Hardware | None) -> float:
+        """The number multiplying the base quantity."""
+        if self.rate is None:
+            return self.factor
+        if hardware is None:
+            raise MorphScopeError(f"{self.rate} needs a hardware; choose from {sorted(HARDWARE)}")
+        return self.factor / (getattr(hardware, self.rate) * 1e9)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One resource: per op, the largest of its branches (one for a count; compute and
+    memory for the roofline).
+
+    name : what users pass (``--resource``, a regularizer's target).
+    key : its key in totals dicts, with the unit (``latency_s``).
+    branches : per op, the resource is ``max`` over these of ``scale * base``.
+    computing_only : only ops that compute (MAC coefficients) count; others take 0.
+    model_constant : a :class:`~morphscope.analyzers.cost.CostModel` field added to the total
+        (parameters no op owns), or ``None``.
+    """
+
+    name: str
+    key: str
+    description: str
+    branches: tuple[Branch, ...]
+    computing_only: bool = False
+    model_constant: str | None = None
+
+    @property
+    def count(self) -> bool:
+        """An integer count (summed exactly), not seconds."""
+        return all(b.rate is None for b in self.branches)
+
+    @property
+    def bases(self) -> tuple[str, ...]:
+        """The base quantities it is computed from."""
+        return tuple(dict.fromkeys(b.base for b in self.branches))
+
+    def per_op(self, coeffs: PerOp, per_op: PerOp, hardware: Hardware | None = None) -> np.ndarray:
+        """Per-op values from per-op base values (``coeffs``: the model's, for the gate)."""
+        scaled = [b.scale(hardware) * per_op[b.base] for b in self.branches]
+        values = scaled[0] if len(scaled) == 1 else np.maximum.reduce(scaled)
+        if not self.computing_only:
+            return values
+        computes = _computes(coeffs)
+        return np.where(computes[:, None] if np.ndim(values) == 2 else computes, values, 0.0)
+
+    def coefficients(self, coeffs: PerOp, hardware: Hardware | None = None) -> tuple[np.ndarray, ...]:
+        """One (n_ops, 4) bilinear coefficient array per branch: the op's resource is the
+        max over branches of :func:`~morphscope.analyzers.cost.bilinear` of them."""
+        gate = _computes(coeffs)[:, None] if self.computing_only else True
+        return tuple(np.where(gate, b.scale(hardware) * coeffs[b.base], 0.0) for b in self.branches)
+
+    def total(self, model: Any, per_op: PerOp, hardware: Hardware | None = None) -> Any:
+        """Whole-model total of per-op base values ``per_op`` (rows aligned with
+        ``model.names``): an int (a float for seconds) for one width vector, an array for
+        (n_ops, k) columns."""
+        values = self.per_op(model.coeffs, per_op, hardware)
+        if not self.count:
+            summed = np.sum(values, axis=0)
+            return float(summed) if np.ndim(summed) == 0 else summed
+        constant = getattr(model, self.model_constant) if self.model_constant else 0
+        return exact_total(values, self.name, model.names, constant)
+
+
+def _computes(coeffs: PerOp) -> np.ndarray:
+    """Ops that compute: any MAC coefficient."""
+    return coeffs["macs"].any(axis=1)
+
+
+RESOURCES: Mapping[str, Resource] = {r.name: r for r in (
+    Resource("macs", "macs", "multiply-accumulates of conv, linear and matrix products, batch 1; "
+             "bias, bn and activations excluded", (Branch("macs"),)),
+    Resource("flops", "flops", "floating point operations: 2 x MACs (a multiply and an add)",
+             (Branch("macs", FLOPS_PER_MAC),)),
+    Resource("params", "params", "parameters, by the framework's own rule (Keras counts bn moving "
+             "statistics), training-only weights included", (Branch("params"),),
+             model_constant="detached_params"),
+    Resource("size", "size", "conv and linear kernel weights (morph-net's model size)", (Branch("size"),)),
+    Resource("bytes_moved", "bytes_moved", "float32 bytes the computing ops read and write",
+             (Branch("bytes_moved"),)),
+    # The roofline: per computing op, max(flops / peak compute, bytes / memory bandwidth).
+    Resource("latency", "latency_s", "roofline seconds per inference on a named hardware",
+             (Branch("macs", FLOPS_PER_MAC, "peak_gflop_per_s"), Branch("bytes_moved", 1.0, "memory_gb_per_s")),
+             computing_only=True),
+)}
+RESOURCE_NAMES = tuple(RESOURCES)  # e.g. the CLI's --resource choices
+
+
+def get_resource(name: str) -> Resource:
+    """The :class:`Resource` called ``name``.
+
+    Raises
+    ------
+    MorphScopeError
+        If ``name`` is not in :data:`RESOURCES`.
+
+    Examples
+    --------
+    >>> get_resource("latency").key
+    'latency_s'
+    """
+    try:
+        return RESOURCES[name]
+    except (KeyError, TypeError):
+        raise MorphScopeError(f"unknown resource {name!r}; choose from {', '.join(RESOURCES)}") from None
+
+
+def exact_total(values: np.ndarray, resource: str, names: tuple[str, ...], constant: int = 0) -> Any:
+    """Sum per-op counts (rows) exactly: a Python int for (n_ops,), an int64 array for
+    (n_ops, k) columns (every column checked to fit).
+
+    Raises
+    ------
+    GraphError
+        If an op's count, or the total, is not finite or beyond :data:`MAX_COUNT`: the op
+        with the largest count is named.
+
+    Examples
+    --------
+    >>> exact_total(np.array([2.0 ** 60, 2.0 ** 60, 3.0]), "macs", ("a", "b", "c"))
+    2305843009213693955
+    """
+    rounded = np.rint(np.asarray(values, dtype=np.float64))
+    magnitude = np.abs(rounded) if rounded.size else np.zeros((1,) + rounded.shape[1:])
+    if not np.isfinite(rounded).all() or magnitude.max() > MAX_COUNT:
+        _refuse(rounded, resource, names)
+    ints = rounded.astype(np.int64)
+    if rounded.shape[0] * float(magnitude.max()) < 2.0 ** 63:  # an int64 sum cannot wrap
+        summed = ints.sum(axis=0)
+        largest = float(np.abs(summed).max(initial=0))
+    else:  # Python ints: exact at any size
+        summed = ints.sum(axis=0, dtype=object)
+        largest = max(abs(int(t)) for t in np.atleast_1d(summed))
+    if largest + abs(constant) > MAX_COUNT:
+        _refuse(rounded, resource, names)
+    if np.ndim(summed) == 0:
+        return int(summed) + constant
+    return np.asarray(summed, dtype=np.int64) + constant
+
+
+def _refuse(values: np.ndarray, resource: str, names: tuple[str, ...]) -> None:
+    scale = np.nan_to_num(np.abs(values), nan=np.inf).reshape(len(values), -1).max(axis=1)
+    row = int(np.argmax(scale))
+    raise GraphError(f"{names[row]}: {resource} of {scale[row]:.3g} is beyond 2**62 (no real "
+                     "model comes near); the graph's sizes are wrong")
