@@ -305,8 +305,11 @@ def build_keras_application(name: str, input_shape: tuple[int, ...] | None = Non
 
     available = keras_application_names()
     if name not in available:
-        raise UnsupportedFileError(f"keras:{name}: no such keras.applications model; choose "
-                                   f"from {', '.join(available)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, available, n=5, cutoff=0.6) or available[:5]
+        raise UnsupportedFileError(f"keras:{name}: no such keras.applications model; closest: "
+                                   f"{', '.join(close)} ({len(available)} in keras.applications)")
     kwargs: dict[str, Any] = {"weights": None}
     if input_shape is not None:
         c, *spatial = input_shape

@@ -99,8 +99,11 @@ def build_torchvision(name: str):
 
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
-        raise UnsupportedFileError(f"torchvision:{name}: no such classification model; "
-                                   f"choose from {', '.join(available)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, available, n=5, cutoff=0.6) or available[:5]
+        raise UnsupportedFileError(f"torchvision:{name}: no such classification model; closest: "
+                                   f"{', '.join(close)} ({len(available)} in torchvision.models.list_models())")
     try:
         with torch.device("meta"):
             return torchvision.models.get_model(name, weights=None)
