@@ -10,7 +10,7 @@ import argparse
 import json
 import signal
 import sys
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE
 from morphscope.cli.arguments import (EXIT_BAD_INPUT, MAX_MULTIPLIER, OneLineParser,
@@ -92,7 +92,7 @@ def _format_tuple(value: Any) -> str:
     return "x".join(str(v) for v in value) if value else "-"
 
 
-def print_report_table(doc: dict[str, Any], hardware: str, out=sys.stdout) -> None:
+def print_report_table(doc: dict[str, Any], hardware: str, out: TextIO | None = None) -> None:
     """Print the per-layer table and totals, like torchinfo / model.summary()."""
     from morphscope.analyzers.hardware import get_hardware
     from morphscope.units import human_count, human_seconds
@@ -175,7 +175,7 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_morphed(entry: dict[str, Any], seed: dict[str, Any], out=sys.stdout) -> None:
+def print_morphed(entry: dict[str, Any], seed: dict[str, Any], out: TextIO | None = None) -> None:
     """Totals of one checkpoint against the seed, then its topology findings."""
     from morphscope.units import human_count, signed_percent
 
