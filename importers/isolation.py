@@ -103,6 +103,15 @@ def _address_space_bytes() -> int:
     return 0
 
 
+def _out_of_memory(err: BaseException | None) -> bool:
+    """Whether an error, or any error it was raised from, is an allocation failure."""
+    while err is not None:
+        if isinstance(err, MemoryError) or any(word in str(err) for word in _MEMORY_WORDS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _child(request: dict[str, Any]) -> int:
     """Run one task in a forked child; the outcome goes to ``out/result.json``."""
     out = Path(request["out"])
@@ -112,13 +121,11 @@ def _child(request: dict[str, Any]) -> int:
         _set_limits(limits)
         TASKS[request["task"]](Path(request["path"]), name, limits, out, request["full"])
         outcome, code = {"ok": True}, _EXIT_OK
-    except MemoryError:
-        outcome, code = {"limit": "memory"}, _EXIT_MEMORY
-    except MorphScopeError as err:
-        outcome, code = {"error": type(err).__name__, "message": str(err)}, _EXIT_ERROR
     except Exception as err:  # noqa: BLE001 - the child exists to turn any parser failure into a line
-        if any(word in str(err) for word in _MEMORY_WORDS):
+        if _out_of_memory(err):
             outcome, code = {"limit": "memory"}, _EXIT_MEMORY
+        elif isinstance(err, MorphScopeError):
+            outcome, code = {"error": type(err).__name__, "message": str(err)}, _EXIT_ERROR
         else:
             outcome, code = {"error": "UnsupportedFileError",
                              "message": f"{name}: not a readable {request['what']} ({describe_error(err)})"}, _EXIT_ERROR

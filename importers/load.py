@@ -267,6 +267,36 @@ def read_torch_pickle(path: Path, name: str | None = None, limits: Limits = DEFA
         raise UnsupportedFileError(f"{name}: not a readable PyTorch file ({describe_error(err)})") from err
 
 
+_SAFE_PICKLE_MODULES = ("torch", "collections", "builtins", "_codecs", "numpy")
+
+
+def _pickle_imports(path: Path) -> list[str]:
+    """Callables a pickle would import outside torch/collections/builtins, read with
+    pickletools (opcodes only, nothing is executed); [] if the bytes cannot be parsed."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            blobs = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
+    else:
+        blobs = [path.read_bytes()]
+    found: list[str] = []
+    for blob in blobs:
+        strings: list[str] = []
+        try:
+            for opcode, arg, _ in pickletools.genops(blob):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if opcode.name == "GLOBAL":
+                    found.append(arg.replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+        except (ValueError, EOFError):  # not a pickle stream: nothing to name
+            continue
+    return [g for g in dict.fromkeys(found) if not g.startswith(_SAFE_PICKLE_MODULES)]
+
+
 def load_framework_model(spec: str, input_shape: tuple[int, ...] | None = None,
                          limits: Limits = DEFAULT_LIMITS, name: str | None = None) -> Any:
     """The framework's own model object for a spec, to rebuild with new widths: a CPU
