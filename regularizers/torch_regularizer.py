@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from morphscope.analyzers.alive import DEFAULT_THRESHOLD
+from morphscope.analyzers.conventions import DEFAULT_CONVENTION, Scope
 from morphscope.analyzers.widths import compile_width_model
 from morphscope.errors import MorphScopeError
 from morphscope.exporters.writers import widths_json
@@ -105,8 +106,8 @@ class GammaRegularizer:
     Parameters
     ----------
     model : torch.nn.Module
-        The model, plain or wrapped (DDP, ``torch.compile``; FSDP2 after
-        :meth:`fully_shard` too when ``graph`` is given).
+        The model, plain or wrapped (DDP, ``torch.compile``); sharded by FSDP2
+        ``fully_shard`` only with ``graph`` given (else build it before sharding).
     example_input : torch.Tensor, optional
         One batch-1 input to capture the graph with; or pass ``graph``.
     graph : ChannelGraph, optional
@@ -117,11 +118,17 @@ class GammaRegularizer:
         ``flops``, ``size``, ``params`` or ``latency``.
     hardware : str
         Device of the roofline for ``latency``.
+    convention : str
+        ``physical`` or ``morph-net`` (:mod:`morphscope.analyzers.conventions`).
+    scope : Scope, optional
+        Which outputs may be pruned and which part is regularized (default: every output
+        kept, the whole network).
 
     Raises
     ------
     MorphScopeError
-        If nothing is regularizable (no norm scale on a prunable space), or for FSDP1.
+        If nothing is regularizable (no norm scale on a prunable space), for FSDP1, or for
+        an FSDP2-sharded model without ``graph``.
 
     Notes
     -----
@@ -137,20 +144,27 @@ class GammaRegularizer:
 
     def __init__(self, model: Any, example_input: Any = None, graph: ChannelGraph | None = None,
                  threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
-                 target: str | None = None) -> None:
+                 target: str | None = None, convention: str = DEFAULT_CONVENTION,
+                 scope: Scope | None = None) -> None:
         from morphscope.importers.torch_importer import load_module
+
+        from torch.distributed.fsdp import FSDPModule
 
         inner = unwrap_model(model)
         if graph is None:
             if example_input is None:
                 raise MorphScopeError(f"{type(inner).__name__}: pass example_input (one batch-1 "
                                       "input) or graph")
+            if any(isinstance(m, FSDPModule) for m in inner.modules()):
+                raise MorphScopeError(f"{type(inner).__name__}: already sharded by fully_shard, so "
+                                      "it cannot be captured; build the regularizer before "
+                                      "fully_shard, or pass graph= (captured from the unsharded model)")
             was_training = inner.training
             graph = load_module(inner, tuple(example_input.shape[1:]), name=type(inner).__name__)
             inner.train(was_training)
         self.graph = graph
         self.threshold = threshold
-        self.width_model = compile_width_model(graph)
+        self.width_model = compile_width_model(graph, convention, scope)
         self.plan = regularizer_plan(graph, self.width_model, target or self.target, hardware,
                                      self._cover())
         self.bn_modules = {name: inner.get_submodule(name) for name in self.plan.bn_names}
@@ -160,6 +174,7 @@ class GammaRegularizer:
                           f"(requires_grad=False), the regularizer cannot move them: {', '.join(frozen)}",
                           stacklevel=2)
         self._ops: _TorchOps | None = None
+        self._evaluate()  # constants on the gammas' device now, not inside a compiled step
 
     def _cover(self) -> dict[int, list[tuple[str, int]]] | None:
         """The ops whose scores regularize each space: None, the bn scales (the group-lasso
@@ -189,10 +204,10 @@ class GammaRegularizer:
         device = scales[0].device
         dtype = torch.float64 if any(s.dtype == torch.float64 for s in scales) else torch.float32
         if self._ops is None or self._ops.device != device or self._ops.dtype != dtype:
-            self._ops = _TorchOps(self.plan, device, dtype)
+            self._ops = _TorchOps(self.plan, device, dtype)  # once per device and dtype
         with torch.autocast(device.type, enabled=False):
             flat = torch.cat([s.to(dtype) for s in scales]).abs()
-            threshold = tensor_threshold(self.threshold, dtype == torch.float64)
+            threshold = tensor_threshold(self.threshold)
             return evaluate(self.plan, flat, self._ops, threshold)
 
     def loss(self) -> Any:
