@@ -9,7 +9,7 @@ import numpy as np
 
 from morphscope.analyzers.alive import consistency_report, topology_report
 from morphscope.analyzers.cost import CostModel, compile_costs, seed_costs, totals_of
-from morphscope.analyzers.hardware import HARDWARE, Hardware
+from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE, Hardware
 from morphscope.analyzers.resources import RESOURCES, get_resource
 from morphscope.analyzers.morph import Morphed, source_op_widths
 from morphscope.analyzers.widths import WidthModel, apply_multiplier, solve_multiplier
@@ -94,13 +94,15 @@ def seed_report(graph: ChannelGraph, every_op: bool = False) -> dict[str, Any]:
 
 
 def structure_entry(graph: ChannelGraph, model: WidthModel, structure: Any, morphed: Morphed,
-                    threshold: float) -> dict[str, Any]:
+                    threshold: float, hardware: Hardware | None = None) -> dict[str, Any]:
     """One checkpoint's alive totals, widths per source op, inconsistent groups and topology
-    (the ``morphed`` entries of ``morphscope report --json``)."""
-    totals = model.totals(morphed.widths)
+    (the ``morphed`` entries of ``morphscope report --json``); ``latency_s`` is the roofline on
+    ``hardware`` (default V100), named in ``hardware``."""
+    hardware = hardware or HARDWARE[DEFAULT_HARDWARE]
+    totals = model.totals(morphed.widths, hardware)
     topology = topology_report(graph, model.spaces, morphed.widths, structure.gammas, threshold)
     return {
-        "checkpoint": morphed.label,
+        "checkpoint": morphed.label, "hardware": hardware.name,
         **{k: totals[k] for k in ("macs", "flops", "params", "size", "latency_s")},
         "widths": source_op_widths(graph, model, morphed.widths),
         "inconsistent_groups": [asdict(g) for g in consistency_report(

@@ -13,6 +13,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE
+from morphscope.analyzers.resources import RESOURCES
 from morphscope.cli.arguments import (EXIT_BAD_INPUT, MAX_MULTIPLIER, OneLineParser,
                                       attach_signed_values, budget_value, check_input_shape,
                                       input_shape_value, limits_help, multiplier_value,
@@ -58,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=limits_help())
     _model_args(expand)
     _checkpoint_args(expand, required=True)
-    expand.add_argument("--resource", default="flops", choices=["flops", "params", "size", "latency"])
+    expand.add_argument("--resource", default="flops", choices=list(RESOURCES), metavar="NAME",
+                        help=f"cost to keep within the budget: {', '.join(RESOURCES)} "
+                        "(default flops)")
     expand.add_argument("--budget", type=budget_value, metavar="N",
                         help="cost to meet, finite and > 0 (default: the seed's own)")
     _hardware_arg(expand, "device for --resource latency")
@@ -159,11 +162,13 @@ def _progress(message: str) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from morphscope.analyzers.hardware import get_hardware
     from morphscope.analyzers.report import seed_report, structure_entry
 
     graph, model, structures, morphed = _analysis(args)
     doc = seed_report(graph, every_op=args.all)
-    doc["morphed"] = [structure_entry(graph, model, s, m, args.threshold)
+    hardware = get_hardware(args.hardware)
+    doc["morphed"] = [structure_entry(graph, model, s, m, args.threshold, hardware)
                       for s, m in zip(structures, morphed)]
     if args.json:
         json.dump(doc, sys.stdout)
@@ -177,12 +182,15 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def print_morphed(entry: dict[str, Any], seed: dict[str, Any], out: TextIO | None = None) -> None:
     """Totals of one checkpoint against the seed, then its topology findings."""
-    from morphscope.units import human_count, signed_percent
+    from morphscope.units import human_count, human_seconds, signed_percent
 
     print(f"\n{entry['checkpoint']}", file=out)
     for key in ("flops", "params", "size"):
         print(f"  {key:<7} {human_count(entry[key]):>8}  ({signed_percent(entry[key], seed[key])} "
               f"vs seed {human_count(seed[key])})", file=out)
+    seed_s = seed["latency_s"][entry["hardware"]]
+    print(f"  latency {human_seconds(entry['latency_s']):>8}  ({signed_percent(entry['latency_s'], seed_s)} "
+          f"vs seed {human_seconds(seed_s)}, {entry['hardware']} roofline)", file=out)
     for add, branch, reason in entry["removable_blocks"]:
         print(f"  removable block: branch {branch} into {add} ({reason})", file=out)
     for cat, tower in entry["dead_towers"]:

@@ -113,3 +113,25 @@ def test_export_help_states_the_replacement_rule(capsys):
         main(["export", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "An existing file is replaced" in text and "is refused before anything runs" in text
+
+
+def test_hardware_sets_every_checkpoints_latency(capsys, tmp_path):
+    # Every gamma set to 1 keeps every channel alive: the checkpoint's latency on each hardware
+    # must be the seed's own latency there (seed_report computes it for every device).
+    import torch
+
+    gammas = torch.load(DIGITS_GAMMAS, weights_only=True)
+    all_alive = tmp_path / "all_alive.pt"
+    torch.save({key: torch.ones_like(value) for key, value in gammas.items()}, all_alive)
+    seen = {}
+    for hardware in ("K80", "TPUv2"):
+        assert main(["report", "example:digits", "--checkpoint", str(all_alive), "--hardware",
+                     hardware, "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        [entry] = doc["morphed"]
+        assert entry["hardware"] == hardware and entry["flops"] == doc["seed"]["flops"]
+        assert entry["latency_s"] == pytest.approx(doc["seed"]["latency_s"][hardware])
+        seen[hardware] = entry["latency_s"]
+    assert seen["K80"] != pytest.approx(seen["TPUv2"])
+    assert main(["report", "example:digits", "--checkpoint", str(all_alive), "--hardware", "TPUv2"]) == 0
+    assert "(+0.0% vs seed" in capsys.readouterr().out.split("  latency")[-1]
