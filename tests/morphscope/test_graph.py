@@ -63,3 +63,36 @@ def test_real_model_round_trips():
     back = ChannelGraph.from_json(graph.to_json())
     assert list(back.nx.nodes(data=True)) == list(graph.nx.nodes(data=True))
     assert sorted(back.nx.edges(data="port")) == sorted(graph.nx.edges(data="port"))
+
+
+def test_order_is_cached_and_recomputed_after_a_change():
+    graph = small_graph()
+    first = graph.order()
+    assert graph.order() is first  # cached: no second sort
+    graph.add_op("late", Kind.ACT, order=-1, out_channels=3)  # a new op with no inputs sorts first
+    assert graph.order()[0] == "late"
+    graph.connect("out", "late")
+    assert graph.order()[-1] == "late" and graph.position("late") == 5
+
+
+def saved(**changes):
+    doc = json.loads(small_graph().to_json())
+    doc.update(changes)
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", r"^m.json: not JSON \("),
+    (json.dumps({"nodes": []}), r"^m.json: not a MorphScope channel graph \(no \"format\""),
+    (saved(version=2), r"^m.json: channel graph format version 2; this MorphScope reads version 1$"),
+    (saved(nodes=[{"name": "x", "out_channels": 3}]), r"^m.json: channel graph lacks the field 'kind'$"),
+    (saved(nodes=[{"name": "x", "kind": "softmax"}]), r"^m.json: malformed channel graph \("),
+    (saved(edges=[["x", "ghost", 0]]), r"^m.json: an edge names the op 'ghost', which the graph does not have$"),
+    (saved(edges=[["x", "conv", 0], ["conv", "x", 0]]), r"^m.json: the channel graph has a cycle$"),
+])
+def test_bad_graph_json_is_one_unsupported_file_line(text, message):
+    from morphscope.errors import UnsupportedFileError
+
+    with pytest.raises(UnsupportedFileError, match=message) as err:
+        ChannelGraph.from_json(text, "m.json")
+    assert "\n" not in str(err.value)

@@ -1,0 +1,136 @@
+"""The resource registry: each resource's total against arithmetic written here, exact totals,
+absurd graphs refused, the solver's infeasible budget."""
+
+import json
+
+import numpy as np
+import pytest
+
+from morphscope.analyzers.cost import bilinear, compile_costs
+from morphscope.analyzers.hardware import get_hardware
+from morphscope.analyzers.resources import RESOURCE_NAMES, RESOURCES, Branch, exact_total, get_resource
+from morphscope.analyzers.widths import compile_width_model, solve_multiplier
+from morphscope.errors import GraphError, MorphScopeError
+from morphscope.graph import ChannelGraph, Kind
+
+# One conv and one linear, with sizes that fail if an axis is swapped:
+#   x(13, 17x19) -> conv 3x3 (13->23, bias) -> squeeze (identity) -> fc (23->29) -> out
+CONV_MACS = 3 * 3 * 17 * 19 * 13 * 23  # kh*kw*H*W*in*out
+FC_MACS = 23 * 29
+CONV_BYTES = 4 * (17 * 19 * 13 + 17 * 19 * 23 + 3 * 3 * 13 * 23 + 23)  # in map, out map, kernel, bias
+FC_BYTES = 4 * (23 + 29 + 23 * 29)  # input, output, weight (no bias)
+
+
+def two_layer_graph(detached=0):
+    graph = ChannelGraph("g", "torch", (13, 17, 19), detached_params={"aux": detached} if detached else None)
+    graph.add_op("x", Kind.INPUT, out_channels=13, out_spatial=(17, 19))
+    graph.add_op("conv", Kind.CONV, in_channels=13, out_channels=23, kernel=(3, 3), groups=1,
+                 in_spatial=(17, 19), out_spatial=(17, 19), bias=True, params=3 * 3 * 13 * 23 + 23)
+    graph.add_op("squeeze", Kind.IDENTITY, in_channels=23, out_channels=23)
+    graph.add_op("fc", Kind.LINEAR, in_channels=23, out_channels=29, out_spatial=(), bias=False,
+                 params=23 * 29)
+    graph.add_op("out", Kind.OUTPUT)
+    for u, v in [("x", "conv"), ("conv", "squeeze"), ("squeeze", "fc"), ("fc", "out")]:
+        graph.connect(u, v)
+    return graph
+
+
+def test_registry_names_and_keys():
+    assert RESOURCE_NAMES == ("macs", "flops", "params", "size", "bytes_moved", "latency")
+    assert get_resource("latency").key == "latency_s"
+    assert [r for r in RESOURCES.values() if not r.count] == [RESOURCES["latency"]]
+
+
+def test_unknown_resource_names_the_choices():
+    with pytest.raises(MorphScopeError, match=r"unknown resource 'joules'; choose from macs, flops, "
+                                              r"params, size, bytes_moved, latency"):
+        get_resource("joules")
+
+
+def test_seed_totals_of_every_resource():
+    model = compile_width_model(two_layer_graph(detached=7))
+    totals = model.totals(model.seed_widths, get_hardware("T4"))
+    assert totals["macs"] == CONV_MACS + FC_MACS
+    assert totals["flops"] == 2 * (3 * 3 * 17 * 19 * 13 * 23) + 2 * (23 * 29)  # multiply + add
+    assert totals["params"] == 3 * 3 * 13 * 23 + 23 + 23 * 29 + 7  # + the detached aux head
+    assert totals["size"] == 3 * 3 * 13 * 23 + 23 * 29
+    assert totals["bytes_moved"] == CONV_BYTES + FC_BYTES
+    # T4: 8100 GFLOP/s, 300 GB/s; each op takes the slower of compute and memory.
+    conv_s = max(2 * CONV_MACS / 8100e9, CONV_BYTES / 300e9)
+    fc_s = max(2 * FC_MACS / 8100e9, FC_BYTES / 300e9)
+    assert totals["latency_s"] == pytest.approx(conv_s + fc_s)
+    assert all(type(totals[k]) is int for k in ("macs", "flops", "params", "size", "bytes_moved"))
+
+
+def test_target_cost_computes_one_resource_like_the_totals():
+    model = compile_width_model(two_layer_graph())
+    widths = model.seed_widths.copy()
+    widths[model.spaces.op_out["conv"][0].space] = 5  # 5 of 23 conv outputs alive
+    assert model.target_cost(widths, "flops") == 2 * (3 * 3 * 17 * 19 * 13 * 5 + 5 * 29)
+    assert model.target_cost(widths, "size") == 3 * 3 * 13 * 5 + 5 * 29
+
+
+def test_latency_coefficients_are_the_two_roofline_branches():
+    model = compile_width_model(two_layer_graph())
+    v100 = get_hardware("V100")
+    compute, memory = get_resource("latency").coefficients(model.costs.coeffs, v100)
+    conv = model.costs.index["conv"]
+    a_in, a_out = np.array([13.0]), np.array([23.0])
+    assert bilinear(compute[[conv]], a_in, a_out)[0] == pytest.approx(2 * CONV_MACS / 125000e9)
+    assert bilinear(memory[[conv]], a_in, a_out)[0] == pytest.approx(CONV_BYTES / 900e9)
+    squeeze = model.costs.index["squeeze"]
+    assert not compute[squeeze].any() and not memory[squeeze].any()  # moves and computes nothing
+
+
+def test_a_rate_branch_needs_hardware():
+    with pytest.raises(MorphScopeError, match=r"peak_gflop_per_s needs a hardware; choose from \['K80'"):
+        Branch("macs", 2, "peak_gflop_per_s").scale(None)
+
+
+def test_totals_are_exact_python_ints_beyond_float_precision():
+    # 2**60 + 2**60 + 3 is not a float64 (53-bit mantissa) but is summed exactly.
+    assert exact_total(np.array([2.0 ** 60, 2.0 ** 60, 3.0]), "macs", ("a", "b", "c")) == 2 ** 61 + 3
+    columns = exact_total(np.array([[2.0 ** 61, 1.0], [2.0 ** 61, 2.0]]), "macs", ("a", "b"))
+    assert columns.tolist() == [2 ** 62, 3]
+
+
+def test_a_total_beyond_two_to_the_62_is_refused_naming_the_largest_op():
+    with pytest.raises(GraphError, match=r"^b: macs of 3.46e\+18 is beyond 2\*\*62"):
+        exact_total(np.array([2.0 ** 61, 3 * 2.0 ** 60, 1.0]), "macs", ("a", "b", "c"))
+
+
+def crafted_graph_json(kernel):
+    """A saved graph whose one conv has an absurd kernel (a crafted or corrupted file)."""
+    doc = json.loads(two_layer_graph().to_json())
+    for node in doc["nodes"]:
+        if node["name"] == "conv":
+            node["kernel"] = kernel
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize("kernel, why", [
+    ([2 ** 31, 2 ** 31], "beyond 2\\*\\*62"),  # 2**62 * 17*19*13*23 MACs: would wrap an int64
+    ([10 ** 200, 10 ** 200], "overflow"),  # past float range
+])
+def test_crafted_graph_with_absurd_sizes_is_refused_in_one_line(kernel, why):
+    graph = ChannelGraph.from_json(crafted_graph_json(kernel), "crafted.json")
+    with pytest.raises(GraphError, match=f"^conv: .*{why}") as err:
+        compile_costs(graph)
+    assert "\n" not in str(err.value)
+
+
+def test_solve_with_an_unreachable_budget_is_refused():
+    model = compile_width_model(two_layer_graph())
+    # Even one channel per prunable space costs 2*(3*3*17*19*13*1 + 1*29) FLOPs > 100.
+    with pytest.raises(MorphScopeError, match=r"no width multiplier meets the flops budget 100: "
+                                              r"even one channel per space costs more"):
+        solve_multiplier(model, model.seed_widths, "flops", budget=100)
+
+
+def test_solve_finds_the_largest_multiplier_within_budget():
+    model = compile_width_model(two_layer_graph())
+    # Only the conv's 23 outputs scale: size(w) = 3*3*13*n + n*29 = 146 n, n = floor(23 w).
+    # Budget 146 * 46 allows n = 46, i.e. w in [2, 47/23): the solver returns w just under 47/23.
+    factor = solve_multiplier(model, model.seed_widths, "size", budget=146 * 46)
+    assert 46 / 23 <= factor < 47 / 23
+    assert 47 / 23 - factor <= 1e-4
