@@ -105,3 +105,66 @@ def test_not_a_checkpoint(tmp_path):
     bad_json.write_text(json.dumps(["not", "an", "object"]))
     with pytest.raises(UnsupportedFileError, match="expected a JSON object from op name to alive count"):
         load_structure(None, bad_json)
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda k: f"module.{k}",  # DistributedDataParallel / DataParallel
+    lambda k: f"_orig_mod.{k}",  # torch.compile
+    lambda k: f"module._orig_mod.{k}",  # compiled, then DDP
+    lambda k: f"_fsdp_wrapped_module.{k.replace('.', '._fsdp_wrapped_module.', 1)}",  # FSDP, nested units
+    lambda k: f"_checkpoint_wrapped_module.{k}",  # activation checkpointing
+])
+def test_state_dicts_of_wrapped_models_match(torch_net, tmp_path, wrap):
+    import torch
+
+    module, graph = torch_net
+    path = handbuilt.torch_checkpoint(module, GAMMAS, tmp_path / "plain.pt")
+    state = {wrap(k): v for k, v in torch.load(path, weights_only=True).items()}
+    torch.save(state, tmp_path / "wrapped.pt")
+    assert_gammas(load_structure(graph, tmp_path / "wrapped.pt"))
+
+
+def test_state_dict_of_a_compiled_model_matches(torch_net, tmp_path):
+    import torch
+
+    module, graph = torch_net
+    handbuilt.torch_checkpoint(module, GAMMAS, tmp_path / "plain.pt")
+    module.load_state_dict(torch.load(tmp_path / "plain.pt", weights_only=True))
+    compiled = torch.compile(module)  # its state_dict keys start with _orig_mod.
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    torch.save(compiled.state_dict(), tmp_path / "compiled.pt")
+    assert_gammas(load_structure(graph, tmp_path / "compiled.pt"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam", "rmsprop"])
+def test_keras_files_saved_after_fit_skip_the_optimizer_state(keras_net, tmp_path, optimizer):
+    from morphscope.importers.keras_importer import import_keras
+
+    keras = import_keras()
+    module, graph = keras_net
+    clone = keras.models.clone_model(module)
+    clone.set_weights(module.get_weights())
+    chosen = keras.optimizers.SGD(momentum=0.9) if optimizer == "sgd_momentum" else optimizer
+    clone.compile(optimizer=chosen, loss="mse")
+    clone.fit(np.zeros((2, H, W, 3)), np.zeros((2, 5)), epochs=1, verbose=0)
+    for layer, gamma in GAMMAS.items():  # fit moved the gammas: put the expected ones back
+        clone.get_layer(layer).gamma.assign(gamma)
+    for name in ("fit.weights.h5", "fit.keras", "fit.h5"):
+        path = tmp_path / name
+        clone.save_weights(path) if name.endswith(".weights.h5") else clone.save(path)
+        assert_gammas(load_structure(graph, path))
+
+
+def test_in_process_and_isolated_reads_agree(torch_net, tmp_path):
+    module, graph = torch_net
+    path = handbuilt.torch_checkpoint(module, GAMMAS, tmp_path / "c.pt")
+    isolated, local = load_structure(graph, path), load_structure(graph, path, isolate=False)
+    for bn in GAMMAS:
+        np.testing.assert_array_equal(isolated.gammas[bn], local.gammas[bn])
+
+
+def test_unknown_checkpoint_type_is_refused(torch_net, tmp_path):
+    path = tmp_path / "gammas.npz"
+    path.write_bytes(b"PK")
+    with pytest.raises(UnsupportedFileError, match=r"gammas.npz: unknown checkpoint type; choose from .pt, "):
+        load_structure(torch_net[1], path)
