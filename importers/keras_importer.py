@@ -8,12 +8,15 @@ The walk follows Keras' own execution order (``_nodes_by_depth``, as ``Function`
 graph), so raw ``a + b`` and ``ops.concatenate`` calls, which appear only as operations, are
 seen too (DESIGN section 10). Nested models are flattened: their ops are named
 ``outer_layer/inner_layer``. SeparableConv layers become two ops, ``NAME/depthwise`` and
-``NAME/pointwise``. Keras is channels-last: channels are the last axis of every tensor.
+``NAME/pointwise``. Channels are the last axis, except after ``channels_first`` layers (and
+on bn's own axis). Each variable is owned by the first op that reads it: a shared layer or a
+nested model called twice costs MACs at every call and params once. Composite layers
+(MultiHeadAttention, LSTM, GRU, SimpleRNN, Bidirectional, EinsumDense) stay opaque and
+count their matrix products by formula (:data:`COMPOSITE_PRODUCTS`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from typing import Any, Callable, Mapping
 from morphscope.errors import GraphError, UnsafeFileError, UnsupportedFileError
 from morphscope.importers.keras_legacy import normalized_keras_file
 from morphscope.graph import ChannelGraph, Kind
+from morphscope.importers.nodes import Namer, conv_attrs, first_line, linear_attrs, param_attrs
 
 KERAS_TO_KIND: Mapping[str, Kind] = {
     **dict.fromkeys(("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
@@ -57,11 +61,9 @@ KERAS_TO_KIND: Mapping[str, Kind] = {
 def import_keras():
     """Import keras quietly (TensorFlow's C++ start-up chatter off unless the user set it).
 
-    Triton (torch's compiler, loaded by torchvision) segfaults the process when it loads
-    after TensorFlow (tensorflow-cpu 2.21, torch 2.14.1), so it is loaded first when present.
+    Nothing on the Keras path imports torch, torchvision or triton (triton loaded after
+    TensorFlow segfaults the process: DESIGN section 10), so any import order works.
     """
-    if importlib.util.find_spec("triton") is not None:
-        import triton  # noqa: F401 - load order matters, see above
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its start-up notice
     import keras
@@ -69,25 +71,37 @@ def import_keras():
     return keras
 
 
-def classify_keras(op: Any) -> Kind:
-    """The Kind of a Keras layer or operation, by class name; unknown -> OPAQUE (pinned)."""
+def classify_keras(op: Any, axis: int = -1) -> Kind:
+    """The Kind of a Keras layer or operation, by class name; unknown -> OPAQUE (pinned).
+
+    ``axis`` is the channel axis of its input (-1, or 1 for ``channels_first`` maps)."""
     kind = KERAS_TO_KIND.get(type(op).__name__, Kind.OPAQUE)
     if kind == Kind.CONCAT and getattr(op, "axis", -1) not in (-1, None):
-        return Kind.CONCAT if _is_last_axis(op) else Kind.OPAQUE
+        rank = len(op.input[0].shape) if hasattr(op, "input") else 4
+        return Kind.CONCAT if op.axis % rank == axis % rank else Kind.OPAQUE
+    if kind == Kind.FLATTEN and _channels_first(op):
+        return Kind.OPAQUE  # channel-major flatten order: pinned rather than guessed
     return kind
-
-
-def _is_last_axis(op: Any) -> bool:
-    rank = len(op.input[0].shape) if hasattr(op, "input") else 4
-    return op.axis % rank == rank - 1
 
 
 @dataclass(frozen=True)
 class _Val:
-    """A tensor during the walk: the graph node producing it and its shape (batch first)."""
+    """A tensor during the walk: the node producing it, its shape (batch first) and the axis
+    holding its channels (-1: channels last; 1 after ``channels_first`` layers)."""
 
     node: str
     shape: tuple[int | None, ...]
+    axis: int = -1
+
+    @property
+    def channels(self) -> int | None:
+        return self.shape[self.axis] if len(self.shape) >= 2 else None
+
+    @property
+    def spatial(self) -> tuple[int | None, ...]:
+        """The non-batch, non-channel dims."""
+        axis = self.axis % len(self.shape)
+        return tuple(s for i, s in enumerate(self.shape) if i not in (0, axis))
 
 
 def _shape(tensor: Any) -> tuple[int | None, ...]:
@@ -98,55 +112,127 @@ def _numel(weights: list[Any]) -> int:
     return sum(math.prod(w.shape) for w in weights)
 
 
+def _channels_first(layer: Any) -> bool:
+    return getattr(layer, "data_format", None) == "channels_first"
+
+
+def _out_axis(layer: Any, kind: Kind, x: _Val | None, out: tuple) -> int:
+    """The channel axis of a layer's output."""
+    if _channels_first(layer) and len(out) > 2:
+        return 1
+    if kind in (Kind.LINEAR, Kind.GLOBAL_POOL, Kind.FLATTEN) or x is None:
+        return -1
+    return x.axis if len(out) == len(x.shape) else -1
+
+
+def _in_axis(layer: Any, x: _Val | None) -> int:
+    """The channel axis a layer reads: its own data format or bn axis, else its input's."""
+    if _channels_first(layer):
+        return 1
+    axis = getattr(layer, "axis", None)
+    if KERAS_TO_KIND.get(type(layer).__name__) == Kind.BN and isinstance(axis, int):
+        return axis
+    return x.axis if x is not None else -1
+
+
 # -- per-kind attributes -------------------------------------------------------------------------
 
-def _conv_attrs(layer: Any, x: _Val, out: tuple) -> dict[str, Any]:
+def _conv_attrs(layer: Any, x: _Val, out: _Val) -> dict[str, Any]:
     name = type(layer).__name__
-    in_channels = x.shape[-1]
     depthwise = name.startswith("Depthwise")
-    out_channels = in_channels * layer.depth_multiplier if depthwise else layer.filters
-    return {
-        "in_channels": in_channels,
-        "out_channels": out_channels,
-        "groups": in_channels if depthwise else getattr(layer, "groups", 1),
-        "kernel": tuple(layer.kernel_size),
-        "stride": tuple(layer.strides),
-        "in_spatial": tuple(x.shape[1:-1]),
-        "out_spatial": tuple(out[1:-1]),
-        "bias": bool(layer.use_bias),
-        "transposed": name.endswith("Transpose"),
-    }
+    return conv_attrs(
+        in_channels=x.channels,
+        out_channels=x.channels * layer.depth_multiplier if depthwise else layer.filters,
+        groups=x.channels if depthwise else getattr(layer, "groups", 1),
+        kernel=layer.kernel_size, stride=layer.strides, in_spatial=x.spatial,
+        out_spatial=out.spatial, bias=layer.use_bias, transposed=name.endswith("Transpose"))
 
 
-def _dense_attrs(layer: Any, x: _Val, out: tuple) -> dict[str, Any]:
-    return {"in_channels": x.shape[-1], "out_channels": layer.units, "groups": 1, "kernel": (),
-            "in_spatial": tuple(x.shape[1:-1]), "out_spatial": tuple(out[1:-1]),
-            "bias": bool(layer.use_bias)}
+def _dense_attrs(layer: Any, x: _Val, out: _Val) -> dict[str, Any]:
+    return linear_attrs(x.shape[-1], layer.units, out.shape[1:-1], layer.use_bias)
 
 
-def _bn_attrs(layer: Any, x: _Val, out: tuple) -> dict[str, Any]:
+def _bn_attrs(layer: Any, x: _Val, out: _Val) -> dict[str, Any]:
     gamma = getattr(layer, "gamma", None)
     return {"gamma_key": gamma.path} if getattr(layer, "scale", False) and gamma is not None else {}
 
 
-def _channel_attrs(layer: Any, x: _Val | None, out: tuple) -> dict[str, Any]:
+def _channel_attrs(x: _Val | None, out: _Val) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     if x is not None and len(x.shape) >= 2:
-        attrs["in_channels"] = x.shape[-1]
+        attrs["in_channels"] = x.channels
         if len(x.shape) > 2:
-            attrs["in_spatial"] = tuple(x.shape[1:-1])
-    if len(out) >= 2:
-        attrs["out_channels"] = out[-1]
-        if len(out) > 2:
-            attrs["out_spatial"] = tuple(out[1:-1])
+            attrs["in_spatial"] = x.spatial
+    if len(out.shape) >= 2:
+        attrs["out_channels"] = out.channels
+        if len(out.shape) > 2:
+            attrs["out_spatial"] = out.spatial
     return attrs
 
 
-ATTRS_BY_KIND: Mapping[Kind, Callable[[Any, _Val, tuple], dict[str, Any]]] = {
+ATTRS_BY_KIND: Mapping[Kind, Callable[[Any, _Val, _Val], dict[str, Any]]] = {
     Kind.CONV: _conv_attrs,
     Kind.LINEAR: _dense_attrs,
     Kind.BN: _bn_attrs,
 }
+
+
+# -- composite layers: their matrix products, counted by formula ---------------------------------
+# Each returns (batch, m, k, n) products (MACs = batch*m*k*n) from the built layer and the
+# shapes of its inputs (batch 1); the node stays opaque (pinned channels).
+
+def _positions(shape: tuple) -> int:
+    """Tokens, time steps or pixels: the dims between batch and features."""
+    return math.prod(shape[1:-1])
+
+
+def _attention_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
+    """MultiHeadAttention: q, k, v projections, q k^T and attention x v per head, output."""
+    query, value = inputs[0], inputs[1] if len(inputs) > 1 else inputs[0]
+    tq, tv = _positions(query), _positions(value)
+    heads, key_dim, value_dim = layer._num_heads, layer._key_dim, layer._value_dim
+    kernels = [math.prod(d.kernel.shape) for d in (layer._query_dense, layer._key_dense,
+                                                   layer._value_dense, layer._output_dense)]
+    return [(tq, 1, kernels[0], 1), (tv, 1, kernels[1], 1), (tv, 1, kernels[2], 1),
+            (heads, tq, key_dim, tv), (heads, tq, tv, value_dim), (tq, 1, kernels[3], 1)]
+
+
+_GATES = {"SimpleRNN": 1, "GRU": 3, "LSTM": 4}  # kernels per step: (in + units) x gates*units
+
+
+def _recurrent_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
+    """SimpleRNN/GRU/LSTM: every step multiplies the input by the input kernel (in x g*u) and
+    the state by the recurrent kernel (u x g*u); g = 1, 3, 4 gates."""
+    steps, features = _positions(inputs[0]), inputs[0][-1]
+    gated = _GATES[type(layer).__name__] * layer.units
+    return [(steps, 1, features, gated), (steps, 1, layer.units, gated)]
+
+
+def _bidirectional_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
+    """Bidirectional: the forward and the backward layer, each on the whole sequence."""
+    return [*_composite_products(layer.forward_layer, inputs),
+            *_composite_products(layer.backward_layer, inputs)]
+
+
+def _einsum_dense_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
+    """EinsumDense: the product of every index size of the input and the kernel."""
+    spec_in, spec_kernel = layer.equation.split("->")[0].split(",")
+    sizes = dict(zip(spec_in, inputs[0]))
+    sizes.update(zip(spec_kernel, layer.kernel.shape))
+    return [(1, 1, math.prod(s or 1 for s in sizes.values()), 1)]
+
+
+COMPOSITE_PRODUCTS: Mapping[str, Callable[[Any, list[tuple]], list[tuple[int, int, int, int]]]] = {
+    "MultiHeadAttention": _attention_products,
+    **dict.fromkeys(_GATES, _recurrent_products),
+    "Bidirectional": _bidirectional_products,
+    "EinsumDense": _einsum_dense_products,
+}
+
+
+def _composite_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
+    rule = COMPOSITE_PRODUCTS.get(type(layer).__name__)
+    return rule(layer, inputs) if rule is not None else []
 
 
 # -- the walk ------------------------------------------------------------------------------------
@@ -155,27 +241,24 @@ class _Walker:
     def __init__(self, graph: ChannelGraph) -> None:
         self.graph = graph
         self.order = 0
-        self.counted: set[int] = set()  # layers whose weights are already attributed
-        self.opaque: list[str] = []
+        self.namer = Namer()
+        self.counted: set[int] = set()  # ids of variables already owned by an op
 
     def add(self, name: str, kind: Kind, inputs: list[_Val], **attrs: Any) -> str:
-        unique, n = name, 0
-        while unique in self.graph:
-            n += 1
-            unique = f"{name}_{n}"
+        unique = self.namer.take(name)
         self.graph.add_op(unique, kind, order=self.order, **attrs)
         self.order += 1
         for port, val in enumerate(inputs):
             self.graph.connect(val.node, unique, port)
         return unique
 
-    def own_weights(self, layer: Any) -> dict[str, int]:
-        """Parameter counts for the first call of ``layer``; shared layers count once."""
-        if id(layer) in self.counted or not getattr(layer, "weights", None):
-            return {}
-        self.counted.add(id(layer))
-        return {"params": int(layer.count_params()),
-                "trainable_params": _numel(layer.trainable_weights)}
+    def own_weights(self, variables: list[Any], trainable: list[Any]) -> dict[str, int]:
+        """Parameter counts of the variables no earlier op owns (each variable once, by
+        identity: shared layers and nested models used twice count once)."""
+        new = [v for v in variables if id(v) not in self.counted]
+        self.counted.update(id(v) for v in new)
+        trainable_ids = {id(v) for v in trainable}
+        return param_attrs(_numel(new), _numel([v for v in new if id(v) in trainable_ids]))
 
     def walk(self, model: Any, inputs: list[_Val], scope: str) -> list[_Val]:
         """Run ``model``'s graph symbolically on ``inputs``; return the values of its outputs."""
@@ -199,36 +282,41 @@ class _Walker:
             return self.walk(nested, args, scope=f"{name}/")
         if type(op).__name__.startswith("SeparableConv"):
             return [self.separable(op, args[0], out_shapes[0], name)]
-        kind = classify_keras(op)
         x = args[0] if args else None
-        attrs = {"op": type(op).__name__, **_channel_attrs(op, x, out_shapes[0])}
-        attrs.update(ATTRS_BY_KIND.get(kind, lambda *_: {})(op, x, out_shapes[0]))
-        attrs.update(self.own_weights(op))
-        if kind == Kind.OPAQUE:
-            self.opaque.append(name)
+        if x is not None:
+            x = _Val(x.node, x.shape, _in_axis(op, x))
+        kind = classify_keras(op, x.axis if x is not None else -1)
+        out = _Val("", out_shapes[0], _out_axis(op, kind, x, out_shapes[0]))
+        attrs = {"op": type(op).__name__, **_channel_attrs(x, out)}
+        attrs.update(ATTRS_BY_KIND.get(kind, lambda *_: {})(op, x, out))
+        weights = self.own_weights(list(getattr(op, "weights", [])),
+                                   list(getattr(op, "trainable_weights", [])))
+        if weights["params"] or kind in (Kind.CONV, Kind.LINEAR):
+            attrs.update(weights)
+        products = _composite_products(op, [a.shape for a in args])
+        if products:
+            attrs["matmuls"] = products
         node = self.add(name, kind, args, **attrs)
-        return [_Val(node, shape) for shape in out_shapes]
+        return [_Val(node, shape, out.axis) for shape in out_shapes]
 
     def separable(self, layer: Any, x: _Val, out: tuple, name: str) -> _Val:
-        self.counted.add(id(layer))
+        trainable = list(layer.trainable_weights)
         in_channels = x.shape[-1]
         mid = in_channels * layer.depth_multiplier
-        mid_shape = (*out[:-1], mid)
+        mid_val = _Val("", (*out[:-1], mid))
+        out_val = _Val("", out)
         depthwise = self.add(
             f"{name}/depthwise", Kind.CONV, [x], op=type(layer).__name__,
-            in_channels=in_channels, out_channels=mid, groups=in_channels,
-            kernel=tuple(layer.kernel_size), stride=tuple(layer.strides),
-            in_spatial=tuple(x.shape[1:-1]), out_spatial=tuple(out[1:-1]), bias=False,
-            transposed=False, params=_numel([layer.depthwise_kernel]),
-            trainable_params=_numel([layer.depthwise_kernel]) if layer.trainable else 0)
+            **conv_attrs(in_channels, mid, in_channels, layer.kernel_size, layer.strides,
+                         x.spatial, out_val.spatial, bias=False, transposed=False),
+            **self.own_weights([layer.depthwise_kernel], trainable))
         pointwise_weights = [w for w in layer.weights if w is not layer.depthwise_kernel]
+        ones = (1,) * len(out_val.spatial)
         pointwise = self.add(
-            f"{name}/pointwise", Kind.CONV, [_Val(depthwise, mid_shape)], op=type(layer).__name__,
-            in_channels=mid, out_channels=layer.filters, groups=1, kernel=(1,) * len(out[1:-1]),
-            stride=(1,) * len(out[1:-1]), in_spatial=tuple(out[1:-1]),
-            out_spatial=tuple(out[1:-1]), bias=bool(layer.use_bias),
-            transposed=False, params=_numel(pointwise_weights),
-            trainable_params=_numel(pointwise_weights) if layer.trainable else 0)
+            f"{name}/pointwise", Kind.CONV, [_Val(depthwise, mid_val.shape)], op=type(layer).__name__,
+            **conv_attrs(mid, layer.filters, 1, ones, ones, out_val.spatial, out_val.spatial,
+                         bias=layer.use_bias, transposed=False),
+            **self.own_weights(pointwise_weights, trainable))
         return _Val(pointwise, out)
 
 
@@ -244,41 +332,77 @@ def load_keras_model(model: Any, name: str | None = None) -> ChannelGraph:
     Raises
     ------
     GraphError
-        If the model is not built (subclassed models without a functional graph).
+        If the model has no layer graph (a subclassed model, a Sequential without an input
+        shape) or an input size is unknown.
     """
     name = name or model.name
-    model = _functional_graph(model)
-    if model is None or not getattr(model, "inputs", None):
-        raise GraphError(f"{name}: not a functional Keras model with known inputs; build it "
-                         "with keras.Input or call it once on data")
+    functional = _functional_graph(model)
+    if functional is None or not getattr(functional, "inputs", None):
+        raise GraphError(_no_graph_advice(model, name))
+    model = functional
     input_shape = _shape(model.inputs[0])[1:]
     if None in input_shape:
-        raise GraphError(f"{name}: input shape {input_shape} has unknown sizes; build the "
-                         "model with a fixed input shape (or pass --input-shape C,H,W)")
-    graph = ChannelGraph(name, "keras", (input_shape[-1], *input_shape[:-1]))
+        raise GraphError(f"{name}: input shape {input_shape} has unknown sizes; give "
+                         "keras.Input every size (for a sequence model, a fixed length, e.g. "
+                         "keras.Input(shape=(128, 16))) and save the model again")
+    first_axes = _input_axes(model)
+    graph = ChannelGraph(name, "keras", _channels_first_shape(input_shape, first_axes[0]))
     walker = _Walker(graph)
     inputs = []
-    for tensor in model.inputs:
+    for tensor, axis in zip(model.inputs, first_axes):
         layer = tensor._keras_history.operation
-        shape = _shape(tensor)
+        val = _Val("", _shape(tensor), axis)
         node = walker.add(layer.name, Kind.INPUT, [], op="InputLayer",
-                          out_channels=shape[-1], out_spatial=tuple(shape[1:-1]),
-                          shape=tuple(shape[1:]))
-        inputs.append(_Val(node, shape))
+                          out_channels=val.channels, out_spatial=val.spatial,
+                          shape=tuple(val.shape[1:]))
+        inputs.append(_Val(node, val.shape, axis))
     for index, out in enumerate(walker.walk(model, inputs, scope="")):
-        node = walker.add("output" if index == 0 else f"output_{index}", Kind.OUTPUT, [out],
-                          in_channels=out.shape[-1])
+        walker.add("output" if index == 0 else f"output_{index}", Kind.OUTPUT, [out],
+                   in_channels=out.channels)
     graph.detached_params = _unwalked_params(model, walker.counted)
     return graph
 
 
+def _no_graph_advice(model: Any, name: str) -> str:
+    cls = type(model).__name__
+    if cls == "Sequential":
+        return (f"{name}: a Sequential model without an input shape has no layer graph yet; "
+                "start it with keras.Input(shape=...) and save it again")
+    if cls not in ("Functional", "Model"):
+        return (f"{name}: {cls} is a subclassed Keras model: its call() is Python code with "
+                "no layer graph to read; build the same layers with the functional API "
+                "(inputs = keras.Input(...); outputs = ...; keras.Model(inputs, outputs))")
+    return f"{name}: a Keras model without inputs; build it from keras.Input(shape=...)"
+
+
+def _input_axes(model: Any) -> list[int]:
+    """Each input's channel axis: 1 when a ``channels_first`` layer reads it, else -1."""
+    axes = []
+    for tensor in model.inputs:
+        readers = [node.operation for nodes in model._nodes_by_depth.values() for node in nodes
+                   if node.operation is not None and any(t is tensor for t in node.input_tensors)]
+        axes.append(1 if any(_channels_first(r) for r in readers) else -1)
+    return axes
+
+
+def _channels_first_shape(shape: tuple, axis: int) -> tuple:
+    """A per-example shape (no batch axis) written channels first, (C, H, W)."""
+    if axis == 1 or len(shape) < 2:
+        return tuple(shape)
+    return (shape[-1], *shape[:-1])
+
+
 def _unwalked_params(model: Any, counted: set[int]) -> dict[str, int]:
-    """Weights of layers the inference graph never calls (kept in the parameter total)."""
-    out = {}
+    """Weights of layers the inference graph never reads (kept in the parameter total), by
+    the layer that created them."""
+    out: dict[str, int] = {}
+    seen = set(counted)
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if id(layer) not in counted and not hasattr(layer, "_nodes_by_depth") and layer.weights:
-            if not any(id(sub) in counted for sub in layer._flatten_layers(include_self=False)):
-                out[layer.name] = int(layer.count_params())
+        own = [v for v in [*layer._trainable_variables, *layer._non_trainable_variables]
+               if id(v) not in seen]
+        if own:
+            seen.update(id(v) for v in own)
+            out[layer.name] = out.get(layer.name, 0) + _numel(own)
     return out
 
 
@@ -345,17 +469,12 @@ def load_keras_file_model(path: str | Path) -> Any:
         if "safe_mode" in text or "unsafe" in text.lower():
             raise UnsafeFileError(f"{path}: refused, the file holds code (Lambda layer) that "
                                   "would run on load") from err
-        raise UnsupportedFileError(f"{path}: not a readable Keras model ({_first_line(text)})") from err
+        raise UnsupportedFileError(f"{path}: not a readable Keras model ({first_line(text)})") from err
     except Exception as err:  # noqa: BLE001 - keras/h5py/zipfile raise many types on bad files
         raise UnsupportedFileError(f"{path}: not a readable Keras model "
-                                   f"({type(err).__name__}: {_first_line(str(err))})") from err
+                                   f"({type(err).__name__}: {first_line(err)})") from err
 
 
 def load_keras_file(path: str | Path) -> ChannelGraph:
     """Load a ``.keras`` or legacy ``.h5`` model file safely and import it."""
     return load_keras_model(load_keras_file_model(path), name=str(path))
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0][:200] if lines else "no details"

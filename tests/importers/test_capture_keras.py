@@ -1,0 +1,172 @@
+"""Keras counting causes from the sweeps (issue 12), each on a small model with the expected
+numbers written as arithmetic; params against Keras' own ``count_params()``, and where PyTorch
+has the same layer, MACs against FlopCounterMode on it.
+
+Sizes: 29 time steps or tokens, 13 input features, 23 units, 24 model width, 4 heads.
+"""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
+from morphscope.errors import GraphError
+from morphscope.graph import Kind
+from morphscope.importers.keras_importer import import_keras, load_keras_model
+
+keras = import_keras()
+layers = keras.layers
+
+
+def counted(model):
+    graph = load_keras_model(model)
+    costs = compile_costs(graph)
+    totals = totals_of(costs, seed_costs(costs))
+    return graph, totals["params"], totals["macs"]
+
+
+def torch_macs(module, *inputs):
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(*inputs)
+    return counter.get_total_flops() // 2
+
+
+# -- 1. shared layers and nested models: params once, MACs at every call --------------------------
+
+def test_shared_dense_layer_counts_params_once_and_macs_twice():
+    x = keras.Input((13,))
+    shared = layers.Dense(13)
+    model = keras.Model(x, shared(shared(x)))
+    graph, params, macs = counted(model)
+    assert params == model.count_params() == 13 * 13 + 13
+    assert macs == 2 * 13 * 13
+    assert graph.detached_params == {}
+
+
+def test_nested_model_called_twice_counts_params_once():
+    inner = keras.Sequential([keras.Input((13,)), layers.Dense(23), layers.Dense(13)], name="inner")
+    x = keras.Input((13,))
+    model = keras.Model(x, inner(inner(x)))
+    graph, params, macs = counted(model)
+    assert params == model.count_params() == (13 * 23 + 23) + (23 * 13 + 13)
+    assert macs == 2 * (13 * 23 + 23 * 13)
+    assert graph.detached_params == {}
+
+
+# -- 2. composite layers: walked by formula, params counted once ----------------------------------
+
+def test_multi_head_attention_counts_projections_and_attention():
+    x = keras.Input((29, 24))
+    model = keras.Model(x, layers.MultiHeadAttention(num_heads=4, key_dim=6)(x, x))
+    graph, params, macs = counted(model)
+    # q, k, v projections 3 x 29*24*(4*6); q k^T and attn v: 2 x 4*29*29*6; output 29*(4*6)*24
+    expected = 3 * 29 * 24 * 24 + 2 * 4 * 29 * 29 * 6 + 29 * 24 * 24
+    assert macs == expected
+    assert params == model.count_params() == 4 * (24 * 24 + 24)
+    same = nn.MultiheadAttention(24, 4, batch_first=True)
+    tokens = torch.zeros(1, 29, 24)
+    assert torch_macs(same, tokens, tokens, tokens) == expected
+
+
+@pytest.mark.parametrize("cls, gates", [("SimpleRNN", 1), ("GRU", 3), ("LSTM", 4)])
+def test_recurrent_layer_counts_gates_times_input_and_state_products(cls, gates):
+    x = keras.Input((29, 13))
+    model = keras.Model(x, getattr(layers, cls)(23)(x))
+    graph, params, macs = counted(model)
+    # per step: input (13 x gates*23) and state (23 x gates*23) products
+    assert macs == 29 * gates * 23 * (13 + 23)
+    assert params == model.count_params()
+    if cls == "GRU":  # torch counts GRU on CPU (its fused LSTM kernel it does not)
+        assert torch_macs(nn.GRU(13, 23, batch_first=True), torch.zeros(1, 29, 13)) == macs
+
+
+def test_bidirectional_counts_both_directions():
+    x = keras.Input((29, 13))
+    model = keras.Model(x, layers.Bidirectional(layers.LSTM(23))(x))
+    graph, params, macs = counted(model)
+    assert macs == 2 * 29 * 4 * 23 * (13 + 23)
+    assert params == model.count_params() == 2 * 4 * (13 * 23 + 23 * 23 + 23)
+
+
+def test_dense_inside_a_composite_is_not_counted_again():
+    # The MHA's EinsumDense sublayers own their variables once: nothing left "detached".
+    x = keras.Input((29, 24))
+    y = layers.MultiHeadAttention(num_heads=4, key_dim=6)(x, x)
+    model = keras.Model(x, layers.Dense(7)(y))
+    graph, params, _ = counted(model)
+    assert params == model.count_params()
+    assert graph.detached_params == {}
+
+
+# -- 4. channels_first layers ---------------------------------------------------------------------
+
+def test_channels_first_conv_reads_channels_on_axis_one():
+    x = keras.Input((3, 17, 19))
+    y = layers.Conv2D(13, 3, data_format="channels_first")(x)
+    y = layers.BatchNormalization(axis=1)(y)
+    y = layers.MaxPooling2D(data_format="channels_first")(y)
+    y = layers.Conv2D(23, 1, data_format="channels_first")(y)
+    y = layers.GlobalAveragePooling2D(data_format="channels_first")(y)
+    model = keras.Model(x, layers.Dense(7)(y))
+    graph, params, macs = counted(model)
+    # conv 3x3 valid on 17x19 -> 15x17, 3 -> 13; pool 2 -> 7x8; conv 1x1 13 -> 23; dense 23 -> 7
+    assert macs == 3 * 3 * 15 * 17 * 3 * 13 + 7 * 8 * 13 * 23 + 23 * 7
+    assert params == model.count_params()
+    assert graph.input_shape == (3, 17, 19)
+    convs = [a for _, a in graph.ops() if a["kind"] == Kind.CONV]
+    assert [(a["in_channels"], a["out_channels"], a["out_spatial"]) for a in convs] == \
+        [(3, 13, (15, 17)), (13, 23, (7, 8))]
+
+
+# -- 10. refusals with advice that works for the input -------------------------------------------
+
+def test_subclassed_model_is_told_to_use_the_functional_api():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = layers.Dense(7)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Net()
+    model(torch.zeros(1, 13).numpy())  # called on data: built, still no layer graph
+    with pytest.raises(GraphError, match=r"Net is a subclassed Keras model.*functional API"):
+        load_keras_model(model, name="net.keras")
+
+
+def test_sequence_model_without_a_length_is_told_to_fix_it_in_keras_input():
+    x = keras.Input((None, 13))
+    model = keras.Model(x, layers.LSTM(23)(x))
+    with pytest.raises(GraphError, match=r"seq.keras: input shape \(None, 13\) has unknown sizes; "
+                                         r"give keras.Input every size") as info:
+        load_keras_model(model, name="seq.keras")
+    assert "--input-shape" not in str(info.value)
+
+
+def test_unbuilt_sequential_is_told_to_start_with_an_input():
+    with pytest.raises(GraphError, match="Sequential model without an input shape"):
+        load_keras_model(keras.Sequential([layers.Dense(7)]), name="seq")
+
+
+# -- the Keras path imports no torch (issue 9) ----------------------------------------------------
+
+def test_keras_path_imports_no_torch_in_any_order():
+    script = """
+import sys
+import keras
+from morphscope.importers.keras_importer import load_keras_model
+x = keras.Input((13,))
+graph = load_keras_model(keras.Model(x, keras.layers.Dense(7)(x)))
+print(len(graph), sorted(m for m in ("torch", "torchvision", "triton") if m in sys.modules))
+"""
+    for prelude in ("", "import morphscope.importers.keras_importer\n"):
+        run = subprocess.run([sys.executable, "-c", prelude + script], capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.split()[-1] == "[]" and run.stdout.split()[0] == "3"  # input, dense, output
