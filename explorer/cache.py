@@ -1,64 +1,157 @@
-"""Cached loaders: parsed graphs and compiled width models by content, never mutated."""
+"""Cached loaders: parsed graphs and compiled width models by content, never mutated.
+
+Uploads are untrusted: each is written to a private temporary folder only while the isolated
+worker parses it (:mod:`morphscope.importers.isolation`), then removed. Outcomes are cached by
+content, failures included, so a bad file that stays listed is parsed once, not on every
+rerun, and its one-line error names it by the user's own name.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import shutil
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import streamlit as st
 
+from morphscope import errors
+from morphscope.errors import MorphScopeError, UnsupportedFileError
+
 MAX_UPLOAD_BYTES = 1 * 2**30
+TRUSTED_PREFIXES = ("torchvision:", "keras:", "example:")  # built in-process; everything else is a file
+UPLOAD_SPEC_PREFIX = "upload:"  # rebuild spec of an uploaded Keras model: upload:<content key>
+MAX_KEPT_UPLOADS = 8  # uploaded Keras models kept in memory to rebuild from
+_KEPT_UPLOADS: "OrderedDict[str, tuple[str, bytes]]" = OrderedDict()  # content key -> (name, bytes)
 
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "upload"
 
 
-def _as_file(name: str, data: bytes) -> Path:
-    """Write an upload to a private temp file keeping its name (the suffix picks the reader)."""
-    from morphscope.errors import UnsupportedFileError
+@contextlib.contextmanager
+def upload_file(name: str, data: bytes) -> Iterator[Path]:
+    """An upload as a private temporary file keeping its name (the suffix picks the reader),
+    removed with its folder on exit.
 
+    Raises
+    ------
+    UnsupportedFileError
+        If the upload is larger than ``MAX_UPLOAD_BYTES``.
+    """
     if len(data) > MAX_UPLOAD_BYTES:
-        raise UnsupportedFileError(f"{name}: {len(data)} bytes, over the {MAX_UPLOAD_BYTES} byte limit")
-    folder = Path(tempfile.mkdtemp(prefix="morphscope_"))
-    path = folder / _safe_name(name)
-    path.write_bytes(data)
-    return path
+        from morphscope.units import human_bytes
+
+        raise UnsupportedFileError(f"{name}: {human_bytes(len(data))}, over the "
+                                   f"{human_bytes(MAX_UPLOAD_BYTES)} upload limit")
+    folder = Path(tempfile.mkdtemp(prefix="morphscope_upload_"))
+    try:
+        path = folder / _safe_name(name)
+        path.write_bytes(data)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _outcome(parse: Callable[[], Any]) -> tuple[Any, tuple[str, str] | None]:
+    """``(result, None)``, or ``(None, (error class name, message))`` for a MorphScopeError:
+    failures are plain data, so the caches keep them like successes."""
+    try:
+        return parse(), None
+    except MorphScopeError as err:
+        return None, (type(err).__name__, str(err))
+
+
+def _raise_failure(failure: tuple[str, str] | None) -> None:
+    if failure is not None:
+        cls, message = failure
+        raise getattr(errors, cls, MorphScopeError)(message)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
+def _model_from_spec(spec: str, side: int | None) -> tuple[Any, tuple[str, str] | None]:
+    from morphscope.analyzers.widths import compile_width_model
+    from morphscope.importers.load import load_model
+
+    def parse():
+        if not spec.startswith(TRUSTED_PREFIXES):
+            raise UnsupportedFileError(f"{spec}: name a model as torchvision:NAME, keras:NAME or "
+                                       "example:NAME; files are uploaded")
+        graph = load_model(spec, (3, side, side) if side else None)
+        return graph, compile_width_model(graph)
+
+    return _outcome(parse)
+
+
 def model_from_spec(spec: str, side: int | None = None) -> tuple[Any, Any]:
-    """``(graph, width model)`` for a zoo or bundled spec."""
-    from morphscope.analyzers.widths import compile_width_model
-    from morphscope.importers.load import load_model
-
-    graph = load_model(spec, (3, side, side) if side else None)
-    return graph, compile_width_model(graph)
+    """``(graph, width model)`` for a zoo or bundled spec (never a path)."""
+    result, failure = _model_from_spec(spec, side)
+    _raise_failure(failure)
+    return result
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def model_from_upload(name: str, data: bytes) -> tuple[Any, Any, str]:
-    """``(graph, width model, saved path)`` for uploaded bytes; the cache key is the content."""
+def _model_from_upload(name: str, data: bytes) -> tuple[Any, tuple[str, str] | None]:
     from morphscope.analyzers.widths import compile_width_model
     from morphscope.importers.load import load_model
 
-    path = _as_file(name, data)
-    graph = load_model(str(path))
-    graph.name = name
-    return graph, compile_width_model(graph), str(path)
+    def parse():
+        with upload_file(name, data) as path:
+            graph = load_model(str(path), name=name)
+        return graph, compile_width_model(graph)
+
+    return _outcome(parse)
+
+
+def model_from_upload(name: str, data: bytes) -> tuple[Any, Any, str]:
+    """``(graph, width model, rebuild spec)`` for uploaded bytes, parsed once per content (a
+    failure too). The rebuild spec, ``upload:<content key>``, lets :func:`framework_model`
+    rebuild an uploaded Keras model from the bytes kept in memory; no file stays behind.
+
+    Raises
+    ------
+    MorphScopeError
+        The parse's one-line error, naming the upload by ``name``.
+    """
+    result, failure = _model_from_upload(name, data)
+    _raise_failure(failure)
+    key = content_key(data)
+    _KEPT_UPLOADS[key] = (name, data)
+    _KEPT_UPLOADS.move_to_end(key)
+    while len(_KEPT_UPLOADS) > MAX_KEPT_UPLOADS:
+        _KEPT_UPLOADS.popitem(last=False)
+    return (*result, UPLOAD_SPEC_PREFIX + key)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def structure_from_bytes(_graph: Any, graph_key: str, name: str, data: bytes) -> dict[str, Any]:
-    """A checkpoint's gammas or alive counts, matched to the graph (plain data)."""
+def _structure_from_bytes(_graph: Any, graph_key: str, name: str, data: bytes) -> tuple[Any, tuple[str, str] | None]:
     from morphscope.importers.checkpoints import load_structure
 
-    structure = load_structure(_graph, _as_file(name, data))
-    return {"gammas": structure.gammas, "alive_counts": structure.alive_counts,
-            "notes": list(structure.notes)}
+    def parse():
+        with upload_file(name, data) as path:
+            structure = load_structure(_graph, path, name=name)
+        return {"gammas": structure.gammas, "alive_counts": structure.alive_counts,
+                "kernels": structure.kernels, "notes": list(structure.notes)}
+
+    return _outcome(parse)
+
+
+def structure_from_bytes(_graph: Any, graph_key: str, name: str, data: bytes) -> dict[str, Any]:
+    """A checkpoint's gammas (or group-lasso kernels) or alive counts, matched to the graph
+    (plain data); parsed once per graph and content, a failure too.
+
+    Raises
+    ------
+    MorphScopeError
+        The parse's one-line error, naming the upload by ``name``.
+    """
+    result, failure = _structure_from_bytes(_graph, graph_key, name, data)
+    _raise_failure(failure)
+    return result
 
 
 def content_key(data: bytes) -> str:
@@ -68,7 +161,44 @@ def content_key(data: bytes) -> str:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def framework_model(spec: str, side: int | None = None) -> Any:
-    """The framework's model object (to rebuild with new widths) for a spec."""
+    """The framework's model object (to rebuild with new widths) for a zoo spec or an
+    ``upload:<content key>`` spec from :func:`model_from_upload`.
+
+    Raises
+    ------
+    UnsupportedFileError
+        For an upload no longer kept (upload it again) or a spec that is neither.
+    """
     from morphscope.importers.load import load_framework_model
 
+    if spec.startswith(UPLOAD_SPEC_PREFIX):
+        kept = _KEPT_UPLOADS.get(spec[len(UPLOAD_SPEC_PREFIX):])
+        if kept is None:
+            raise UnsupportedFileError("the uploaded model is no longer in memory; upload it again")
+        name, data = kept
+        with upload_file(name, data) as path:
+            return load_framework_model(str(path), name=name)
+    if not spec.startswith(TRUSTED_PREFIXES):
+        raise UnsupportedFileError(f"{spec}: name a model as torchvision:NAME, keras:NAME or example:NAME")
     return load_framework_model(spec, (3, side, side) if side else None)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def runs_from_uploads(files: tuple[tuple[str, bytes], ...]) -> list[Any]:
+    """Training runs (alive files and cost logs) from uploaded ``(name, bytes)`` pairs."""
+    from morphscope.importers.runs import runs_from_uploads as read_runs
+
+    return read_runs(list(files))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def run_steps(_graph: Any, _model: Any, graph_key: str, _run: Any, run_key: str) -> dict[str, Any]:
+    """A run matched to the graph: per step the alive counts by graph op name, the widths
+    (steps x spaces) and every layer's share of the seed's width (computed for every step)."""
+    from morphscope.analyzers.runs import layer_shares, widths_per_step
+    from morphscope.importers.checkpoints import match_alive_counts
+
+    counts = [match_alive_counts(_graph, alive, f"{_run.name}/alive_{step}").alive_counts
+              for step, alive in zip(_run.steps, _run.alive)]
+    widths = widths_per_step(_model, counts)
+    return {"counts": counts, "widths": widths, **layer_shares(_graph, _model, widths)}

@@ -1,0 +1,134 @@
+"""The explorer under bad uploads (issues 13, 14): each gets one line next to its uploader, the
+model and checkpoints the user had stay, a bad file that stays listed is parsed once, and no
+temporary folder is left behind."""
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from morphscope.importers import isolation
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def metrics_rows(at):
+    return list(at.dataframe[0].value["structure"])
+
+
+@pytest.fixture()
+def private_tmp(tmp_path, monkeypatch):
+    """Every temporary folder this process (the app under AppTest) makes goes here."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.fixture()
+def parses(monkeypatch):
+    """Counts the files sent to the isolated worker."""
+    calls = []
+    run = isolation._run_isolated
+
+    def counting(task, kind, path, name, *args, **kwargs):
+        calls.append(name)
+        return run(task, kind, path, name, *args, **kwargs)
+
+    monkeypatch.setattr(isolation, "_run_isolated", counting)
+    return calls
+
+
+def good_checkpoint():
+    """The bundled example's own FLOP checkpoint, uploaded under another name."""
+    from morphscope.importers.load import example_checkpoints
+
+    return example_checkpoints("example:digits")["FLOPs-regularized"].read_bytes()
+
+
+def bad_files(tmp_path):
+    """name -> bytes of checkpoints that must each be refused with one line."""
+    import h5py
+    import numpy as np
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        f.create_dataset("layers/bn/vars/0", shape=(8,), dtype="f4", external=[(str(secret), 0, 32)])
+    return {"alive_1": b'{"a": ' + DEEP + b"}",
+            "noise.pt": bytes(range(256)) * 8,
+            "outside.weights.h5": buffer.getvalue(),
+            "empty.safetensors": b"\0" * 16}
+
+
+def test_bad_checkpoints_keep_the_model_and_the_good_checkpoints(tmp_path, private_tmp):
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    assert not at.exception
+    mine = ("mine.pt", good_checkpoint(), "application/octet-stream")
+    at.sidebar.file_uploader(key="checkpoint_uploads").set_value([mine]).run()
+    before = metrics_rows(at)
+    assert "mine.pt (alive)" in before
+    for name, data in bad_files(tmp_path).items():  # listed beside the good one
+        at.sidebar.file_uploader(key="checkpoint_uploads").set_value(
+            [mine, (name, data, "application/octet-stream")]).run()
+        assert not at.exception
+        errors = [e.value for e in at.sidebar.error]
+        assert any(e.startswith(f"{name}:") for e in errors), errors
+        assert all("\n" not in e and str(private_tmp) not in e for e in errors)
+        assert metrics_rows(at) == before  # model, bundled and uploaded checkpoints all still there
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_bad_model_upload_keeps_the_model_the_user_had(tmp_path, private_tmp):
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    before = metrics_rows(at)
+    at.sidebar.radio(key="model_source").set_value("Upload a file").run()
+    bomb = io.BytesIO()
+    import zipfile
+
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("m/models/model.json", b" " * (64 * 2**20))
+    for name, data in (("bomb.pt2", bomb.getvalue()), ("deep.keras", DEEP)):
+        at.sidebar.file_uploader(key="model_upload").upload(name, data).run()
+        assert not at.exception
+        [error] = at.sidebar.error
+        assert error.value.startswith(f"{name}:") and str(private_tmp) not in error.value
+        assert metrics_rows(at) == before
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_listed_bad_file_is_parsed_once_over_ten_reruns(tmp_path, private_tmp, parses):
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    noise = bytes(range(255, -1, -1)) * 8  # content no other test uploads: not cached yet
+    at.sidebar.file_uploader(key="checkpoint_uploads").upload("noise.pt", noise).run()
+    assert [e.value for e in at.sidebar.error][0].startswith("noise.pt: not a readable PyTorch file")
+    for step in range(10):  # slider moves rerun the script with the bad file still listed
+        at.sidebar.slider(key="factor").set_value(1.0 + 0.01 * (step + 1)).run()
+        assert not at.exception
+    assert parses.count("noise.pt") == 1
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_the_zoo_cache_never_opens_a_path(private_tmp):
+    from morphscope.errors import UnsupportedFileError
+    from morphscope.explorer import cache
+
+    with pytest.raises(UnsupportedFileError, match="/etc/passwd: name a model as torchvision:NAME"):
+        cache.model_from_spec("/etc/passwd")
+    with pytest.raises(UnsupportedFileError, match="no longer in memory; upload it again"):
+        cache.framework_model("upload:0123456789abcdef")
+
+
+def test_uploads_over_the_size_limit_are_refused(monkeypatch):
+    from morphscope.errors import UnsupportedFileError
+    from morphscope.explorer import cache
+
+    monkeypatch.setattr(cache, "MAX_UPLOAD_BYTES", 10)
+    with pytest.raises(UnsupportedFileError, match="big.pt: 11 bytes, over the 10 bytes upload limit"):
+        with cache.upload_file("big.pt", b"x" * 11):
+            pass
