@@ -19,7 +19,8 @@ DEFAULT_THRESHOLD = 1e-2
 
 
 def group_scores(spaces: ChannelSpaces, gammas: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
-    """Per space with at least one bn: max over its bn members of |gamma|, channel by channel.
+    """Per space with at least one bn: max over its bn members of |gamma|, channel by channel
+    (float32: gammas are float32 in both frameworks, and morph-net compares in float32).
 
     Parameters
     ----------
@@ -28,7 +29,7 @@ def group_scores(spaces: ChannelSpaces, gammas: Mapping[str, np.ndarray]) -> dic
     scores: dict[int, np.ndarray] = {}
     for space, cover in spaces.bn_cover.items():
         size = int(spaces.sizes[space])
-        members = [np.abs(np.asarray(gammas[bn], dtype=np.float64)[offset:offset + size])
+        members = [np.abs(np.asarray(gammas[bn], dtype=np.float32)[offset:offset + size])
                    for bn, offset in cover if bn in gammas]
         if members:
             scores[space] = np.max(members, axis=0)
@@ -46,7 +47,7 @@ def alive_masks(spaces: ChannelSpaces, scores: Mapping[int, np.ndarray],
         if score is None or spaces.pinned[space]:
             masks.append(np.ones(int(size), dtype=bool))
             continue
-        mask = score > threshold
+        mask = score > np.float32(threshold)  # in float32, as morph-net (gammas are float32)
         q = int(spaces.quantum[space])
         if q > 1:
             mask = _equalize_groups(score, mask, q)
@@ -98,7 +99,7 @@ def consistency_report(spaces: ChannelSpaces, gammas: Mapping[str, np.ndarray],
         if len(present) < 2:
             continue
         size = int(spaces.sizes[space])
-        alive = np.array([np.abs(np.asarray(gammas[bn])[off:off + size]) > threshold
+        alive = np.array([np.abs(np.asarray(gammas[bn], dtype=np.float32)[off:off + size]) > np.float32(threshold)
                           for bn, off in present])
         broken = np.flatnonzero(alive.any(axis=0) & ~alive.all(axis=0))
         report.append(GroupConsistency(space, spaces.name_of(space), tuple(bn for bn, _ in present),

@@ -13,8 +13,11 @@ rules once into numpy arrays, after which any widths cost one vectorized express
 Conventions (morph-net's ``resource_function.py``): a conv with kernel kh x kw, output
 H x W and g groups costs ``kh*kw*H*W*(a_in/g)*a_out`` MACs; FLOPs = 2 x MACs; a depthwise conv
 costs ``kh*kw*H*W*a_out``; bias, bn and activations are not in MACs. ``size`` counts conv and
-linear kernel weights only (morph-net's model size). What is derived from these (FLOPs, the
-roofline latency) lives in :mod:`morphscope.analyzers.resources`.
+linear kernel weights only (morph-net's model size). ``bytes_moved`` counts the float32
+activations and weights every op that moves memory reads and writes (conv, linear, bn,
+activations, add, mul, concat, pooling), as morph-net's ``memory_function`` does. What is
+derived from these (FLOPs, the roofline latency) lives in :mod:`morphscope.analyzers.resources`;
+morph-net's own conventions, where they differ, in :mod:`morphscope.analyzers.conventions`.
 """
 
 from __future__ import annotations
@@ -164,17 +167,34 @@ def _opaque_cost(attrs: Mapping[str, Any]) -> OpCost:
                   bytes_moved=Bilinear(const=moved * BYTES_PER_ELEMENT))
 
 
+def _memory_cost(attrs: Mapping[str, Any]) -> OpCost:
+    """Ops that compute nothing counted but move memory (bn, activations, residual adds,
+    gates, pooling): each input is read once (its pixels x its alive channels), the output
+    written once; parameters as :func:`_channel_params_cost`. ``input_pixels`` (H*W of each
+    input) is filled in by :func:`compile_costs`."""
+    read = sum(attrs.get("input_pixels") or (_spatial(attrs, "in_spatial"),))
+    return OpCost(params=_channel_params_cost(attrs).params,
+                  bytes_moved=Bilinear(i=read * BYTES_PER_ELEMENT,
+                                       o=_spatial(attrs, "out_spatial") * BYTES_PER_ELEMENT))
+
+
+def _concat_cost(attrs: Mapping[str, Any]) -> OpCost:
+    """A concat reads its inputs (together: the output's channels) and writes the output."""
+    return OpCost(bytes_moved=Bilinear(o=2 * _spatial(attrs, "out_spatial") * BYTES_PER_ELEMENT))
+
+
+MEMORY_KINDS = frozenset({Kind.BN, Kind.ACT, Kind.ADD, Kind.MUL, Kind.POOL, Kind.GLOBAL_POOL})
 ZERO_COST_KINDS = frozenset({
-    Kind.INPUT, Kind.ADD, Kind.MUL, Kind.CONCAT, Kind.SPLIT, Kind.ACT, Kind.POOL,
-    Kind.GLOBAL_POOL, Kind.FLATTEN, Kind.RESHAPE, Kind.PAD, Kind.RESIZE, Kind.IDENTITY,
+    Kind.INPUT, Kind.SPLIT, Kind.FLATTEN, Kind.RESHAPE, Kind.PAD, Kind.RESIZE, Kind.IDENTITY,
     Kind.OUTPUT,
 })
 
 COST_RULES: Mapping[Kind, CostRule] = {
     Kind.CONV: _conv_cost,
     Kind.LINEAR: _linear_cost,
-    Kind.BN: _channel_params_cost,
+    Kind.CONCAT: _concat_cost,
     Kind.OPAQUE: _opaque_cost,
+    **{kind: _memory_cost for kind in MEMORY_KINDS},
     **{kind: _channel_params_cost for kind in ZERO_COST_KINDS},
 }
 
@@ -216,23 +236,24 @@ def compile_costs(graph: ChannelGraph, rules: Mapping[Kind, CostRule] | None = N
     rules = COST_RULES if rules is None else rules
     names, kinds, rows, seed_in, seed_out = [], [], {r: [] for r in BASES}, [], []
     for name, attrs in graph.ops():
+        pixels = tuple(math.prod(graph[u].get("out_spatial") or ()) for u in graph.inputs_of(name))
         try:
-            cost = rules[attrs["kind"]](attrs)
-            for base in BASES:
-                c = getattr(cost, base)
-                rows[base].append((float(c.io), float(c.i), float(c.o), float(c.const)))
-            seed_in.append(float(attrs.get("in_channels") or 0))
-            seed_out.append(float(attrs.get("out_channels") or 0))
+            cost = rules[attrs["kind"]]({**attrs, "input_pixels": pixels})
         except OverflowError as err:
-            raise GraphError(f"{name}: its sizes overflow a cost ({err}); the graph's sizes are wrong") from err
+            raise _overflow(name, err) from err
+        for base in BASES:
+            c = getattr(cost, base)
+            rows[base].append((c.io, c.i, c.o, c.const))
+        seed_in.append((attrs.get("in_channels") or 0,))
+        seed_out.append((attrs.get("out_channels") or 0,))
         names.append(name)
         kinds.append(attrs["kind"])
     model = CostModel(
         names=tuple(names),
         kinds=tuple(kinds),
-        coeffs={r: np.array(rows[r], dtype=np.float64).reshape(-1, 4) for r in BASES},
-        seed_in=np.array(seed_in, dtype=np.float64),
-        seed_out=np.array(seed_out, dtype=np.float64),
+        coeffs={r: _float_rows(rows[r], names).reshape(-1, 4) for r in BASES},
+        seed_in=_float_rows(seed_in, names).reshape(-1),
+        seed_out=_float_rows(seed_out, names).reshape(-1),
         detached_params=sum(graph.detached_params.values()),
         index={n: i for i, n in enumerate(names)},
     )
@@ -240,6 +261,23 @@ def compile_costs(graph: ChannelGraph, rules: Mapping[Kind, CostRule] | None = N
     for base in BASES:  # refuse absurd sizes here, naming the op, not deep inside a total
         exact_total(seed[base], base, model.names)
     return model
+
+
+def _float_rows(rows: list[tuple], names: list[str]) -> np.ndarray:
+    """``rows`` as one float64 array; a number past float range is refused naming its op."""
+    try:
+        return np.array(rows, dtype=np.float64)
+    except OverflowError:
+        for name, row in zip(names, rows):
+            try:
+                [float(v) for v in row]
+            except OverflowError as err:
+                raise _overflow(name, err) from err
+        raise
+
+
+def _overflow(name: str, err: OverflowError) -> GraphError:
+    return GraphError(f"{name}: its sizes overflow a cost ({err}); the graph's sizes are wrong")
 
 
 def totals_of(model: CostModel, per_op: Mapping[str, np.ndarray], hardware: Hardware | None = None) -> dict[str, Any]:

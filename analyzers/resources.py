@@ -58,7 +58,6 @@ class Resource:
     name : what users pass (``--resource``, a regularizer's target).
     key : its key in totals dicts, with the unit (``latency_s``).
     branches : per op, the resource is ``max`` over these of ``scale * base``.
-    computing_only : only ops that compute (MAC coefficients) count; others take 0.
     model_constant : a :class:`~morphscope.analyzers.cost.CostModel` field added to the total
         (parameters no op owns), or ``None``.
     """
@@ -67,7 +66,6 @@ class Resource:
     key: str
     description: str
     branches: tuple[Branch, ...]
-    computing_only: bool = False
     model_constant: str | None = None
 
     @property
@@ -80,36 +78,26 @@ class Resource:
         """The base quantities it is computed from."""
         return tuple(dict.fromkeys(b.base for b in self.branches))
 
-    def per_op(self, coeffs: PerOp, per_op: PerOp, hardware: Hardware | None = None) -> np.ndarray:
-        """Per-op values from per-op base values (``coeffs``: the model's, for the gate)."""
+    def per_op(self, per_op: PerOp, hardware: Hardware | None = None) -> np.ndarray:
+        """Per-op values from per-op base values."""
         scaled = [b.scale(hardware) * per_op[b.base] for b in self.branches]
-        values = scaled[0] if len(scaled) == 1 else np.maximum.reduce(scaled)
-        if not self.computing_only:
-            return values
-        computes = _computes(coeffs)
-        return np.where(computes[:, None] if np.ndim(values) == 2 else computes, values, 0.0)
+        return scaled[0] if len(scaled) == 1 else np.maximum.reduce(scaled)
 
     def coefficients(self, coeffs: PerOp, hardware: Hardware | None = None) -> tuple[np.ndarray, ...]:
         """One (n_ops, 4) bilinear coefficient array per branch: the op's resource is the
         max over branches of :func:`~morphscope.analyzers.cost.bilinear` of them."""
-        gate = _computes(coeffs)[:, None] if self.computing_only else True
-        return tuple(np.where(gate, b.scale(hardware) * coeffs[b.base], 0.0) for b in self.branches)
+        return tuple(b.scale(hardware) * coeffs[b.base] for b in self.branches)
 
     def total(self, model: Any, per_op: PerOp, hardware: Hardware | None = None) -> Any:
         """Whole-model total of per-op base values ``per_op`` (rows aligned with
         ``model.names``): an int (a float for seconds) for one width vector, an array for
         (n_ops, k) columns."""
-        values = self.per_op(model.coeffs, per_op, hardware)
+        values = self.per_op(per_op, hardware)
         if not self.count:
             summed = np.sum(values, axis=0)
             return float(summed) if np.ndim(summed) == 0 else summed
         constant = getattr(model, self.model_constant) if self.model_constant else 0
         return exact_total(values, self.name, model.names, constant)
-
-
-def _computes(coeffs: PerOp) -> np.ndarray:
-    """Ops that compute: any MAC coefficient."""
-    return coeffs["macs"].any(axis=1)
 
 
 RESOURCES: Mapping[str, Resource] = {r.name: r for r in (
@@ -121,12 +109,12 @@ RESOURCES: Mapping[str, Resource] = {r.name: r for r in (
              "statistics), training-only weights included", (Branch("params"),),
              model_constant="detached_params"),
     Resource("size", "size", "conv and linear kernel weights (morph-net's model size)", (Branch("size"),)),
-    Resource("bytes_moved", "bytes_moved", "float32 bytes the computing ops read and write",
-             (Branch("bytes_moved"),)),
-    # The roofline: per computing op, max(flops / peak compute, bytes / memory bandwidth).
+    Resource("bytes_moved", "bytes_moved", "float32 bytes the ops read and write (conv, linear, "
+             "bn, activations, add, mul, concat, pooling)", (Branch("bytes_moved"),)),
+    # The roofline: per op, max(flops / peak compute, bytes / memory bandwidth); ops that only
+    # move memory (bn, activations, adds, concats) cost their memory time, as in morph-net.
     Resource("latency", "latency_s", "roofline seconds per inference on a named hardware",
-             (Branch("macs", FLOPS_PER_MAC, "peak_gflop_per_s"), Branch("bytes_moved", 1.0, "memory_gb_per_s")),
-             computing_only=True),
+             (Branch("macs", FLOPS_PER_MAC, "peak_gflop_per_s"), Branch("bytes_moved", 1.0, "memory_gb_per_s"))),
 )}
 RESOURCE_NAMES = tuple(RESOURCES)  # e.g. the CLI's --resource choices
 

@@ -94,6 +94,7 @@ class _Builder:
         self.out: dict[str, Layout] = {}
         self.op_in: dict[str, Layout] = {}
         self.bn: list[tuple[str, Layout]] = []
+        self.split: dict[int, tuple[int, ...]] = {}  # a root cut into consecutive pieces
 
     # union-find over spaces
     def find(self, s: int) -> int:
@@ -113,8 +114,49 @@ class _Builder:
         return (Segment(s),)
 
     def pin(self, layout: Layout, reason: str) -> None:
-        for seg in layout:
+        for seg in self.expand(layout):
             self.pinned.setdefault(self.find(seg.space), reason)
+
+    def expand(self, layout: Layout) -> Layout:
+        """``layout`` with every space that was cut (:meth:`cut`) replaced by its pieces."""
+        out: list[Segment] = []
+        for seg in layout:
+            root = self.find(seg.space)
+            if root in self.split:
+                pieces = tuple(Segment(p, seg.repeat, seg.interleave) for p in self.split[root])
+                out.extend(self.expand(pieces))
+            else:
+                out.append(Segment(root, seg.repeat, seg.interleave))
+        return tuple(out)
+
+    def cut(self, root: int, sizes: list[int]) -> None:
+        """Cut a space into consecutive pieces of ``sizes`` channels; each piece keeps the
+        space's writers and pin (every layout holding the space reads the pieces in order)."""
+        pieces = tuple(self.new_space(size)[0].space for size in sizes)
+        for piece in pieces:
+            self.writers[piece] = list(self.writers.get(root, []))
+            if root in self.pinned:
+                self.pinned[piece] = self.pinned[root]
+        self.split[root] = pieces
+
+    def align(self, a: Layout, b: Layout) -> tuple[Layout, Layout] | None:
+        """Cut spaces so ``a`` and ``b`` have segments of equal sizes, position by position
+        (morph-net slices an op into the pieces its consumers need, ``OpSlice``). None when
+        they cannot line up: different channel counts, repeated channels (flatten, depthwise
+        multipliers) or a grouped conv's space (its groups must stay equal)."""
+        while True:
+            a, b = self.expand(a), self.expand(b)
+            if _channels(a, self) != _channels(b, self) or any(s.repeat != 1 for s in a + b):
+                return None
+            cuts = {o for o, _ in _offsets(a, self)} | {o for o, _ in _offsets(b, self)}
+            needed = [(seg.space, sorted(c - o for c in cuts if o < c < o + self.size[seg.space]))
+                      for o, seg in _offsets(a, self) + _offsets(b, self)]
+            root, inner = next(((r, i) for r, i in needed if i), (None, None))
+            if root is None:
+                return a, b
+            if self.quantum.get(root, 1) > 1:
+                return None
+            self.cut(root, np.diff([0, *inner, self.size[root]]).tolist())
 
     def pinned_output(self, name: str, attrs: Mapping[str, Any], inputs: list[Layout], why: str) -> Layout:
         for layout in inputs:
@@ -122,12 +164,20 @@ class _Builder:
         return self.new_space(attrs.get("out_channels") or 0, writer=name, pin=why)
 
     def tie(self, a: Layout, b: Layout, where: str) -> bool:
-        """Tie two layouts channel for channel; pin both if their segments do not line up."""
-        if [(self.size[self.find(x.space)], x.repeat, x.interleave) for x in a] != \
-                [(self.size[self.find(y.space)], y.repeat, y.interleave) for y in b]:
-            self.pin(a, f"tied at {where} with a differently laid out input")
-            self.pin(b, f"tied at {where} with a differently laid out input")
-            return False
+        """Tie two layouts channel for channel. Segments of different sizes are cut to line
+        up (a concat added to one conv: each concat input tied to its slice of the conv); if
+        they cannot be (see :meth:`align`), both are pinned."""
+        a, b = self.expand(a), self.expand(b)
+        if [(self.size[x.space], x.repeat, x.interleave) for x in a] != \
+                [(self.size[y.space], y.repeat, y.interleave) for y in b]:
+            aligned = self.align(a, b)
+            if aligned is None:
+                why = (f"tied at {where} with a differently laid out input that cannot be cut to "
+                       "match (channel counts, repeated channels or a grouped conv's groups differ)")
+                self.pin(a, why)
+                self.pin(b, why)
+                return False
+            a, b = aligned
         for x, y in zip(a, b):
             rx, ry = self.find(x.space), self.find(y.space)
             if rx != ry:
@@ -143,7 +193,7 @@ class _Builder:
         return True
 
     def set_quantum(self, layout: Layout, q: int) -> None:
-        for seg in layout:
+        for seg in self.expand(layout):
             root = self.find(seg.space)
             self.quantum[root] = math.lcm(self.quantum.get(root, 1), q)
 
@@ -177,7 +227,18 @@ class ChannelRule:
 
 
 def _channels(layout: Layout, builder: _Builder) -> int:
+    if len(layout) == 1:  # the common case, without a generator
+        return builder.size[builder.find(layout[0].space)] * layout[0].repeat
     return sum(builder.size[builder.find(s.space)] * s.repeat for s in layout)
+
+
+def _offsets(layout: Layout, builder: _Builder) -> list[tuple[int, Segment]]:
+    """``(first channel, segment)`` of each segment of ``layout``."""
+    out, offset = [], 0
+    for seg in layout:
+        out.append((offset, seg))
+        offset += builder.size[builder.find(seg.space)] * seg.repeat
+    return out
 
 
 def _data_input(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
@@ -354,11 +415,17 @@ def build_channel_spaces(graph: ChannelGraph,
 
 def _finish(b: _Builder, rules: Mapping[Kind, ChannelRule]) -> ChannelSpaces:
     graph = b.graph
-    roots = sorted({b.find(s) for s in range(len(b.parent))})
+    roots = sorted({b.find(s) for s in range(len(b.parent))} - set(b.split))
     index = {root: i for i, root in enumerate(roots)}
 
+    seen: dict[int, Layout] = {}  # passthrough ops share their input's layout object: canon once
+
     def canon(layout: Layout) -> Layout:
-        return tuple(Segment(index[b.find(s.space)], s.repeat, s.interleave) for s in layout)
+        done = seen.get(id(layout))
+        if done is None:
+            done = seen[id(layout)] = tuple(Segment(index[s.space], s.repeat, s.interleave)
+                                            for s in b.expand(layout))
+        return done
 
     bn_cover: dict[int, list[tuple[str, int]]] = {}
     for bn_name, layout in b.bn:

@@ -14,6 +14,8 @@ import numpy as np
 from scipy import sparse
 
 from morphscope.analyzers.cost import CostModel, compile_costs, per_op_costs, totals_of
+from morphscope.analyzers.conventions import (DEFAULT_CONVENTION, Scope, channel_rules, get_convention,
+                                              restrict_spaces)
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, Hardware, get_hardware
 from morphscope.analyzers.resources import BASES, get_resource
 from morphscope.analyzers.spaces import ChannelSpaces, build_channel_spaces, space_matrices
@@ -77,10 +79,16 @@ class WidthModel:
         return dict(zip(self.spaces.source_ops, np.rint(counts).astype(np.int64).tolist()))
 
 
-def compile_width_model(graph: ChannelGraph) -> WidthModel:
-    """Cost rules and channel spaces of ``graph``, compiled once into arrays."""
-    costs = compile_costs(graph)
-    spaces = build_channel_spaces(graph)
+def compile_width_model(graph: ChannelGraph, convention: str = DEFAULT_CONVENTION,
+                        scope: Scope | None = None) -> WidthModel:
+    """Cost rules and channel spaces of ``graph``, compiled once into arrays.
+
+    ``convention`` picks the counting (``physical`` or ``morph-net``) and ``scope`` which
+    outputs may be pruned and which part is analysed (:mod:`morphscope.analyzers.conventions`).
+    """
+    rules, scope = get_convention(convention), scope or Scope()
+    costs = compile_costs(graph, rules.cost_rules)
+    spaces = restrict_spaces(build_channel_spaces(graph, channel_rules(rules, scope)), graph, scope)
     matrices = space_matrices(spaces, costs.names)
     m_source = space_matrices(spaces, spaces.source_ops).m_out
     return WidthModel(costs, spaces, matrices.m_in, matrices.m_out, m_source)

@@ -148,16 +148,11 @@ def _coefficients(plan: RegularizerPlan, ops: TensorOps, a_in: Any, a_out: Any) 
     return coeff_out, coeff_in
 
 
-def tensor_threshold(threshold: float, float64: bool) -> float:
-    """The threshold as the tensor compares it: for float32 scores the largest float32 not
-    above ``threshold``, so ``score > t`` in float32 is exactly ``float64(score) > threshold``,
-    the analyzers' rule."""
-    if float64:
-        return float(threshold)
-    t32 = np.float32(threshold)
-    if float(t32) > threshold:
-        t32 = np.nextafter(t32, np.float32(-np.inf))
-    return float(t32)
+def tensor_threshold(threshold: float) -> float:
+    """The threshold as the tensors compare it: ``float32(threshold)``, morph-net's rule
+    (``|gamma| > t`` between float32 values; the analyzers compare the same way). A float64
+    model's scores compare against the same value."""
+    return float(np.float32(threshold))
 
 
 def _bilinear_split(io_i_o: np.ndarray, depthwise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from morphscope.analyzers.alive import DEFAULT_THRESHOLD
+from morphscope.analyzers.conventions import DEFAULT_CONVENTION, Scope
 from morphscope.analyzers.group_lasso import DEFAULT_L1_FRACTION, check_l1_fraction, writer_cover
 from morphscope.importers.kernels import is_weight_source, kernel_out_axis
 from morphscope.regularizers.core import evaluate, tensor_threshold
@@ -39,10 +40,11 @@ class GroupLassoRegularizer(GammaRegularizer):
 
     def __init__(self, model: Any, example_input: Any = None, graph: Any = None,
                  threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
-                 target: str | None = None, l1_fraction: float = DEFAULT_L1_FRACTION) -> None:
+                 target: str | None = None, convention: str = DEFAULT_CONVENTION,
+                 scope: Scope | None = None, l1_fraction: float = DEFAULT_L1_FRACTION) -> None:
         check_l1_fraction(l1_fraction)
         self.l1_fraction = l1_fraction
-        super().__init__(model, example_input, graph, threshold, hardware, target)
+        super().__init__(model, example_input, graph, threshold, hardware, target, convention, scope)
 
     def _cover(self) -> dict[int, list[tuple[str, int]]]:
         return writer_cover(self.width_model.spaces, _weight_sources(self.graph))
@@ -82,10 +84,11 @@ class KerasGroupLassoRegularizer(KerasGammaRegularizer):
     :class:`GroupLassoRegularizer`)."""
 
     def __init__(self, model: Any, threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
-                 target: str | None = None, l1_fraction: float = DEFAULT_L1_FRACTION) -> None:
+                 target: str | None = None, convention: str = DEFAULT_CONVENTION,
+                 scope: Scope | None = None, l1_fraction: float = DEFAULT_L1_FRACTION) -> None:
         check_l1_fraction(l1_fraction)
         self.l1_fraction = l1_fraction
-        super().__init__(model, threshold, hardware, target)
+        super().__init__(model, threshold, hardware, target, convention, scope)
 
     def _cover(self) -> dict[int, list[tuple[str, int]]]:
         return writer_cover(self.width_model.spaces, _weight_sources(self.graph))
@@ -104,7 +107,7 @@ class KerasGroupLassoRegularizer(KerasGammaRegularizer):
                 norm = self.l1_fraction * ops.mean(ops.abs(weight), axis=1) + (1.0 - self.l1_fraction) * norm
             scores.append(norm)
         flat = ops.concatenate(scores, axis=0)
-        return evaluate(self.plan, flat, self._ops, tensor_threshold(self.threshold, float64=False))
+        return evaluate(self.plan, flat, self._ops, tensor_threshold(self.threshold))
 
 
 class KerasGroupLassoFlopsRegularizer(KerasGroupLassoRegularizer):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from morphscope.analyzers.alive import DEFAULT_THRESHOLD
+from morphscope.analyzers.conventions import DEFAULT_CONVENTION, Scope
 from morphscope.analyzers.widths import compile_width_model
 from morphscope.exporters.writers import widths_json
 from morphscope.regularizers.core import cost_record, evaluate, regularizer_plan, tensor_threshold, write_structure
@@ -65,6 +66,8 @@ class KerasGammaRegularizer:
         Device of the roofline for ``latency``.
     target : str
         ``flops``, ``size``, ``params`` or ``latency``.
+    convention, scope :
+        As for :class:`~morphscope.regularizers.torch_regularizer.GammaRegularizer`.
 
     Raises
     ------
@@ -79,13 +82,14 @@ class KerasGammaRegularizer:
     target = "flops"
 
     def __init__(self, model: Any, threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
-                 target: str | None = None) -> None:
+                 target: str | None = None, convention: str = DEFAULT_CONVENTION,
+                 scope: Scope | None = None) -> None:
         from morphscope.importers.keras_importer import import_keras, load_keras_model
 
         self.keras = import_keras()
         self.graph = load_keras_model(model)
         self.threshold = threshold
-        self.width_model = compile_width_model(self.graph)
+        self.width_model = compile_width_model(self.graph, convention, scope)
         self.plan = regularizer_plan(self.graph, self.width_model, target or self.target, hardware,
                                      self._cover())
         layers = {layer.name: layer for layer in model._flatten_layers(include_self=False, recursive=True)}
@@ -109,7 +113,7 @@ class KerasGammaRegularizer:
     def _evaluate(self) -> tuple[Any, Any]:
         ops = self.keras.ops
         flat = ops.abs(ops.concatenate([ops.cast(v, "float32") for v in self.gamma_vars.values()], axis=0))
-        return evaluate(self.plan, flat, self._ops, tensor_threshold(self.threshold, float64=False))
+        return evaluate(self.plan, flat, self._ops, tensor_threshold(self.threshold))
 
     def loss(self) -> Any:
         """The differentiable regularizer G, a float32 scalar tensor."""
