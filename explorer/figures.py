@@ -13,35 +13,63 @@ PALETTE = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3")
 SEED_COLOR = "#B6B6B6"
 
 
-def width_bars(widths: dict[str, Any]) -> go.Figure:
+def width_bars(widths: dict[str, Any], resolutions: list[str] | None = None,
+               tables: dict[str, list[dict[str, Any]]] | None = None) -> go.Figure:
     """Layer widths in the paper's style: one group of bars per layer, input to output; the
     seed in grey next to each structure's alive width, and its expanded width (hatched) once
-    a width multiplier changes it."""
+    a width multiplier changes it. With ``resolutions`` (one label per layer), a second axis
+    row names each layer's output resolution; ``tables`` (label -> per-layer rows of
+    :func:`~morphscope.exporters.writers.layer_table`) put alive and expanded MACs and params in
+    the hover."""
     layers = widths["layers"]
+    x = [resolutions, layers] if resolutions else layers
     fig = go.Figure()
-    hover_seed = [f"{n}<br>seed {w}<br>MACs {human_count(m)}<br>params {human_count(p)}"
+    hover_seed = [f"{n}<br>seed {w:,}<br>MACs {human_count(m)}<br>params {human_count(p)}"
                   for n, w, m, p in zip(layers, widths["seed"], widths["macs"], widths["params"])]
-    fig.add_bar(x=layers, y=widths["seed"], name="seed", marker_color=SEED_COLOR,
+    fig.add_bar(x=x, y=widths["seed"], name="seed", marker_color=SEED_COLOR,
                 hovertext=hover_seed, hoverinfo="text")
     for color, (label, data) in zip(PALETTE, widths["structures"].items()):
-        hover = [f"{n}<br>seed {s}<br>alive {a}<br>expanded {e}<br>MACs (seed) {human_count(m)}"
-                 f"<br>params (seed) {human_count(p)}"
-                 for n, s, a, e, m, p in zip(layers, widths["seed"], data["alive"], data["expanded"],
-                                            widths["macs"], widths["params"])]
-        fig.add_bar(x=layers, y=data["alive"], name=f"{label} alive", marker_color=color,
+        rows = (tables or {}).get(label)
+        hover = [f"{label}: {n}<br>width seed {s:,} / alive {a:,} / expanded {e:,}"
+                 + (f"<br>MACs seed {human_count(r['seed_macs'])} / alive {human_count(r['alive_macs'])}"
+                    f" / expanded {human_count(r['expanded_macs'])}<br>params seed "
+                    f"{human_count(r['seed_params'])} / alive {human_count(r['alive_params'])} / "
+                    f"expanded {human_count(r['expanded_params'])}" if r else "")
+                 for n, s, a, e, r in zip(layers, widths["seed"], data["alive"], data["expanded"],
+                                          rows or [None] * len(layers))]
+        fig.add_bar(x=x, y=data["alive"], name=f"{label} alive", marker_color=color,
                     hovertext=hover, hoverinfo="text")
         if data["expanded"] != data["alive"]:  # only once a width multiplier changes them
-            fig.add_bar(x=layers, y=data["expanded"], name=f"{label} expanded", marker_color=color,
+            fig.add_bar(x=x, y=data["expanded"], name=f"{label} expanded", marker_color=color,
                         marker_pattern_shape="/", opacity=0.55, hovertext=hover, hoverinfo="text")
-    fig.update_layout(barmode="group", bargap=0.15, xaxis_title="layer (input to output)",
-                      yaxis_title="output channels", legend={"orientation": "h", "y": -0.45},
-                      margin={"t": 30}, height=460)
+    title = "layer (input to output), output resolution below" if resolutions else "layer (input to output)"
+    fig.update_layout(barmode="group", bargap=0.15, xaxis_title=title,
+                      yaxis_title="output channels", legend={"orientation": "h", "y": -0.5},
+                      margin={"t": 30}, height=500)
     fig.update_xaxes(tickangle=-60, tickfont_size=9)
     return fig
 
 
+def kept_by_resolution(kept: dict[str, Any]) -> go.Figure:
+    """Share of channels each structure keeps per output resolution (highest first): FLOP
+    targeting cuts the high resolutions, size targeting the low ones."""
+    fig = go.Figure()
+    ticks = [f"{r}<br>{len(kept['layers'][r])} layers, {c:,} ch" for r, c in
+             zip(kept["resolutions"], kept["seed_channels"])]
+    for color, (label, shares) in zip(PALETTE, kept["shares"].items()):
+        fig.add_bar(x=ticks, y=[100 * v for v in shares], name=label, marker_color=color,
+                    text=[f"{100 * v:.0f}%" for v in shares], textposition="outside",
+                    hovertemplate=f"{label}<br>%{{x}}<br>kept %{{y:.1f}}% of the seed's channels<extra></extra>")
+    fig.add_hline(y=100, line_dash="dot", line_color=SEED_COLOR, annotation_text="seed")
+    fig.update_layout(barmode="group", xaxis_title="output resolution (highest first)",
+                      yaxis_title="channels kept (% of seed)", yaxis_range=[0, 115],
+                      margin={"t": 30, "b": 10}, height=360, legend={"orientation": "h", "y": -0.35})
+    return fig
+
+
 def gamma_histogram(magnitudes: dict[str, np.ndarray], threshold: float) -> go.Figure:
-    """|gamma| per structure on a log axis, with the alive threshold drawn."""
+    """|gamma| per structure on a log axis, with the alive threshold drawn; values below
+    threshold / 1000 (zeros too) are gathered in a labelled floor bin."""
     fig = go.Figure()
     floor = threshold / 1e3
     for color, (label, values) in zip(PALETTE, magnitudes.items()):
@@ -49,40 +77,109 @@ def gamma_histogram(magnitudes: dict[str, np.ndarray], threshold: float) -> go.F
                           opacity=0.6, nbinsx=60)
     fig.add_vline(x=np.log10(threshold), line_dash="dash", line_color="black",
                   annotation_text=f"threshold {threshold:g}")
+    fig.add_vline(x=np.log10(floor), line_dash="dot", line_color="grey",
+                  annotation_text=f"floor bin: |gamma| <= {floor:g} (zeros too)",
+                  annotation_position="top right")
     fig.update_layout(barmode="overlay", xaxis_title="log10 |gamma|", yaxis_title="channels",
                       margin={"t": 30, "b": 10}, height=320, legend={"orientation": "h", "y": -0.3})
     return fig
 
 
 def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarray,
-                    current: dict[str, float], matched: dict[str, float], y: str = "params") -> go.Figure:
-    """FLOPs against ``y`` (params or latency_s) under a width multiplier, per structure; a
-    filled marker at the current factor, a star where it matches the seed's FLOPs."""
+                    current: dict[str, float], matched: dict[str, float], y: str = "params",
+                    matched_resource: str = "flops") -> go.Figure:
+    """FLOPs against ``y`` (params or latency_s) under a width multiplier, per structure, on log
+    axes spanning 0.25x to 2x of the seed's values; a dot at the current factor, a star where
+    the structure matches the seed's ``matched_resource`` (both explained in the legend)."""
     fig = go.Figure()
     colors = {"seed": SEED_COLOR, **dict(zip([k for k in curves if k != "seed"], PALETTE))}
+    one = int(np.argmin(np.abs(factors - 1.0)))
+    seed_x, seed_y = curves["seed"]["flops"][one], curves["seed"][y][one]
     for label, curve in curves.items():
         color = colors[label]
         fig.add_scatter(x=curve["flops"], y=curve[y], name=label, mode="lines",
                         line={"color": color}, customdata=factors,
                         hovertemplate="x%{customdata:.2f}<br>FLOPs %{x:.3s}<br>%{y:.3s}<extra></extra>")
-        for marks, symbol, size in ((current, "circle", 10), (matched, "star", 14)):
+        for marks, symbol, size in ((current, "circle", 10), (matched, "star", 15)):
             if label in marks:
                 i = int(np.argmin(np.abs(factors - marks[label])))
                 fig.add_scatter(x=[curve["flops"][i]], y=[curve[y][i]], mode="markers",
                                 marker={"color": color, "symbol": symbol, "size": size},
                                 showlegend=False, hovertemplate=f"{label} x{marks[label]:.3f}<extra></extra>")
-    fig.update_layout(xaxis_title="FLOPs per inference", yaxis_title=y.replace("_s", " (s)"),
-                      margin={"t": 30, "b": 10}, height=380, legend={"orientation": "h", "y": -0.3})
+    for name, symbol, size in (("current factor", "circle", 10),
+                               (f"matches the seed's {matched_resource}", "star", 15)):
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=name,
+                        marker={"color": "black", "symbol": symbol, "size": size})
+    fig.update_xaxes(type="log", range=[np.log10(0.25 * seed_x), np.log10(2 * seed_x)])
+    if seed_y > 0:
+        fig.update_yaxes(type="log", range=[np.log10(0.25 * seed_y), np.log10(2 * seed_y)])
+    fig.update_layout(xaxis_title="FLOPs per inference (log, 0.25x to 2x seed)",
+                      yaxis_title=y.replace("_s", " (s)") + " (log)",
+                      margin={"t": 30, "b": 10}, height=400, legend={"orientation": "h", "y": -0.3})
     return fig
 
 
-def cost_vs_step(logs: dict[str, list[dict[str, Any]]]) -> go.Figure:
-    """Target cost against training step, from the regularizers' ``cost.jsonl`` logs."""
+def run_costs(series: dict[str, dict[str, Any]], selected: dict[str, int]) -> go.Figure:
+    """Each run's target cost against step, as a share of the seed's cost; a marker at each
+    run's selected step. ``series``: label -> ``steps``, ``share`` (drawn points), ``target``."""
     fig = go.Figure()
-    for color, (label, lines) in zip(PALETTE, logs.items()):
-        first = lines[0]["cost"] or 1
-        fig.add_scatter(x=[line["step"] for line in lines], y=[line["cost"] / first for line in lines],
-                        name=label, mode="lines", line={"color": color})
-    fig.update_layout(xaxis_title="training step", yaxis_title="cost / cost at step 0",
-                      margin={"t": 30, "b": 10}, height=300, legend={"orientation": "h", "y": -0.3})
+    for color, (label, run) in zip(PALETTE, series.items()):
+        fig.add_scatter(x=run["steps"], y=[100 * v for v in run["share"]], mode="lines",
+                        name=f"{label} ({run['target']})", line={"color": color},
+                        hovertemplate="step %{x:,}<br>%{y:.1f}% of the seed's " + run["target"] + "<extra></extra>")
+        if label in selected:
+            fig.add_scatter(x=[selected[label]], y=[100 * run["selected_share"]], mode="markers",
+                            marker={"color": color, "size": 11, "symbol": "diamond"}, showlegend=False,
+                            hovertemplate=f"{label}: selected step %{{x:,}}<extra></extra>")
+    fig.update_layout(xaxis_title="training step", yaxis_title="target cost (% of seed)",
+                      margin={"t": 30, "b": 10}, height=320, legend={"orientation": "h", "y": -0.35})
+    return fig
+
+
+def run_heatmap(label: str, steps: np.ndarray, layers: list[str], shares: np.ndarray,
+                selected_step: int) -> go.Figure:
+    """Each layer's alive width as a share of the seed's (rows, input to output, top to bottom)
+    against step (columns): how the structure evolved; a line at the selected step."""
+    fig = go.Figure(go.Heatmap(z=100 * np.asarray(shares), x=steps, y=layers, zmin=0, zmax=100,
+                               colorscale="Viridis", colorbar={"title": "% of seed"},
+                               hovertemplate="%{y}<br>step %{x:,}<br>%{z:.0f}% of seed width<extra></extra>"))
+    fig.add_vline(x=selected_step, line_color="red", line_width=2)
+    fig.update_yaxes(autorange="reversed", tickfont_size=9)
+    fig.update_layout(title={"text": f"{label}: alive width per layer", "font": {"size": 14}},
+                      xaxis_title="training step", margin={"t": 40, "b": 10},
+                      height=max(260, 18 * len(layers) + 120))
+    return fig
+
+
+def sweep_scatter(points: dict[str, tuple[float, float]], metric: str) -> go.Figure:
+    """Several runs (a sweep of regularization strengths): final cost (share of the seed's)
+    against the final logged ``metric``."""
+    fig = go.Figure()
+    for color, (label, (share, value)) in zip(PALETTE * 10, points.items()):
+        fig.add_scatter(x=[100 * share], y=[value], mode="markers+text", name=label, text=[label],
+                        textposition="top center", marker={"color": color, "size": 12},
+                        hovertemplate=f"{label}<br>final cost %{{x:.1f}}% of seed<br>{metric} %{{y:.4g}}<extra></extra>")
+    fig.update_layout(xaxis_title="final target cost (% of seed)", yaxis_title=metric,
+                      margin={"t": 30, "b": 10}, height=360, showlegend=False)
+    return fig
+
+
+def width_sweep(points: list[dict[str, Any]], labels: dict[str, str]) -> go.Figure:
+    """Accuracy against FLOPs, each point retrained from scratch several times: mean with a
+    bar of +- one standard deviation, per family (seed under a uniform width multiplier vs
+    MorphNet's structure expanded to the same FLOPs)."""
+    fig = go.Figure()
+    for color, family in zip((SEED_COLOR, PALETTE[0]), labels):
+        chosen = sorted((p for p in points if p["family"] == family), key=lambda p: p["flops"])
+        fig.add_scatter(
+            x=[p["flops"] for p in chosen], y=[p["mean"] for p in chosen], name=labels[family],
+            mode="lines+markers", line={"color": "#555" if family == "seed" else color},
+            marker={"size": 9}, error_y={"type": "data", "array": [p["std"] for p in chosen], "visible": True},
+            customdata=[[p["factor"], len(p["accuracies"]), ", ".join(f"{a:.3f}" for a in p["accuracies"]),
+                         p["params"]] for p in chosen],
+            hovertemplate=("FLOPs %{x:,}<br>accuracy %{y:.3f} (mean of %{customdata[1]}: "
+                           "%{customdata[2]})<br>params %{customdata[3]:,}<br>budget: seed x%{customdata[0]}"
+                           "<extra></extra>"))
+    fig.update_layout(xaxis_title="FLOPs per inference", yaxis_title="test accuracy (mean +- std)",
+                      margin={"t": 30, "b": 10}, height=380, legend={"orientation": "h", "y": -0.3})
     return fig

@@ -8,11 +8,14 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from morphscope.explorer import cache, figures, state
-from morphscope.units import human_count, human_seconds
 from morphscope.errors import MorphScopeError
+from morphscope.explorer import cache, figures, state
+from morphscope.explorer.views import resolution, runs
+from morphscope.explorer.views.common import unique_labels, user_message
+from morphscope.units import human_count, human_seconds
 
 SOURCES = ("Bundled example", "Upload a file", "Zoo model")
+ZOO_PREFIXES = ("torchvision:", "keras:")
 BUNDLED = "example:digits"
 THRESHOLDS = [float(f"{t:.1g}") for t in np.geomspace(1e-4, 0.5, 38)]
 FACTORS = np.round(np.linspace(0.25, 3.0, 111), 4)
@@ -51,11 +54,14 @@ def _pick_model() -> LoadedModel | None:
             spec = st.sidebar.text_input("torchvision:NAME or keras:NAME", "torchvision:resnet18",
                                          key=state.ZOO_SPEC)
             side = int(st.sidebar.number_input("Input size (pixels)", 32, 1024, 224, key=state.ZOO_SIDE))
+            if not spec.startswith(ZOO_PREFIXES) or spec in ZOO_PREFIXES:  # never a server path
+                raise MorphScopeError(f"{spec!r}: name a zoo model as torchvision:NAME or keras:NAME "
+                                      "(files go through 'Upload a file')")
             with st.spinner(f"Building and capturing {spec}..."):
                 graph, model = cache.model_from_spec(spec, side)
             loaded = LoadedModel(f"{spec}@{side}", graph, model, spec, side)
     except MorphScopeError as err:
-        st.sidebar.error(str(err))
+        st.sidebar.error(user_message(err))
     if loaded is not None:
         st.session_state[state.LAST_GOOD_MODEL] = loaded
         return loaded
@@ -74,14 +80,16 @@ def _pick_checkpoints(loaded: LoadedModel) -> list[tuple[str, dict[str, Any]]]:
     uploads = st.sidebar.file_uploader(  # no type filter: morph-net's alive_<step> has no suffix
         "Gamma checkpoints (.pt, .pth, .safetensors, .keras, .h5) or morph-net alive files",
         accept_multiple_files=True, key=state.CHECKPOINT_UPLOADS)
-    for upload in uploads or []:
-        label = st.sidebar.text_input(f"Label for {upload.name}", upload.name,
-                                      key=state.LABEL_PREFIX + upload.name)
+    uploads = uploads or []
+    for upload, default in zip(uploads, unique_labels([u.name for u in uploads])):
+        # two uploads of the same name: told apart by a suffix, each with its own label box
+        label = st.sidebar.text_input(f"Label for {default}", default,
+                                      key=state.LABEL_PREFIX + upload.file_id)
         try:
             structures.append((label, cache.structure_from_bytes(
                 loaded.graph, loaded.key, upload.name, upload.getvalue())))
         except MorphScopeError as err:
-            st.sidebar.error(str(err))
+            st.sidebar.error(user_message(err))
     return structures
 
 
@@ -90,12 +98,14 @@ def _solve_into_slider(model: Any, alive: np.ndarray, target: str, hardware: Any
     from morphscope.analyzers.compare import matching_factor
 
     factor = matching_factor(model, alive, target, hardware)
+    st.session_state[state.MATCHED_TARGET] = target
     st.session_state[state.FACTOR] = float(np.floor(factor * 1000) / 1000)  # stay under budget
 
 
 def explorer_view() -> None:
     from morphscope.analyzers import compare
     from morphscope.analyzers.hardware import HARDWARE, get_hardware
+    from morphscope.importers.load import EXAMPLES_DIR
 
     st.title("MorphScope")
     loaded = _pick_model()
@@ -104,6 +114,8 @@ def explorer_view() -> None:
         return
     graph, model = loaded.graph, loaded.model
     structures = _pick_checkpoints(loaded)
+    example_dir = EXAMPLES_DIR / "digits" if loaded.key == BUNDLED else None
+    picked_runs = runs.pick_runs(example_dir)
 
     threshold = st.sidebar.select_slider("Alive threshold on max |gamma|", THRESHOLDS, 1e-2,
                                          key=state.THRESHOLD)
@@ -113,15 +125,23 @@ def explorer_view() -> None:
     factor = st.sidebar.slider("What-if width multiplier", 0.25, 3.0, step=0.001, format="%.3f",
                                key=state.FACTOR)
 
+    st.caption(f"{graph.name}: {graph.framework}, input {'x'.join(map(str, graph.input_shape))}, "
+               f"{len(graph)} ops. FLOPs = 2 x MACs; size = conv/linear kernel weights.")
+    costs_area = st.container()  # filled once the runs' selected steps are known
+    if picked_runs:
+        structures = structures + runs.runs_section(graph, model, loaded.key, picked_runs, hardware)
+    labels = unique_labels([label for label, _ in structures])
+    structures = list(zip(labels, (s for _, s in structures)))
+
     alive = {label: compare.structure_widths(model, s["gammas"], s["alive_counts"], threshold)
              for label, s in structures}
     views = [compare.view_structure(model, label, widths, factor, hardware) for label, widths in alive.items()]
     seed = model.totals(model.seed_widths, hardware)
-
-    st.caption(f"{graph.name}: {graph.framework}, input {'x'.join(map(str, graph.input_shape))}, "
-               f"{len(graph)} ops. FLOPs = 2 x MACs; size = conv/linear kernel weights.")
+    selected = None
     if views:
-        target_label = st.sidebar.selectbox("Expand which structure", list(alive), key=state.EXPAND_TARGET)
+        target_label = st.sidebar.selectbox("Structure (cards, expand, table, downloads)", list(alive),
+                                            key=state.EXPAND_TARGET)
+        selected = next(v for v in views if v.label == target_label)
         cols = st.sidebar.columns(2)
         for col, target in zip(cols, ("flops", "size")):
             col.button(f"Match {'FLOPs' if target == 'flops' else 'size'}", key=f"match_{target}",
@@ -129,38 +149,41 @@ def explorer_view() -> None:
                             "the seed's", on_click=_solve_into_slider,
                        args=(model, alive[target_label], target, hardware))
 
-    _metrics(seed, views)
-    st.subheader("Layer widths")
-    st.plotly_chart(figures.width_bars(compare.layer_widths(graph, model, views)), key="width_bars")
+    with costs_area:
+        _metrics(seed, views, selected)
+    resolution.width_section(graph, model, views)
     if not views:
-        st.info("Upload gamma checkpoints (or morph-net alive files) to compare learned structures.")
+        st.info("Upload gamma checkpoints, morph-net alive files or training runs to compare "
+                "learned structures.")
+        _tradeoff_section(model, views, factor, hardware)
         return
-    if loaded.key == BUNDLED:
-        from morphscope.importers.load import example_cost_logs
-
-        st.subheader("Target cost during training")
-        st.plotly_chart(figures.cost_vs_step(example_cost_logs(BUNDLED)), key="cost_vs_step")
+    resolution.kept_section(graph, model, views)
+    resolution.layer_table_section(graph, model, selected)
+    if example_dir is not None:
+        resolution.result_section(example_dir)
     _gamma_section(structures, threshold)
     _tradeoff_section(model, views, factor, hardware)
     _reports(graph, model, structures, alive, threshold)
-    _downloads(graph, model, loaded, views, structures, threshold, factor)
+    _downloads(graph, model, loaded, selected, structures, threshold, factor)
 
 
-def _metrics(seed: dict[str, Any], views: list[Any]) -> None:
+def _metrics(seed: dict[str, Any], views: list[Any], selected: Any) -> None:
     from morphscope.analyzers.compare import metrics_rows
 
-    st.subheader(f"Costs: {views[0].label}, expanded" if views else "Costs: seed")
+    st.subheader(f"Costs: {selected.label}, expanded" if selected else "Costs: seed")
     cols = st.columns(4)
-    first = views[0].expanded_totals if views else seed
+    shown = selected.expanded_totals if selected else seed
     for col, (key, label, fmt) in zip(cols, (("flops", "FLOPs", human_count), ("params", "Params", human_count),
                                             ("size", "Size", human_count), ("latency_s", "Latency", human_seconds))):
-        delta = f"{(first[key] / seed[key] - 1) * 100:+.1f}% vs seed" if views and seed[key] else None
-        col.metric(label, fmt(first[key]), delta, delta_color="inverse",
-                   help=f"{views[0].label} at the current threshold and width multiplier"
-                   if views else "seed network")
+        delta = f"{(shown[key] / seed[key] - 1) * 100:+.1f}% vs seed" if selected and seed[key] else None
+        col.metric(label, fmt(shown[key]), delta, delta_color="inverse",
+                   help=f"{selected.label} at the current threshold and width multiplier"
+                   if selected else "seed network")
     rows = metrics_rows(seed, views)
+    count = st.column_config.NumberColumn(format="localized")
     st.dataframe(rows, key="metrics_table", hide_index=True,
-                 column_config={"latency_s": st.column_config.NumberColumn(format="%.3e"),
+                 column_config={"flops": count, "params": count, "size": count,
+                                "latency_s": st.column_config.NumberColumn("latency (s)", format="%.3e"),
                                 **{f"{m} vs seed": st.column_config.NumberColumn(format="%.3f")
                                    for m in ("flops", "params", "size", "latency_s")}})
 
@@ -183,12 +206,21 @@ def _tradeoff_section(model, views, factor, hardware) -> None:
     from morphscope.analyzers.compare import matching_factor, tradeoff_curves
 
     st.subheader("Trade-off under a width multiplier")
+    resource = st.session_state.get(state.MATCHED_TARGET, "flops")
     curves = tradeoff_curves(model, views, FACTORS, hardware)
     current = {"seed": factor, **{v.label: factor for v in views}}
-    matched = {v.label: matching_factor(model, v.alive, "flops", hardware) for v in views}
+    matched = {v.label: matching_factor(model, v.alive, resource, hardware) for v in views}
     left, right = st.columns(2)
-    left.plotly_chart(figures.tradeoff_figure(curves, FACTORS, current, matched, "params"), key="tradeoff_params")
-    right.plotly_chart(figures.tradeoff_figure(curves, FACTORS, current, matched, "latency_s"), key="tradeoff_latency")
+    for column, y in ((left, "params"), (right, "latency_s")):
+        column.plotly_chart(figures.tradeoff_figure(curves, FACTORS, current, matched, y, resource),
+                            key=f"tradeoff_{y.split('_')[0]}")
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> Any:
+    """A table that keeps its headers when it has no rows."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _reports(graph, model, structures, alive, threshold) -> None:
@@ -201,26 +233,27 @@ def _reports(graph, model, structures, alive, threshold) -> None:
         with st.expander(f"{label}: {len(topology.removable_blocks)} removable blocks, "
                          f"{len(topology.dead_towers)} dead towers, {sum(1 for g in groups if g.broken)} "
                          "groups with disagreeing channels"):
-            st.dataframe([{"group": g.name, "members": ", ".join(g.members), "alive": g.alive,
-                           "size": g.size, "disagreeing channels": len(g.broken)} for g in groups],
+            st.dataframe(_table([{"group": g.name, "members": ", ".join(g.members), "alive": g.alive,
+                                  "size": g.size, "disagreeing channels": len(g.broken)} for g in groups],
+                                ["group", "members", "alive", "size", "disagreeing channels"]),
                          hide_index=True)
-            st.dataframe([{"add": a, "branch": b, "why": r} for a, b, r in topology.removable_blocks]
-                         + [{"add": c, "branch": t, "why": "dead tower (concat input)"}
-                            for c, t in topology.dead_towers], hide_index=True)
+            st.dataframe(_table([{"add": a, "branch": b, "why": r} for a, b, r in topology.removable_blocks]
+                                + [{"add": c, "branch": t, "why": "dead tower (concat input)"}
+                                   for c, t in topology.dead_towers], ["add", "branch", "why"]),
+                         hide_index=True)
             for note in s["notes"]:
                 st.caption(note)
     pinned = [{"space": model.spaces.name_of(i), "channels": int(model.spaces.sizes[i]), "why": why}
               for i, why in sorted(model.spaces.pin_reasons.items())]
     with st.expander(f"Pinned spaces ({len(pinned)}): never pruned"):
-        st.dataframe(pinned, hide_index=True)
+        st.dataframe(_table(pinned, ["space", "channels", "why"]), hide_index=True)
 
 
-def _downloads(graph, model, loaded, views, structures, threshold, factor) -> None:
+def _downloads(graph, model, loaded, view, structures, threshold, factor) -> None:
     from morphscope.exporters.writers import layer_table, table_csv, widths_json
 
-    st.subheader("Export")
-    label = st.session_state.get(state.EXPAND_TARGET) or views[0].label
-    view = next(v for v in views if v.label == label)
+    st.subheader(f"Export: {view.label}")
+    label = view.label
     stem = graph.name.split(":")[-1].split("/")[-1].split(".")[0]
     cols = st.columns(3)
     cols[0].download_button("Widths JSON (morph-net)", widths_json(graph, model, view.expanded),
@@ -236,7 +269,7 @@ def _downloads(graph, model, loaded, views, structures, threshold, factor) -> No
                 st.session_state[state.MODEL_FILE] = _rebuild_bytes(graph, model, loaded, structures,
                                                                     label, view, threshold, factor)
             except MorphScopeError as err:
-                st.error(str(err))
+                st.error(user_message(err))
     built = st.session_state.get(state.MODEL_FILE)
     if built:
         name, data, note = built
@@ -254,7 +287,9 @@ def _rebuild_bytes(graph, model, loaded, structures, label, view, threshold, fac
     gammas = dict(structures)[label]["gammas"]
     plan = export_plan(graph, model, Morphed(label, view.alive, None), factor, gammas, threshold)
     source = cache.framework_model(loaded.rebuild_spec, loaded.side)
-    path = Path(tempfile.mkdtemp(prefix="morphscope_export_")) / f"morphed{MODEL_SUFFIX[graph.framework]}"
-    params = write_rebuilt_model(source, graph, model, plan, path)
+    with tempfile.TemporaryDirectory(prefix="morphscope_export_") as folder:
+        path = Path(folder) / f"morphed{MODEL_SUFFIX[graph.framework]}"
+        params = write_rebuilt_model(source, graph, model, plan, path)
+        data = path.read_bytes()
     note = f"{params:,} parameters (predicted {plan_totals(model, plan)['params']:,})"
-    return path.name, path.read_bytes(), note
+    return path.name, data, note

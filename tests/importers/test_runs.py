@@ -1,0 +1,124 @@
+"""Training runs read from folders, loose files and zips; every bound checked before reading."""
+
+import io
+import json
+import zipfile
+
+import pytest
+
+from morphscope.errors import UnsupportedFileError
+from morphscope.importers import runs
+from morphscope.importers.runs import (json_depth, run_from_dir, run_from_files, runs_from_uploads,
+                                       runs_from_zip)
+
+
+def alive(**counts):
+    return json.dumps(counts).encode()
+
+
+def zip_of(members, compression=zipfile.ZIP_DEFLATED):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+LOG = b'{"step": 100, "target": "flops", "cost": 5.0, "loss": 1.0}\n{"step": 0, "cost": 9.0, "loss": NaN}\n'
+
+
+def test_run_from_files_orders_steps_and_log_and_reads_morphnet_names():
+    run = run_from_files("r", {"alive_100": alive(**{"conv1/Conv2D": 3}), "alive_20.json": alive(conv1=5),
+                               "cost.jsonl": LOG})
+    assert run.steps == (20, 100)
+    assert run.alive == ({"conv1": 5}, {"conv1/Conv2D": 3})
+    assert [r["step"] for r in run.log] == [0, 100]
+    assert run.log[0]["loss"] is None  # a non-finite loss becomes a gap
+
+
+def test_zip_with_two_run_folders_gives_two_runs():
+    data = zip_of({"sweep/a/alive_0": alive(c=4), "sweep/a/cost.jsonl": LOG,
+                   "sweep/b/alive_0": alive(c=2), "sweep/b/alive_10": alive(c=1), "README.txt": b"x"})
+    found = runs_from_zip("sweep.zip", data)
+    assert [r.name for r in found] == ["sweep/sweep/a", "sweep/sweep/b"]
+    assert found[1].steps == (0, 10) and found[0].log[1]["cost"] == 5.0
+
+
+def test_loose_uploads_form_one_run_and_zips_add_theirs():
+    found = runs_from_uploads([("alive_0", alive(c=3)), ("cost.jsonl", LOG),
+                               ("more.zip", zip_of({"alive_5": alive(c=1)}))])
+    assert [(r.name, r.steps) for r in found] == [("more", (5,)), ("run", (0,))]
+
+
+def test_run_from_dir(tmp_path):
+    (tmp_path / "alive_7").write_bytes(alive(c=2))
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert run_from_dir(tmp_path).steps == (7,)
+
+
+def test_json_depth_counts_nesting():
+    assert json_depth(b'{"a": [1, {"b": 2}]}') == 3
+    assert json_depth(b"") == 0
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"alive_1": b"[" * 100 + b"]" * 100}, "nested 100 deep"),
+    ({"alive_1": b"{not json"}, "not valid JSON"),
+    ({"alive_1": b'{"c": -1}'}, "from op name to alive count"),
+    ({"alive_1": b'{"c": 1.5}'}, "from op name to alive count"),
+    ({"alive_1": alive(c=1), "cost.jsonl": b'{"cost": 3}\n'}, "line 1: expected an object with an integer 'step'"),
+    ({"cost.jsonl": LOG}, "no alive_<step> files"),
+])
+def test_bad_run_files_get_one_line(files, message):
+    with pytest.raises(UnsupportedFileError, match=message):
+        run_from_files("r", files)
+
+
+def test_dir_bounds(tmp_path, monkeypatch):
+    with pytest.raises(UnsupportedFileError, match="not a folder"):
+        run_from_dir(tmp_path / "missing")
+    for step in range(3):
+        (tmp_path / f"alive_{step}").write_bytes(alive(c=step))
+    monkeypatch.setattr(runs, "MAX_RUN_FILES", 2)
+    with pytest.raises(UnsupportedFileError, match="3 run files, over the limit of 2"):
+        run_from_dir(tmp_path)
+    monkeypatch.setattr(runs, "MAX_RUN_FILES", 10)
+    monkeypatch.setattr(runs, "MAX_FILE_BYTES", 5)
+    with pytest.raises(UnsupportedFileError, match="alive_0: over 5 bytes"):
+        run_from_dir(tmp_path)
+
+
+def test_zip_bounds_are_checked_from_the_directory(monkeypatch):
+    with pytest.raises(UnsupportedFileError, match="not a readable zip archive"):
+        runs_from_zip("x.zip", b"PK not really")
+    with pytest.raises(UnsupportedFileError, match="no alive_<step> files or cost.jsonl"):
+        runs_from_zip("x.zip", zip_of({"readme": b"hi"}))
+    # A 3 MB alive file of spaces compresses about 1000 to 1: refused before it is read.
+    bomb = zip_of({"alive_1": b"{" + b" " * (3 * 2**20) + b"}"})
+    with pytest.raises(UnsupportedFileError, match="to 1, over the limit of 200 \\(a zip bomb\\?\\)"):
+        runs_from_zip("bomb.zip", bomb)
+    monkeypatch.setattr(runs, "MAX_FILE_BYTES", 10)
+    with pytest.raises(UnsupportedFileError, match="x.zip/alive_1: 20 bytes, over the limit of 10"):
+        runs_from_zip("x.zip", zip_of({"alive_1": b'{"c": 1}' + b" " * 12}))
+    with pytest.raises(UnsupportedFileError, match="alive_1: 11 bytes, over the limit of 10"):
+        runs_from_uploads([("alive_1", b'{"c": 1}   ')])
+    monkeypatch.setattr(runs, "MAX_FILE_BYTES", 2**20)
+    monkeypatch.setattr(runs, "MAX_TOTAL_BYTES", 15)
+    with pytest.raises(UnsupportedFileError, match="unpacks to 16 bytes, over the limit of 15"):
+        runs_from_zip("x.zip", zip_of({"alive_1": b'{"c": 1}', "alive_2": b'{"c": 2}'}))
+    monkeypatch.setattr(runs, "MAX_RUN_FILES", 1)
+    with pytest.raises(UnsupportedFileError, match="2 run files, over the limit of 1"):
+        runs_from_zip("x.zip", zip_of({"alive_1": b'{"c": 1}', "alive_2": b'{"c": 2}'}))
+
+
+def test_corrupt_member_is_one_line():
+    data = bytearray(zip_of({"alive_1": b'{"conv": 12345678}'}, zipfile.ZIP_STORED))
+    at = data.index(b"12345678")
+    data[at] = ord("9")  # stored bytes no longer match the CRC
+    with pytest.raises(UnsupportedFileError, match="alive_1: cannot be unpacked"):
+        runs_from_zip("x.zip", bytes(data))
+
+
+def test_loose_upload_that_is_no_run_file():
+    with pytest.raises(UnsupportedFileError, match="notes.txt: not a run file"):
+        runs_from_uploads([("notes.txt", b"hi")])
