@@ -92,7 +92,7 @@ def test_truncated_keras_file(tmp_path):
     keras_tower_net().save(whole)
     truncated = tmp_path / "truncated.keras"
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    line = expect_one_line_error(run_cli("report", str(truncated)), "not a readable Keras model")
+    line = expect_one_line_error(run_cli("report", str(truncated)), "not a readable zip archive")
     assert str(truncated) in line
 
 
