@@ -9,6 +9,7 @@ import numpy as np
 
 from morphscope.analyzers.alive import consistency_report, topology_report
 from morphscope.analyzers.cost import CostModel, compile_costs, seed_costs, totals_of
+from morphscope.analyzers.conventions import DEFAULT_CONVENTION, get_convention
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE, Hardware
 from morphscope.analyzers.resources import RESOURCES, get_resource
 from morphscope.analyzers.morph import Morphed, source_op_widths
@@ -66,8 +67,10 @@ def pinned_ops(graph: ChannelGraph) -> list[str]:
     return graph.of_kind(Kind.OPAQUE)
 
 
-def seed_report(graph: ChannelGraph, every_op: bool = False) -> dict[str, Any]:
-    """The seed (all channels alive) report as one JSON-ready dict.
+def seed_report(graph: ChannelGraph, every_op: bool = False,
+                convention: str = DEFAULT_CONVENTION) -> dict[str, Any]:
+    """The seed (all channels alive) report as one JSON-ready dict, counted by ``convention``
+    (``physical`` or ``morph-net``, :mod:`morphscope.analyzers.conventions`).
 
     Returns
     -------
@@ -78,13 +81,15 @@ def seed_report(graph: ChannelGraph, every_op: bool = False) -> dict[str, Any]:
         (pinned op names), ``detached_params`` (training-only weights by module) and
         ``notes`` (how the graph was captured, when it matters).
     """
-    model = compile_costs(graph)
+    counting = get_convention(convention)
+    model = compile_costs(graph, counting.cost_rules)
     per_op = seed_costs(model)
     return {
         "model": graph.name,
         "framework": graph.framework,
         "input_shape": list(graph.input_shape),
-        "convention": CONVENTION,
+        "convention": CONVENTION if convention == DEFAULT_CONVENTION else f"{CONVENTION} "
+                      f"Counted by the {convention} convention: {counting.description}.",
         "seed": totals_dict(model, per_op, graph),
         "layers": [asdict(r) for r in layer_rows(graph, model, per_op, every_op)],
         "opaque": pinned_ops(graph),

@@ -18,6 +18,7 @@ from morphscope.cli.arguments import (EXIT_BAD_INPUT, MAX_MULTIPLIER, OneLinePar
                                       attach_signed_values, budget_value, check_input_shape,
                                       input_shape_value, limits_help, multiplier_value,
                                       threshold_value)
+from morphscope.cli.scope import scope_arguments, scope_line, scope_of
 from morphscope.errors import MorphScopeError
 
 EXPORT_FILES_RULE = ("Outputs are written whole or not at all: each to a temporary file beside "
@@ -35,6 +36,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                         help="input size for torchvision:/keras: models (default: the model's "
                         "own); files carry their own")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    scope_arguments(parser)
 
 
 def _hardware_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -131,6 +133,8 @@ def print_report_table(doc: dict[str, Any], hardware: str, out: TextIO | None = 
     for note in doc["notes"]:
         print(f"Note: {note}", file=out)
     print(f"Convention: {doc['convention']}", file=out)
+    if "scope" in doc:
+        print(f"Analysed: {scope_line(doc['scope'])}", file=out)
 
 
 ZOO_PREFIXES = ("torchvision:", "keras:")
@@ -149,7 +153,7 @@ def _analysis(args: argparse.Namespace):
     graph = load_model(args.model, args.input_shape)
     if args.input_shape is not None:
         check_input_shape(graph, args.input_shape)
-    model = compile_width_model(graph)
+    model = compile_width_model(graph, args.convention, scope_of(args))
     structures = [load_structure(graph, path) for path in (args.checkpoint or [])]
     morphed = [morph(model, s, args.threshold) for s in structures]
     return graph, model, structures, morphed
@@ -163,10 +167,12 @@ def _progress(message: str) -> None:
 
 def _run_report(args: argparse.Namespace) -> int:
     from morphscope.analyzers.hardware import get_hardware
+    from morphscope.analyzers.conventions import scope_summary
     from morphscope.analyzers.report import seed_report, structure_entry
 
     graph, model, structures, morphed = _analysis(args)
-    doc = seed_report(graph, every_op=args.all)
+    doc = seed_report(graph, every_op=args.all, convention=args.convention)
+    doc["scope"] = scope_summary(graph, model.spaces, scope_of(args), args.convention)
     hardware = get_hardware(args.hardware)
     doc["morphed"] = [structure_entry(graph, model, s, m, args.threshold, hardware)
                       for s, m in zip(structures, morphed)]

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from test_cli import run_cli
+from morphscope.cli.main import main
 
 THRESHOLD = 0.05
 
@@ -31,7 +31,7 @@ def rms_alive(weight, threshold):
     return int((np.sqrt((rows ** 2).mean(axis=1)).astype(np.float32) > np.float32(threshold)).sum())
 
 
-def test_vgg_without_bn_trains_with_group_lasso_and_report_agrees(tmp_path):
+def test_vgg_without_bn_trains_with_group_lasso_and_report_agrees(tmp_path, capsys):
     import torch
     import torch.nn.functional as F
 
@@ -58,10 +58,9 @@ def test_vgg_without_bn_trains_with_group_lasso_and_report_agrees(tmp_path):
     torch.save(model.state_dict(), weights)
     exported = tmp_path / "vgg.pt2"
     torch.export.save(torch.export.export(model.eval(), (x[:1],)), exported)
-    result = run_cli("report", str(exported), "--checkpoint", str(weights),
-                     "--threshold", str(THRESHOLD), "--json")
-    assert result.returncode == 0, result.stderr
-    [morphed] = json.loads(result.stdout)["morphed"]
+    assert main(["report", str(exported), "--checkpoint", str(weights), "--threshold", str(THRESHOLD),
+                 "--json"]) == 0
+    [morphed] = json.loads(capsys.readouterr().out)["morphed"]
     assert morphed["flops"] == reg.cost()
 
     # The same widths from the norms in numpy: conv1, conv2 and fc1 prunable; the logits pinned.
