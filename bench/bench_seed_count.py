@@ -1,10 +1,11 @@
 """Seed counting speed against the peers, in one process, on the same CPU models.
 
-For each model: our import (torch.export capture -> ChannelGraph) + seed count, our count
-alone (cost rules compiled and summed on the imported graph), and the MAC counts of fvcore,
-thop, ptflops and torch's FlopCounterMode, each on the same random-weight model. Prints the
-best-of-N seconds, the ratio to ours and the MACs each tool reports (their conventions
-differ: see README, "Conventions").
+For each model: our import (one forward pass recorded under a dispatch mode on meta stand-ins
+of the weights -> ChannelGraph) + seed count, our count alone (cost rules compiled and summed on
+the imported graph), and the MAC counts of fvcore, thop, ptflops and torch's FlopCounterMode,
+each on the same random-weight CPU model. Prints the best-of-N seconds, the ratio to ours and
+the MACs each tool reports (their conventions differ: see README, "Conventions"), then per
+model ours (import + count) over the fastest peer: at or under 1.0 is the aim.
 
     python bench/bench_seed_count.py [--repeat 3] [--models resnet50 mobilenet_v2 ...]
 """
@@ -73,7 +74,9 @@ def ptflops_macs(model, shape):
 
 
 def flop_counter_macs(model, x):
-    counter = torch.utils.flop_counter.FlopCounterMode(display=False)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() // 2
@@ -91,6 +94,7 @@ def main() -> None:
     header = f"{'model':<16} {'tool':<26} {'seconds':>9} {'x ours(import+count)':>21} {'x ours(count)':>14} {'MACs':>15}"
     print(header)
     print("-" * len(header))
+    summary = []
     for name in args.models:
         model = torchvision.models.get_model(name, weights=None).eval()
         side = torchvision_input_size(model, name)
@@ -109,7 +113,12 @@ def main() -> None:
         for tool, seconds, tool_macs in rows:
             print(f"{name:<16} {tool:<26} {seconds:>9.4f} {seconds / t_import:>21.2f} "
                   f"{seconds / t_count:>14.1f} {tool_macs:>15,}")
+        fastest_tool, fastest, _ = min(rows[2:], key=lambda row: row[1])
+        summary.append(f"{name:<16} ours {t_import:.4f} s / {fastest_tool} {fastest:.4f} s "
+                       f"= {t_import / fastest:.2f}")
         print()
+    print("import + count against the fastest peer:")
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":
