@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import streamlit as st
 
-from morphscope import errors
+import morphscope.errors as errors
 from morphscope.errors import MorphScopeError, UnsupportedFileError
 
 MAX_UPLOAD_BYTES = 1 * 2**30

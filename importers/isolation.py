@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from morphscope import errors
+import morphscope.errors as errors
 from morphscope.errors import MorphScopeError, UnsupportedFileError
 from morphscope.importers.limits import DEFAULT_LIMITS, Limits, describe_error
 from morphscope.units import human_bytes
