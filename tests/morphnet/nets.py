@@ -297,3 +297,52 @@ def set_bias(framework: str, model, name: str, bias: np.ndarray) -> None:
         import torch
 
         getattr(model, torch_name(name)).bias.data.copy_(torch.as_tensor(bias))
+
+
+# -- reading our regularizers -----------------------------------------------------------------------
+
+def build(framework, spec, outputs, image=IMAGE):
+    if framework == "torch":
+        return torch_net(spec, outputs, image)
+    return keras_net(spec, outputs, image)
+
+
+def regularizer(framework, model, image=IMAGE, family="gamma", target="flops", **kwargs):
+    """One of our regularizers on ``model`` (kwargs: threshold, convention, scope, ...)."""
+    if family == "gamma":
+        from morphscope.regularizers import keras_regularizer as k, torch_regularizer as t
+
+        cls = {"torch": t.GammaRegularizer, "keras": k.KerasGammaRegularizer}[framework]
+    else:
+        from morphscope.regularizers import group_lasso as g
+
+        cls = {"torch": g.GroupLassoRegularizer, "keras": g.KerasGroupLassoRegularizer}[framework]
+    if framework == "torch":
+        return cls(model, example_input=torch_input(image), target=target, **kwargs)
+    return cls(model, target=target, **kwargs)
+
+
+def per_op(reg, base, names):
+    """A base cost (``macs``, ``bytes_moved``, ...) of each named op at the alive widths now."""
+    values = reg.width_model.per_op(reg.alive_widths())[base]
+    return [float(values[reg.width_model.costs.index[torch_name(n)]]) for n in names]
+
+
+def per_op_flops(reg, names):
+    """FLOPs (2 x MACs) of each named op at the regularizer's alive widths now."""
+    return [2 * macs for macs in per_op(reg, "macs", names)]
+
+
+def per_op_terms(reg, names):
+    """The regularization term G of each named op now."""
+    per_op = np.asarray(_numpy(reg._evaluate()[0]), dtype=np.float64)
+    return [float(per_op[reg.width_model.costs.index[torch_name(n)]]) for n in names]
+
+
+def value(tensor):
+    """A scalar tensor of either framework as a float."""
+    return float(_numpy(tensor))
+
+
+def _numpy(tensor):
+    return tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)

@@ -14,57 +14,12 @@ import numpy as np
 import pytest
 
 import nets
+from nets import build, per_op_flops, per_op_terms, regularizer, value
 from morphscope.analyzers.conventions import Scope
 
 FRAMEWORKS = ["torch", "keras"]
 MORPHNET = dict(convention="morph-net", scope=Scope(prune_outputs="all"))
 P100_NS = 1e-9  # morph-net's latencies are FLOPs / (GFLOP/s) and bytes / (GB/s): nanoseconds
-
-
-def build(framework, spec, outputs, image=nets.IMAGE):
-    if framework == "torch":
-        return nets.torch_net(spec, outputs, image)
-    return nets.keras_net(spec, outputs, image)
-
-
-def regularizer(framework, model, image=nets.IMAGE, family="gamma", target="flops", **kwargs):
-    """One of our regularizers on ``model`` (kwargs: threshold, convention, scope, ...)."""
-    if family == "gamma":
-        from morphscope.regularizers import keras_regularizer as k, torch_regularizer as t
-
-        cls = {"torch": t.GammaRegularizer, "keras": k.KerasGammaRegularizer}[framework]
-    else:
-        from morphscope.regularizers import group_lasso as g
-
-        cls = {"torch": g.GroupLassoRegularizer, "keras": g.KerasGroupLassoRegularizer}[framework]
-    if framework == "torch":
-        return cls(model, example_input=nets.torch_input(image), target=target, **kwargs)
-    return cls(model, target=target, **kwargs)
-
-
-def op_name(framework, name):
-    return nets.torch_name(name)
-
-
-def per_op_flops(reg, framework, names):
-    """FLOPs of each named op at the regularizer's alive widths now."""
-    per_op = reg.width_model.per_op(reg.alive_widths())["macs"]
-    return [2 * float(per_op[reg.width_model.costs.index[op_name(framework, n)]]) for n in names]
-
-
-def per_op_terms(reg, framework, names):
-    """The regularization term G of each named op now."""
-    per_op = np.asarray(_numpy(reg._evaluate()[0]), dtype=np.float64)
-    return [float(per_op[reg.width_model.costs.index[op_name(framework, n)]]) for n in names]
-
-
-def value(tensor):
-    """A scalar tensor of either framework as a float."""
-    return float(_numpy(tensor))
-
-
-def _numpy(tensor):
-    return tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
 
 
 # -- flop_regularizer_test.GammaFlopLossTest: the concat model ------------------------------------
@@ -83,7 +38,7 @@ def concat_net(request):
 def test_concat_net_costs_per_op(concat_net):
     framework, model = concat_net
     reg = regularizer(framework, model, threshold=0.45, **MORPHNET)
-    costs = per_op_flops(reg, framework, ["conv1", "conv2", "conv3", "conv4"])
+    costs = per_op_flops(reg, ["conv1", "conv2", "conv3", "conv4"])
     # GammaFlopLossTest.testCost: _coeff(conv) * alive_out * alive_in
     assert costs == [22610 * 7 * 3, 646 * 11 * 3, 1620 * 10 * 18, 646 * 17 * 18]
     assert reg.cost() == sum(costs)
@@ -101,7 +56,7 @@ def test_concat_net_default_pins_the_outputs(concat_net):
     framework, model = concat_net
     reg = regularizer(framework, model, threshold=0.45)
     # Our default keeps model outputs at full width: conv3 29 and conv4 31 (morph-net: 10, 17).
-    assert per_op_flops(reg, framework, ["conv3", "conv4"]) == [1620 * 29 * 18, 646 * 31 * 18]
+    assert per_op_flops(reg, ["conv3", "conv4"]) == [1620 * 29 * 18, 646 * 31 * 18]
 
 
 def test_concat_net_latency_p100(concat_net):
@@ -137,7 +92,7 @@ def test_concat_net_latency_regularization_p100(concat_net):
     relu4 = (17 * 19 * 14.1) * 2 * 4 / bw
     conv_losses = conv1 + conv2 + conv3 + conv4
     other_losses = concat + 2 * (relu1 + relu2 + relu3 + relu4)  # bn_i costs as relu_i
-    terms = per_op_terms(reg, framework, ["conv1", "conv2", "conv3", "conv4"])
+    terms = per_op_terms(reg, ["conv1", "conv2", "conv3", "conv4"])
     assert sum(terms) / P100_NS == pytest.approx(conv_losses, rel=1e-5)  # 172.43766
     assert value(reg.loss()) / P100_NS == pytest.approx(conv_losses + other_losses, rel=1e-5)  # 461.26717
 
@@ -207,7 +162,7 @@ def test_add_concat_stub_regularization_vectors_are_sliced_maxima(framework):
     reg = regularizer(framework, model, threshold=0.5, **MORPHNET)
     # add_concat_model_stub.expected_regularization(): grouped = max(REG conv1 + conv2, REG conv4)
     grouped = np.maximum(ADD_CONCAT_STUB_REG["conv1"] + ADD_CONCAT_STUB_REG["conv2"], ADD_CONCAT_STUB_REG["conv4"])
-    conv1, conv2 = per_op_terms(reg, framework, ["conv1", "conv2"])
+    conv1, conv2 = per_op_terms(reg, ["conv1", "conv2"])
     # The image has no regularizer (3 alive, reg 0): G = _coeff * 3 * sum(grouped slice).
     assert conv1 == pytest.approx(22610 * 3 * grouped[:7].sum(), rel=1e-6)
     assert conv2 == pytest.approx(646 * 3 * grouped[7:].sum(), rel=1e-6)
@@ -222,8 +177,8 @@ def test_add_concat_image_is_not_zeroth_output(framework):
     # cost_calculator_test.testImageIsNotZerothOutputOfOp: conv1_coeff * num_channels *
     # expected_alive_conv1, and "for 0/1 assignments cost and reg_term are equal".
     expected = 22610 * 3 * 5
-    assert per_op_flops(reg, framework, ["conv1"]) == [expected]
-    assert per_op_terms(reg, framework, ["conv1"]) == pytest.approx([expected], rel=1e-6)
+    assert per_op_flops(reg, ["conv1"]) == [expected]
+    assert per_op_terms(reg, ["conv1"]) == pytest.approx([expected], rel=1e-6)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -264,8 +219,8 @@ def test_depthwise_nets(framework, bn):
     nets.set_gammas(framework, model, {**DW_GAMMAS, **(DW_BN_GAMMAS if bn else {})})
     reg = regularizer(framework, model, threshold=0.45, **MORPHNET)
     names = ["dw1", "conv1", "conv2", "dw2", "conv3"]
-    costs = per_op_flops(reg, framework, names)
-    terms = per_op_terms(reg, framework, ["dw1", "conv1", "conv2", "dw2"])
+    costs = per_op_flops(reg, names)
+    terms = per_op_terms(reg, ["dw1", "conv1", "conv2", "dw2"])
     dw1, dw2 = 2 * 17 * 19 * 3 * 3, 2 * 17 * 19 * 5 * 5  # _coeff of the depthwise convs
     if bn:  # ...DepthwiseConvTest.testCost / testRegularizer ('dw1' blacklisted: the image's
         # group; we pin the image, so dw1's bn has nothing to prune either)
@@ -303,7 +258,7 @@ def test_residual_net(framework):
         "unit_2/conv2": 18 * alive("unit_2/conv2") * alive("unit_2/conv1"),
         "unit_2/conv3": 2 * res * alive("unit_2/conv2"), "FC": 2.0 * res * 23.0,
     }
-    assert dict(zip(expected, per_op_flops(reg, framework, list(expected)))) == expected
+    assert dict(zip(expected, per_op_flops(reg, list(expected)))) == expected
     assert reg.cost() == sum(expected.values())
 
 
