@@ -95,6 +95,24 @@ def model_from_spec(spec: str, side: int | None = None) -> tuple[Any, Any]:
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
+def scoped_model(_graph: Any, graph_key: str, convention: str, prune_outputs: str,
+                 output_boundary: str) -> Any:
+    """The width model of an already parsed graph counted by ``convention``, with the outputs
+    rule and the output boundary (empty: the model outputs) of the user's choice.
+
+    Raises
+    ------
+    MorphScopeError
+        For an unknown boundary op (one line, naming it).
+    """
+    from morphscope.analyzers.conventions import Scope
+    from morphscope.analyzers.widths import compile_width_model
+
+    boundary = (output_boundary,) if output_boundary else ()
+    return compile_width_model(_graph, convention, Scope(prune_outputs, outputs=boundary))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
 def _model_from_upload(name: str, data: bytes) -> tuple[Any, tuple[str, str] | None]:
     from morphscope.analyzers.widths import compile_width_model
     from morphscope.importers.load import load_model

@@ -20,3 +20,6 @@ RUN_STEP_PREFIX = "run_step_"  # + run name: the selected step of that run
 SWEEP_METRIC = "sweep_metric"  # the logged metric the runs' scatter plots
 MATCHED_TARGET = "matched_target"  # the resource the last Match button solved for (the star)
 TABLE_SORT = "layer_table"  # the on-screen per-layer table
+CONVENTION = "convention"  # counting convention: physical | morph-net
+PRUNE_OUTPUTS = "prune_outputs"  # model outputs that may be pruned: none | feature-maps | all
+OUTPUT_BOUNDARY = "output_boundary"  # analyse up to this op (e.g. a detector's backbone end)

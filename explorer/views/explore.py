@@ -93,6 +93,29 @@ def _pick_checkpoints(loaded: LoadedModel) -> list[tuple[str, dict[str, Any]]]:
     return structures
 
 
+def _counting_controls(loaded: LoadedModel) -> Any:
+    """Convention, prunable outputs and output boundary: the width model they give."""
+    from morphscope.analyzers.conventions import CONVENTIONS, DEFAULT_CONVENTION, PRUNE_OUTPUTS
+
+    with st.sidebar.expander("Counting and analysed part"):
+        convention = st.selectbox("Convention", list(CONVENTIONS), key=state.CONVENTION,
+                                  help="physical: what the hardware does; morph-net: exactly "
+                                  "morph-net's numbers (README: morph-net conventions)")
+        prune = st.selectbox("Prune model outputs", PRUNE_OUTPUTS, key=state.PRUNE_OUTPUTS,
+                             help="feature-maps: outputs with spatial dimensions (a backbone's "
+                             "maps) may shrink, logits stay; all: morph-net's choice")
+        boundary = st.text_input("Analyse up to op (output boundary)", key=state.OUTPUT_BOUNDARY,
+                                 help="e.g. a detector's last backbone op: the rest keeps its "
+                                 "widths, its cost still counts").strip()
+    if (convention, prune, boundary) == (DEFAULT_CONVENTION, "none", ""):
+        return loaded.model
+    try:
+        return cache.scoped_model(loaded.graph, loaded.key, convention, prune, boundary)
+    except MorphScopeError as err:
+        st.sidebar.error(user_message(err))
+        return loaded.model
+
+
 def _solve_into_slider(model: Any, alive: np.ndarray, target: str, hardware: Any) -> None:
     """Button callback: set the width-factor slider to the factor matching the seed's cost."""
     from morphscope.analyzers.compare import matching_factor
@@ -112,7 +135,7 @@ def explorer_view() -> None:
     if loaded is None:
         st.info("Upload a model file or pick a zoo model in the sidebar.")
         return
-    graph, model = loaded.graph, loaded.model
+    graph, model = loaded.graph, _counting_controls(loaded)
     structures = _pick_checkpoints(loaded)
     example_dir = EXAMPLES_DIR / "digits" if loaded.key == BUNDLED else None
     picked_runs = runs.pick_runs(example_dir)
