@@ -23,6 +23,7 @@ from morphscope.errors import MorphScopeError
 from morphscope.graph import ChannelGraph
 
 SOLVE_TOLERANCE = 1e-4
+CHUNK_ELEMENTS = 1 << 20  # ops x width vectors evaluated at once (8 MB per float64 array)
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,28 @@ class WidthModel:
         weights included), ``size`` (conv/linear kernels), ``bytes_moved``, ``latency_s``
         (roofline on ``hardware``, default V100).
         """
-        per_op = self.per_op(widths, op_keep)
-        return totals_of(self.costs, per_op, hardware or get_hardware(DEFAULT_HARDWARE))
+        hardware = hardware or get_hardware(DEFAULT_HARDWARE)
+        return self._by_columns(widths, lambda w: totals_of(self.costs, self.per_op(w, op_keep), hardware))
 
     def target_cost(self, widths: np.ndarray, target: str, hardware: Hardware | None = None):
         """One resource of :data:`~morphscope.analyzers.resources.RESOURCES` (``flops``,
         ``params``, ``size``, ``latency`` in seconds, ...), computing only what it needs."""
         resource = get_resource(target)
-        per_op = self.per_op(widths, bases=resource.bases)
-        return resource.total(self.costs, per_op, hardware or get_hardware(DEFAULT_HARDWARE))
+        hardware = hardware or get_hardware(DEFAULT_HARDWARE)
+        return self._by_columns(widths, lambda w: resource.total(
+            self.costs, self.per_op(w, bases=resource.bases), hardware))
+
+    def _by_columns(self, widths: np.ndarray, evaluate: Any) -> Any:
+        """``evaluate(widths)``; k width vectors (columns) go in chunks, so the per-op
+        temporaries stay near :data:`CHUNK_ELEMENTS` numbers whatever the model's size."""
+        widths = np.asarray(widths, dtype=np.float64)
+        step = max(1, CHUNK_ELEMENTS // max(1, len(self.costs.names)))
+        if widths.ndim != 2 or widths.shape[1] <= step:
+            return evaluate(widths)
+        parts = [evaluate(widths[:, i:i + step]) for i in range(0, widths.shape[1], step)]
+        if not isinstance(parts[0], dict):
+            return np.concatenate(parts)
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
     def source_widths(self, widths: np.ndarray) -> dict[str, int]:
         """Output channels of every source op (``spaces.source_ops``) for ``widths``."""

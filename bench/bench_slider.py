@@ -30,6 +30,7 @@ from morphscope.importers.torch_importer import load_torchvision
 
 FACTORS = np.round(np.linspace(0.25, 3.0, 111), 4)
 WALKS = [(graph_module.ChannelGraph, "ops"), (graph_module.ChannelGraph, "of_kind"),
+         (graph_module, "_topological_order"),
          *((nx, f) for f in ("topological_sort", "lexicographical_topological_sort", "ancestors",
                              "descendants", "dfs_preorder_nodes", "bfs_edges"))]
 

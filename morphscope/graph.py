@@ -15,7 +15,9 @@ Edge ``u -> v``: the tensor ``u`` produces feeds ``v``; ``port`` is its position
 
 from __future__ import annotations
 
+import heapq
 import json
+from collections import Counter
 from enum import Enum
 from typing import Any, Iterator
 
@@ -48,6 +50,14 @@ class Kind(str, Enum):
     IDENTITY = "identity"  # dropout, clone, alias, stochastic depth in eval, Rescaling
     OUTPUT = "output"  # model outputs
     OPAQUE = "opaque"  # anything else: its channels are pinned, never pruned
+
+
+_KINDS: dict[str, Kind] = {k.value: k for k in Kind}  # by value; a Kind (a str) finds itself
+
+
+def _kind(value: Any) -> Kind:
+    """``Kind(value)`` by a dict lookup (a Python-level Enum call costs more, 10^5 times)."""
+    return _KINDS.get(value) or Kind(value)
 
 
 class ChannelGraph:
@@ -87,7 +97,7 @@ class ChannelGraph:
         """Add an op node named ``name`` (must be new) and return the name."""
         if name in self.nx:
             raise ValueError(f"{self.name}: duplicate op name {name!r}")
-        self.nx.add_node(name, kind=Kind(kind), **attrs)
+        self.nx.add_node(name, kind=_kind(kind), **attrs)
         self._order = self._position = None
         return name
 
@@ -104,7 +114,7 @@ class ChannelGraph:
         return name in self.nx
 
     def __getitem__(self, name: str) -> dict[str, Any]:
-        return self.nx.nodes[name]
+        return self.nx._node[name]  # networkx's node-attribute dict: no view object per lookup
 
     def ops(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield ``(name, attrs)`` in a topological order (inputs first, stable).
@@ -112,14 +122,14 @@ class ChannelGraph:
         The order is sorted once and cached until :meth:`add_op` or :meth:`connect` changes
         the graph.
         """
-        nodes = self.nx.nodes
+        nodes = self.nx._node
         for name in self.order():
             yield name, nodes[name]
 
     def order(self) -> tuple[str, ...]:
         """Op names in the topological order of :meth:`ops` (cached)."""
         if self._order is None:
-            self._order = tuple(nx.lexicographical_topological_sort(self.nx, key=self._order_key))
+            self._order = _topological_order(self.nx)
         return self._order
 
     def position(self, name: str) -> int:
@@ -128,13 +138,12 @@ class ChannelGraph:
             self._position = {n: i for i, n in enumerate(self.order())}
         return self._position[name]
 
-    def _order_key(self, name: str) -> int:
-        return self.nx.nodes[name].get("order", 0)
-
     def inputs_of(self, name: str) -> list[str]:
         """The ops feeding ``name``, ordered by port."""
-        preds = self.nx.in_edges(name, data="port")
-        return [u for u, _, _ in sorted(preds, key=lambda edge: edge[2])]
+        preds = self.nx._pred[name]  # predecessor -> edge attributes
+        if len(preds) < 2:
+            return list(preds)
+        return sorted(preds, key=lambda u: preds[u]["port"])
 
     def of_kind(self, *kinds: Kind) -> list[str]:
         """Names of the ops of the given kinds, in topological order."""
@@ -198,17 +207,26 @@ class ChannelGraph:
         graph = cls(doc["name"], doc["framework"], tuple(doc["input_shape"]),
                     doc.get("detached_params"))
         graph.notes = list(doc.get("notes", []))
+        nodes = []
         for node in doc["nodes"]:
             attrs = {k: _from_jsonable(k, v) for k, v in node.items() if k != "name"}
-            graph.add_op(node["name"], attrs.pop("kind"), **attrs)
-        for u, v, port in doc["edges"]:
-            missing = next((n for n in (u, v) if n not in graph.nx), None)
-            if missing is not None:
-                raise UnsupportedFileError(f"{source}: an edge names the op {missing!r}, "
-                                           "which the graph does not have")
-            graph.connect(u, v, port)
-        if not nx.is_directed_acyclic_graph(graph.nx):
-            raise UnsupportedFileError(f"{source}: the channel graph has a cycle")
+            attrs["kind"] = _kind(attrs["kind"])
+            nodes.append((node["name"], attrs))
+        names = {name for name, _ in nodes}
+        if len(names) != len(nodes):
+            twice = next(n for n, count in Counter(n for n, _ in nodes).items() if count > 1)
+            raise UnsupportedFileError(f"{source}: duplicate op name {twice!r}")
+        edges = [(u, v, {"port": port}) for u, v, port in doc["edges"]]
+        missing = next((n for u, v, _ in edges for n in (u, v) if n not in names), None)
+        if missing is not None:
+            raise UnsupportedFileError(f"{source}: an edge names the op {missing!r}, "
+                                       "which the graph does not have")
+        graph.nx.add_nodes_from(nodes)  # in bulk: a graph JSON can hold 10^5 ops
+        graph.nx.add_edges_from(edges)
+        try:
+            graph.order()
+        except nx.NetworkXUnfeasible as err:
+            raise UnsupportedFileError(f"{source}: the channel graph has a cycle") from err
         return graph
 
 
@@ -242,6 +260,33 @@ def opens_space(attrs: dict[str, Any]) -> bool:
     return attrs["kind"] in SOURCE_KINDS and not is_depthwise(attrs)
 
 
+def _topological_order(g: nx.DiGraph) -> tuple[str, ...]:
+    """Kahn's sort, the earliest ``order`` attribute first, ties in insertion order: networkx's
+    ``lexicographical_topological_sort`` keyed by ``order``, on the adjacency dicts directly.
+
+    Raises
+    ------
+    networkx.NetworkXUnfeasible
+        If the graph has a cycle.
+    """
+    rank = {n: (attrs.get("order", 0), i) for i, (n, attrs) in enumerate(g._node.items())}
+    indegree = {n: len(preds) for n, preds in g._pred.items()}
+    ready = [(*rank[n], n) for n, d in indegree.items() if d == 0]
+    heapq.heapify(ready)
+    out = []
+    succ = g._succ
+    while ready:
+        name = heapq.heappop(ready)[2]
+        out.append(name)
+        for child in succ[name]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                heapq.heappush(ready, (*rank[child], child))
+    if len(out) != len(rank):
+        raise nx.NetworkXUnfeasible("the graph has a cycle")
+    return tuple(out)
+
+
 _TUPLE_FIELDS = frozenset({"kernel", "stride", "in_spatial", "out_spatial", "shape"})
 
 
@@ -257,9 +302,9 @@ def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_jsonable(key: str, value: Any) -> Any:
-    if key == "kind":
-        return Kind(value)
-    if key in _TUPLE_FIELDS and isinstance(value, list):
+    if type(value) is not list:
+        return value
+    if key in _TUPLE_FIELDS:
         return tuple(value)
     if key == "matmuls":
         return [tuple(m) for m in value]

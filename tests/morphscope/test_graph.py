@@ -96,3 +96,12 @@ def test_bad_graph_json_is_one_unsupported_file_line(text, message):
     with pytest.raises(UnsupportedFileError, match=message) as err:
         ChannelGraph.from_json(text, "m.json")
     assert "\n" not in str(err.value)
+
+
+def test_duplicate_op_in_graph_json_is_refused():
+    from morphscope.errors import UnsupportedFileError
+
+    doc = json.loads(small_graph().to_json())
+    doc["nodes"].append(dict(doc["nodes"][1]))
+    with pytest.raises(UnsupportedFileError, match=r"^m.json: duplicate op name 'conv'$"):
+        ChannelGraph.from_json(json.dumps(doc), "m.json")

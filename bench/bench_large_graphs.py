@@ -1,0 +1,220 @@
+"""Large graphs: import + compile + cost time and peak memory of synthetic chains and residual
+stacks of 1k, 10k and 100k ops, the fitted growth exponent, and a 10^6-key checkpoint match.
+
+Each size runs in a fresh child process (so peak memory is its own): the graph is written as
+a graph ``.json`` by this bench, then read back (import), compiled (channel spaces, cost
+rules, sparse op x space matrices), costed (seed totals, a 111-point width curve) and
+reported on (topology: residual branches, dead towers). ``--pt2`` also exports a chain of
+ReLUs with torch.export and times the ``.pt2`` import (slow to export; sizes capped).
+
+    python bench/bench_large_graphs.py [--sizes 1000 10000 100000] [--pt2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHANNELS = 16
+SPATIAL = (8, 8)
+
+
+def conv_attrs(cin: int, cout: int) -> dict:
+    return dict(in_channels=cin, out_channels=cout, groups=1, kernel=(3, 3), stride=(1, 1),
+                in_spatial=SPATIAL, out_spatial=SPATIAL, bias=False, params=9 * cin * cout,
+                trainable_params=9 * cin * cout)
+
+
+def build(shape: str, n_ops: int):
+    """A chain (conv -> bn -> relu, repeated) or a residual stack (conv -> bn -> relu -> conv
+    -> bn -> add, repeated) of about ``n_ops`` ops."""
+    from morphscope.graph import ChannelGraph, Kind
+
+    graph = ChannelGraph(f"{shape}{n_ops}", "torch", (3, *SPATIAL))
+    order = iter(range(10 ** 9))
+
+    def add(name, kind, inputs, **attrs):
+        graph.add_op(name, kind, order=next(order), **attrs)
+        for port, src in enumerate(inputs):
+            graph.connect(src, name, port)
+        return name
+
+    def conv_bn(prefix, x, relu=True):
+        x = add(f"{prefix}.conv", Kind.CONV, [x], **conv_attrs(CHANNELS, CHANNELS))
+        x = add(f"{prefix}.bn", Kind.BN, [x], out_channels=CHANNELS, gamma_key=f"{prefix}.bn.weight",
+                params=2 * CHANNELS, trainable_params=2 * CHANNELS,
+                param_keys=tuple(f"{prefix}.bn.{p}" for p in ("weight", "bias", "running_mean", "running_var")))
+        return add(f"{prefix}.relu", Kind.ACT, [x], out_channels=CHANNELS) if relu else x
+
+    x = add("x", Kind.INPUT, [], out_channels=3, out_spatial=SPATIAL)
+    x = add("stem", Kind.CONV, [x], **conv_attrs(3, CHANNELS))
+    per_unit = 3 if shape == "chain" else 6
+    for i in range(max(1, (n_ops - 3) // per_unit)):
+        if shape == "chain":
+            x = conv_bn(f"u{i}", x)
+        else:
+            y = conv_bn(f"u{i}.b", conv_bn(f"u{i}.a", x), relu=False)
+            x = add(f"u{i}.add", Kind.ADD, [y, x], out_channels=CHANNELS)
+    add("out", Kind.OUTPUT, [x])
+    return graph
+
+
+def run_one(path: Path) -> dict:
+    """Import, compile and cost one graph file; times in seconds."""
+    from morphscope.analyzers.alive import topology_report
+    from morphscope.analyzers.widths import compile_width_model, multiplier_curve
+    from morphscope.graph import ChannelGraph
+
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0, c0 = time.perf_counter(), time.process_time()
+    graph = ChannelGraph.from_json(path.read_text(), path.name)
+    t1 = time.perf_counter()
+    model = compile_width_model(graph)
+    t2 = time.perf_counter()
+    totals = model.totals(model.seed_widths)
+    multiplier_curve(model, model.seed_widths, np.linspace(0.25, 3.0, 111))
+    widths = model.seed_widths.copy()
+    widths[1::7] = 0  # some dead spaces, so the topology report has work
+    topology_report(graph, model.spaces, widths)
+    t3, c3 = time.perf_counter(), time.process_time()
+    return {"ops": len(graph), "spaces": int(model.spaces.n_spaces),
+            "import_s": t1 - t0, "compile_s": t2 - t1, "cost_s": t3 - t2, "total_s": t3 - t0,
+            "cpu_s": c3 - c0,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_above_start_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024,
+            "macs": totals["macs"]}
+
+
+def run_pt2(n_ops: int, path: Path) -> dict:
+    """Export a chain of ``n_ops`` ReLUs to .pt2 and time MorphScope's import of it."""
+    import torch
+
+    from morphscope.importers.load import load_model
+
+    class Chain(torch.nn.Module):
+        def forward(self, x):
+            for _ in range(n_ops):
+                x = torch.relu(x)
+            return x
+
+    t0 = time.perf_counter()
+    torch.export.save(torch.export.export(Chain(), (torch.zeros(1, 3, 8, 8),)), str(path))
+    t1 = time.perf_counter()
+    graph = load_model(str(path))
+    t2 = time.perf_counter()
+    return {"shape": "relu chain .pt2", "ops": len(graph), "export_s": t1 - t0, "import_s": t2 - t1,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_checkpoint(n_keys: int) -> dict:
+    """Match a 10^6-key checkpoint (4 tensors per bn) against its graph's bn ops."""
+    from morphscope.graph import ChannelGraph, Kind
+    from morphscope.importers.checkpoints import match_gammas
+
+    n_bn = n_keys // 4
+    graph = ChannelGraph("bn_chain", "torch", (CHANNELS, 1, 1))
+    graph.add_op("x", Kind.INPUT, out_channels=4)
+    prev = "x"
+    for i in range(n_bn):
+        name = f"b{i}"
+        graph.add_op(name, Kind.BN, order=i, out_channels=4, gamma_key=f"{name}.weight",
+                     param_keys=tuple(f"{name}.{p}" for p in ("weight", "bias", "running_mean", "running_var")))
+        graph.connect(prev, name)
+        prev = name
+    vector = np.ones(4, dtype=np.float32)
+    tensors = {f"b{i}.{p}": vector for i in range(n_bn) for p in ("weight", "bias", "running_mean", "running_var")}
+    t0, c0 = time.perf_counter(), time.process_time()
+    structure = match_gammas(graph, tensors, "big.pt")
+    t1, c1 = time.perf_counter(), time.process_time()
+    return {"shape": "checkpoint", "keys": len(tensors), "matched": len(structure.gammas),
+            "match_s": t1 - t0, "cpu_s": c1 - c0, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child(args: list[str]) -> dict:
+    """Run one measurement in a fresh interpreter; its last stdout line is JSON."""
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
+                         check=False)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["?"])[-1], "args": args}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def growth_exponent(sizes: list[int], seconds: list[float]) -> float:
+    """Slope of log(time) against log(size): 1 is linear, 2 quadratic."""
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--pt2", action="store_true", help="also export and import .pt2 ReLU chains")
+    parser.add_argument("--pt2-sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--checkpoint-keys", type=int, default=10 ** 6)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        what, *rest = args.child
+        with tempfile.TemporaryDirectory() as tmp:
+            if what == "write":  # its own process, so building the file is not in the peak
+                Path(rest[2]).write_text(build(rest[0], int(rest[1])).to_json())
+                result = {}
+            elif what == "graph":
+                result = run_one(Path(rest[0]))
+            elif what == "pt2":
+                result = run_pt2(int(rest[0]), Path(tmp) / "chain.pt2")
+            else:
+                result = run_checkpoint(int(rest[0]))
+        print(json.dumps(result))
+        return
+
+    print("wall seconds per step; CPU s: the whole run's CPU time (steadier on a loaded machine)")
+    print(f"{'graph':<16}{'ops':>8}{'spaces':>8}{'import s':>10}{'compile s':>11}{'cost s':>9}"
+          f"{'total s':>9}{'CPU s':>8}{'peak MB':>9}")
+    for shape in ("chain", "residual"):
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in args.sizes:
+                path = str(Path(tmp) / f"{shape}{n}.json")
+                written = child(["write", shape, str(n), path])
+                rows.append(written if "error" in written else child(["graph", path]))
+        for r in rows:
+            if "error" in r:
+                print(f"{shape:<16} failed: {r['error']}")
+                continue
+            print(f"{shape:<16}{r['ops']:>8}{r['spaces']:>8}{r['import_s']:>10.2f}{r['compile_s']:>11.2f}"
+                  f"{r['cost_s']:>9.2f}{r['total_s']:>9.2f}{r['cpu_s']:>8.2f}{r['peak_mb']:>9.0f}")
+        good = [r for r in rows if "error" not in r]
+        if len(good) >= 2:
+            ops = [r["ops"] for r in good]
+            print(f"{'':<16}growth exponent vs ops: wall {growth_exponent(ops, [r['total_s'] for r in good]):.2f}, "
+                  f"CPU {growth_exponent(ops, [r['cpu_s'] for r in good]):.2f} (aim: <= 1.1)")
+    if args.pt2:
+        rows = [child(["pt2", str(n)]) for n in args.pt2_sizes]
+        for r in rows:
+            if "error" in r:
+                print(f"relu chain .pt2  failed: {r['error']}")
+                continue
+            print(f"relu chain .pt2 {r['ops']:>8} ops: export {r['export_s']:.1f} s (torch), import "
+                  f"{r['import_s']:.2f} s, peak {r['peak_mb']:.0f} MB")
+        good = [r for r in rows if "error" not in r]
+        if len(good) >= 2:
+            print(f"{'':<16}growth exponent (.pt2 import time vs ops): "
+                  f"{growth_exponent([r['ops'] for r in good], [r['import_s'] for r in good]):.2f}")
+    r = child(["checkpoint", str(args.checkpoint_keys)])
+    if "error" in r:
+        print(f"checkpoint match failed: {r['error']}")
+    else:
+        print(f"checkpoint: {r['keys']:,} keys, {r['matched']:,} bn scales matched (match_gammas) in "
+              f"{r['match_s']:.2f} s wall, {r['cpu_s']:.2f} s CPU (aim: < 5 s), peak {r['peak_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
