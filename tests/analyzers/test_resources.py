@@ -134,3 +134,16 @@ def test_solve_finds_the_largest_multiplier_within_budget():
     factor = solve_multiplier(model, model.seed_widths, "size", budget=146 * 46)
     assert 46 / 23 <= factor < 47 / 23
     assert 47 / 23 - factor <= 1e-4
+
+
+def test_many_width_vectors_are_costed_in_chunks_with_the_same_totals(monkeypatch):
+    from morphscope.analyzers import widths as widths_module
+
+    model = compile_width_model(two_layer_graph())
+    conv_space = model.spaces.op_out["conv"][0].space
+    grid = np.repeat(model.seed_widths[:, None], 3, axis=1)
+    grid[conv_space] = [1, 2, 3]  # the conv keeps 1, 2, then 3 outputs
+    monkeypatch.setattr(widths_module, "CHUNK_ELEMENTS", 5)  # 5 ops: one column per chunk
+    expected = [3 * 3 * 17 * 19 * 13 * n + n * 29 for n in (1, 2, 3)]  # conv + fc MACs
+    assert model.totals(grid)["macs"].tolist() == expected
+    assert model.target_cost(grid, "macs").tolist() == expected

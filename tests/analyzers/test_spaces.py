@@ -233,3 +233,20 @@ def test_residual_branches_of_a_two_unit_stack():
                   ("add2", Kind.ADD, {"out_channels": 13}, ("u2a", "relu")))
     # add2's second input (a relu of the shortcut) holds no conv: not a branch.
     assert residual_branches(graph) == {"add1": {"u1b": ("u1a", "u1b")}, "add2": {"u2a": ("u2a",)}}
+
+
+def test_dead_tower_and_zero_width_layer_are_reported():
+    from morphscope.analyzers.alive import topology_report
+
+    # x -> a(13) -+-> cat(20) -> head(29); b's 7 channels all dead.
+    #   -> b(7)  -+
+    graph = chain("torch", *towers(), ("head", Kind.CONV, dict(conv(20, 29), kernel=(1, 1)), ("cat",)))
+    model = compile_width_model(graph)
+    widths = model.seed_widths.copy()
+    widths[model.spaces.op_out["b"][0].space] = 0
+    topology = topology_report(graph, model.spaces, widths)
+    assert topology.dead_towers == (("cat", "b"),)
+    assert topology.zero_width == ("b",)
+    assert topology.removable_blocks == ()
+    # The head reads only a's 13 alive channels: 1*1*17*19*13*29 MACs.
+    assert model.per_op(widths)["macs"][model.costs.index["head"]] == 17 * 19 * 13 * 29
