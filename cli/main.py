@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cost to meet, finite and > 0 (default: the seed's own)")
     _hardware_arg(expand, "device for --resource latency")
 
-    export = commands.add_parser("export", help="write widths JSON, a layer table, a model",
+    export = commands.add_parser("export", help="write widths JSON, a layer table, a model "
+                                 "(--json: what was written, as one JSON object)",
                                  description=EXPORT_FILES_RULE, epilog=limits_help())
     _model_args(export)
     _checkpoint_args(export, required=True)
@@ -250,24 +251,26 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.table:
         contents[targets["--table"]] = table_csv(rows) if _is_csv(args.table) else \
             json.dumps(rows, indent=2) + "\n"
-    model_lines = []
+    summary: dict[str, Any] = {"wrote": [a for a in (args.out, args.table, args.model_out) if a]}
     if args.model_out:
         suffix = MODEL_SUFFIX[graph.framework]
         if not args.model_out.lower().endswith(suffix):
             raise OutputError(f"--model-out {args.model_out}: a rebuilt {graph.framework} model is "
                               f"saved as {suffix}; name the file *{suffix}")
         plan = export_plan(graph, model, m, args.multiplier, structure.gammas, args.threshold)
-        predicted = plan_totals(model, plan)["params"]
-        contents[targets["--model-out"]], actual = _rebuilt_model(args, graph, model, plan, m)
-        model_lines = [f"wrote {args.model_out}: {actual:,} parameters (predicted {predicted:,})",
-                       *(f"  note: {note}" for note in plan.notes)]
+        contents[targets["--model-out"]], params = _rebuilt_model(args, graph, model, plan, m)
+        summary.update(model_params=params, predicted_params=plan_totals(model, plan)["params"],
+                       notes=list(plan.notes))
     write_files({path: text.encode() if isinstance(text, str) else text
                  for path, text in contents.items()})
-    print(f"wrote {args.out}")
-    if args.table:
-        print(f"wrote {args.table}")
-    for line in model_lines:
-        print(line)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for path in summary["wrote"]:
+        print(f"wrote {path}" + (f": {summary['model_params']:,} parameters (predicted "
+                                 f"{summary['predicted_params']:,})" if path == args.model_out else ""))
+    for note in summary.get("notes", []):
+        print(f"  note: {note}")
     return 0
 
 

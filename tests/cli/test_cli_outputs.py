@@ -149,6 +149,17 @@ def test_existing_output_is_replaced_with_its_permissions(capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["widths.json"]  # no temporary left
 
 
+def test_export_json_lists_what_was_written(capsys, tmp_path):
+    import json
+
+    widths, table = tmp_path / "widths.json", tmp_path / "layers.csv"
+    assert main(["export", "example:digits", "--checkpoint", str(DIGITS_GAMMAS), "--out",
+                 str(widths), "--table", str(table), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"wrote": [str(widths), str(table)]}
+    assert json.loads(widths.read_text())["fc"] == 10  # logits: pinned at the 10 digits
+    assert table.read_text().startswith("layer,kind,seed_width")
+
+
 KILLED_EXPORT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
