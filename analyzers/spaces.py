@@ -300,7 +300,15 @@ def _passthrough(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[
 
 
 def _bn(b: _Builder, name: str, attrs: Mapping[str, Any], inputs: list[Layout]) -> Layout:
+    """Norms pass channels through; a group norm of g groups gives its space the quantum g
+    (each group keeps the same count, so the rebuilt norm keeps ``num_groups``), or pins it
+    when it normalizes several spaces at once."""
     out = _passthrough(b, name, attrs, inputs)
+    groups = attrs.get("norm_groups", 1)
+    if groups > 1 and len(out) == 1 and out[0].repeat == 1:
+        b.set_quantum(out, groups)
+    elif groups > 1:
+        b.pin(out, f"group norm {name} spans several channel spaces")
     if attrs.get("gamma_key"):
         b.bn.append((name, out))
     return out

@@ -481,6 +481,9 @@ class _Builder:
         weight = record.args.get("weight")
         if kind == Kind.BN and isinstance(weight, Ref) and weight.name in self.program.parameters:
             attrs["gamma_key"] = self.program.parameters[weight.name]
+        groups = record.args.get("group", record.args.get("num_groups"))  # group_norm's groups
+        if kind == Kind.BN and isinstance(groups, int) and groups > 1:
+            attrs["norm_groups"] = groups
         return attrs
 
     def _base_name(self, record: OpRecord, kind: Kind, keys: list[str]) -> str:

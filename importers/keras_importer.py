@@ -154,7 +154,10 @@ def _dense_attrs(layer: Any, x: _Val, out: _Val) -> dict[str, Any]:
 
 def _bn_attrs(layer: Any, x: _Val, out: _Val) -> dict[str, Any]:
     gamma = getattr(layer, "gamma", None)
-    return {"gamma_key": gamma.path} if getattr(layer, "scale", False) and gamma is not None else {}
+    attrs = {"gamma_key": gamma.path} if getattr(layer, "scale", False) and gamma is not None else {}
+    if getattr(layer, "groups", 1) > 1:  # GroupNormalization
+        attrs["norm_groups"] = layer.groups
+    return attrs
 
 
 def _channel_attrs(x: _Val | None, out: _Val) -> dict[str, Any]:

@@ -177,3 +177,24 @@ def test_keras_attach_adds_the_term_to_fit_and_the_logger_writes(tmp_path):
                callbacks=[keras_structure_logger(reg, tmp_path, every=1)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alive_0", "alive_1", "cost.jsonl"]
     assert json.loads((tmp_path / "alive_0").read_text())["u1a"] == 0  # bn_u1a is all dead
+
+
+def test_keras_group_norm_space_keeps_multiples_of_its_groups():
+    from morphscope.importers.keras_importer import import_keras
+    from morphscope.regularizers.keras_regularizer import KerasFlopsRegularizer
+
+    # x(3) -> conv 3x3 (24) -> GroupNormalization(4 groups of 6) -> 1x1 (13) -> bn -> fc(5)
+    keras = import_keras()
+    inputs = keras.Input((H, W, 3))
+    x = keras.layers.Conv2D(24, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = keras.layers.ReLU()(keras.layers.GroupNormalization(groups=4, name="gn_stem")(x))
+    x = keras.layers.BatchNormalization(name="bn_head")(keras.layers.Conv2D(13, 1, name="head")(x))
+    model = keras.Model(inputs, keras.layers.Dense(5, name="fc")(keras.layers.GlobalAveragePooling2D()(x)))
+    gamma = np.full(24, 0.5, dtype=np.float32)
+    gamma[[0, 1, 2, 7, 13, 19, 20]] = 0.0  # alive per group of 6: 3, 5, 5, 4
+    model.get_layer("gn_stem").gamma.assign(gamma)
+    reg = KerasFlopsRegularizer(model)
+    space = reg.width_model.spaces.op_in["head"][0].space
+    assert reg.width_model.spaces.quantum[space] == 4
+    assert reg.alive_widths()[space] == 4 * 5  # every group keeps the largest count, 5
+    np.testing.assert_array_equal(reg.alive_widths(), reg.plan.alive_widths(reg.gammas(), reg.threshold))

@@ -32,6 +32,21 @@ class GroupedNet(nn.Module):
         return self.fc(torch.relu(self.bn_head(self.head(x))).mean((2, 3)))
 
 
+class GroupNormNet(nn.Module):
+    """stem(24) -> GroupNorm(4 groups of 6) -> 1x1 (13) -> bn -> fc(5): the stem's space has
+    quantum 4, so a rebuilt GroupNorm(4, n) always gets n divisible by 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.gn_stem = nn.Conv2d(3, 24, 3, padding=1, bias=False), nn.GroupNorm(4, 24)
+        self.head, self.bn_head = nn.Conv2d(24, 13, 1, bias=False), nn.BatchNorm2d(13)
+        self.fc = nn.Linear(13, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.gn_stem(self.stem(x)))
+        return self.fc(torch.relu(self.bn_head(self.head(x))).mean((2, 3)))
+
+
 def with_gammas(module, gammas):
     with torch.no_grad():
         for bn, gamma in gammas.items():
@@ -40,7 +55,9 @@ def with_gammas(module, gammas):
 
 
 NETS = {"residual": handbuilt.torch_residual_net, "concat": handbuilt.torch_concat_net,
-        "se": handbuilt.torch_se_net, "separable": handbuilt.torch_separable_net, "grouped": GroupedNet}
+        "se": handbuilt.torch_se_net, "separable": handbuilt.torch_separable_net, "grouped": GroupedNet,
+        "groupnorm": GroupNormNet}
+QUANTUM = {"grouped": ("grouped", "bn_stem"), "groupnorm": ("head", "gn_stem")}  # (op reading it, its norm)
 
 
 @pytest.mark.parametrize("target", ["flops", "latency"])
@@ -54,9 +71,14 @@ def test_tensor_alive_widths_equal_the_analyzers(net, target):
         reference = reg.plan.alive_widths(reg.gammas(), reg.threshold)  # the analyzers' numpy rule
         np.testing.assert_array_equal(reg.alive_widths(), reference)
         assert reg.cost() == reg.plan.cost(reference)
-    if net == "grouped":
-        space = reg.width_model.spaces.op_in["grouped"][0].space
-        assert reg.width_model.spaces.quantum[space] == 4 and reg.alive_widths()[space] % 4 == 0
+        if net in QUANTUM:
+            # The space the op reads is scaled by that norm alone; channels come in 4 groups
+            # of 6 and each group keeps the largest per-group alive count.
+            op, norm = QUANTUM[net]
+            space = reg.width_model.spaces.op_in[op][0].space
+            per_group = (np.abs(reg.gammas()[norm]) > 0.01).reshape(4, 6).sum(axis=1)
+            assert reg.width_model.spaces.quantum[space] == 4
+            assert reference[space] == 4 * per_group.max()
 
 
 def test_threshold_is_compared_as_the_analyzers_do_at_float32_boundaries():
@@ -116,7 +138,7 @@ def test_low_precision_models_get_a_finite_float32_loss(dtype):
     module.to(dtype)
     loss = reg.loss()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert float(loss) == pytest.approx(full, rel=1e-2)  # the gammas rounded to dtype
+    assert loss.item() == pytest.approx(full, rel=1e-2)  # the gammas rounded to dtype
     (1e-7 * loss).backward()  # the strength applies in float32, before the cast to dtype
     assert torch.isfinite(module.bn_stem.weight.grad.float()).all()
     module.float()
