@@ -98,10 +98,12 @@ def export(model: str | ChannelGraph, checkpoint: str | Path, multiplier: float 
            "table": layer_table(graph, width_model, m.widths, expanded)}
     if model_out is not None:
         from morphscope.exporters.export import write_rebuilt_model
+        from morphscope.exporters.files import check_targets
         from morphscope.importers.load import load_framework_model
 
         if isinstance(model, ChannelGraph):
             raise TypeError("model_out needs the model's spec (a zoo name or a Keras file), not a graph")
+        check_targets({"model_out": model_out}, {"model": model, "checkpoint": checkpoint})
         plan = export_plan(graph, width_model, m, multiplier, structures[0].gammas, threshold)
         out["model_params"] = write_rebuilt_model(load_framework_model(model, graph.input_shape),
                                                   graph, width_model, plan, model_out)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Modules whose import needs a framework or the UI at module level are still collected:
 # frameworks are imported lazily, inside functions.
 PACKAGES = ("morphscope", "morphscope.analyzers", "morphscope.importers", "morphscope.exporters",
-            "morphscope.regularizers")
+            "morphscope.regularizers", "morphscope.cli")
 
 
 def _modules() -> list[str]:
