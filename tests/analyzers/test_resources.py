@@ -99,22 +99,26 @@ def test_a_total_beyond_two_to_the_62_is_refused_naming_the_largest_op():
         exact_total(np.array([2.0 ** 61, 3 * 2.0 ** 60, 1.0]), "macs", ("a", "b", "c"))
 
 
-def crafted_graph_json(kernel):
-    """A saved graph whose one conv has an absurd kernel (a crafted or corrupted file)."""
+def crafted_graph_json(op, **changes):
+    """A saved graph with absurd sizes on one op (a crafted or corrupted file)."""
     doc = json.loads(two_layer_graph().to_json())
     for node in doc["nodes"]:
-        if node["name"] == "conv":
-            node["kernel"] = kernel
+        if node["name"] == op:
+            node.update(changes)
     return json.dumps(doc)
 
 
-@pytest.mark.parametrize("kernel, why", [
-    ([2 ** 31, 2 ** 31], "beyond 2\\*\\*62"),  # 2**62 * 17*19*13*23 MACs: would wrap an int64
-    ([10 ** 200, 10 ** 200], "overflow"),  # past float range
+@pytest.mark.parametrize("op, changes, why", [
+    # 2**62 * 17*19*13*23 MACs: would wrap an int64.
+    ("conv", {"kernel": [2 ** 31, 2 ** 31]}, "beyond 2\\*\\*62"),
+    # Past float range, in the rule's own arithmetic.
+    ("conv", {"kernel": [10 ** 200, 10 ** 200]}, "overflow"),
+    # Past float range in integer coefficients (an opaque op's matrix product).
+    ("squeeze", {"kind": "opaque", "matmuls": [[1, 10 ** 200, 10 ** 200, 1]]}, "overflow"),
 ])
-def test_crafted_graph_with_absurd_sizes_is_refused_in_one_line(kernel, why):
-    graph = ChannelGraph.from_json(crafted_graph_json(kernel), "crafted.json")
-    with pytest.raises(GraphError, match=f"^conv: .*{why}") as err:
+def test_crafted_graph_with_absurd_sizes_is_refused_in_one_line(op, changes, why):
+    graph = ChannelGraph.from_json(crafted_graph_json(op, **changes), "crafted.json")
+    with pytest.raises(GraphError, match=f"^{op}: .*{why}") as err:
         compile_costs(graph)
     assert "\n" not in str(err.value)
 
