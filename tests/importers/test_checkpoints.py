@@ -168,3 +168,59 @@ def test_unknown_checkpoint_type_is_refused(torch_net, tmp_path):
     path.write_bytes(b"PK")
     with pytest.raises(UnsupportedFileError, match=r"gammas.npz: unknown checkpoint type; choose from .pt, "):
         load_structure(torch_net[1], path)
+
+
+def test_plain_state_dicts_are_read_without_torch_exactly_as_torch_load_reads_them(tmp_path):
+    import torch
+
+    from morphscope.importers.checkpoints import _torch_tensors
+    from morphscope.importers.load import read_torch_pickle
+    from morphscope.importers.torch_zip import read_torch_zip
+
+    state = {"w": torch.randn(4, 3), "f32": torch.randn(13), "bf16": torch.randn(7).bfloat16(),
+             "f16": torch.randn(5).half(), "f64": torch.randn(3).double(), "slice": torch.randn(10)[2:6],
+             "p": torch.nn.Parameter(torch.randn(2)), "steps": torch.tensor(9)}
+    path = tmp_path / "plain.pt"
+    torch.save({"state_dict": state, "epoch": 3, "note": "x"}, path)
+    assert read_torch_zip(path, "plain.pt") is not None  # the fast path takes it
+    fast = read_checkpoint(path, full=True)
+    reference = _torch_tensors("plain.pt", read_torch_pickle(path), full=True)
+    assert fast.shapes == reference.shapes == {k: tuple(v.shape) for k, v in state.items() if k != "steps"}
+    for key, values in reference.arrays.items():
+        np.testing.assert_array_equal(fast.arrays[key], values)
+
+
+def test_state_dicts_needing_more_than_tensors_go_to_torch_load(tmp_path):
+    import torch
+
+    from morphscope.importers.torch_zip import read_torch_zip
+
+    torch.save({"w": torch.ones(3), "size": torch.Size([1, 2])}, tmp_path / "size.pt")  # torch.Size global
+    assert read_torch_zip(tmp_path / "size.pt", "size.pt") is None
+    assert read_checkpoint(tmp_path / "size.pt").shapes == {"w": (3,)}
+    strided = torch.randn(4, 6)[:, ::2]  # a non-contiguous view: torch.load rebuilds it
+    torch.save({"v": strided.t()[0]}, tmp_path / "strided.pt")
+    np.testing.assert_array_equal(read_checkpoint(tmp_path / "strided.pt").arrays["v"], strided.t()[0].numpy())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda items, storage: items.pop(storage), "the pickle names a storage .*data/0 the archive lacks"),
+    (lambda items, storage: items.__setitem__(storage, items[storage][:8]), "storage .*data/0 is shorter than its tensors"),
+    (lambda items, storage: items.__setitem__(next(k for k in items if k.endswith("data.pkl")),
+                                              items[next(k for k in items if k.endswith("data.pkl"))][:40]),
+     r"not a readable PyTorch file \(corrupt pickle"),
+])
+def test_damaged_plain_state_dicts_get_one_line(tmp_path, damage, message):
+    import zipfile
+
+    import torch
+
+    torch.save({"w": torch.ones(13)}, tmp_path / "ok.pt")
+    with zipfile.ZipFile(tmp_path / "ok.pt") as archive:
+        items = {i.filename: archive.read(i) for i in archive.infolist()}
+    damage(items, next(k for k in items if k.endswith("data/0")))
+    with zipfile.ZipFile(tmp_path / "bad.pt", "w") as archive:  # stored, as torch writes
+        for name, data in items.items():
+            archive.writestr(name, data)
+    with pytest.raises(UnsupportedFileError, match=f"bad.pt: {message}"):
+        read_checkpoint(tmp_path / "bad.pt")
