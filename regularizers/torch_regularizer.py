@@ -146,9 +146,9 @@ class GammaRegularizer:
                  threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
                  target: str | None = None, convention: str = DEFAULT_CONVENTION,
                  scope: Scope | None = None) -> None:
-        from morphscope.importers.torch_importer import load_module
-
         from torch.distributed.fsdp import FSDPModule
+
+        from morphscope.importers.torch_importer import load_module
 
         inner = unwrap_model(model)
         if graph is None:
@@ -174,7 +174,7 @@ class GammaRegularizer:
                           f"(requires_grad=False), the regularizer cannot move them: {', '.join(frozen)}",
                           stacklevel=2)
         self._ops: _TorchOps | None = None
-        self._evaluate()  # constants on the gammas' device now, not inside a compiled step
+        self.alive_widths()  # constants on the gammas' device now, not inside a compiled step
 
     def _cover(self) -> dict[int, list[tuple[str, int]]] | None:
         """The ops whose scores regularize each space: None, the bn scales (the group-lasso
