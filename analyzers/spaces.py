@@ -435,15 +435,14 @@ def _finish(b: _Builder, rules: Mapping[Kind, ChannelRule]) -> ChannelSpaces:
                                             for s in b.expand(layout))
         return done
 
+    sizes = [b.size[r] for r in roots]
     bn_cover: dict[int, list[tuple[str, int]]] = {}
     for bn_name, layout in b.bn:
-        offset = 0
-        for seg in canon(layout):
+        for offset, seg in segment_offsets(canon(layout), sizes):
             if seg.repeat == 1:
                 bn_cover.setdefault(seg.space, []).append((bn_name, offset))
-            offset += b.size[roots[seg.space]] * seg.repeat
     return ChannelSpaces(
-        sizes=np.array([b.size[r] for r in roots], dtype=np.int64),
+        sizes=np.array(sizes, dtype=np.int64),
         pinned=np.array([r in b.pinned for r in roots], dtype=bool),
         pin_reasons={index[r]: why for r, why in b.pinned.items() if r in index},
         quantum=np.array([b.quantum.get(r, 1) for r in roots], dtype=np.int64),
@@ -456,6 +455,28 @@ def _finish(b: _Builder, rules: Mapping[Kind, ChannelRule]) -> ChannelSpaces:
         residual_branches=residual_branches(graph, rules),
         concat_inputs={n: tuple(graph.inputs_of(n)) for n, a in graph.ops() if a["kind"] == Kind.CONCAT},
     )
+
+
+def segment_offsets(layout: Layout, sizes: Any) -> list[tuple[int, Segment]]:
+    """``(first channel, segment)`` of each segment of ``layout``, for per-space ``sizes``.
+
+    >>> segment_offsets((Segment(0), Segment(1, 2), Segment(0)), [13, 7])
+    [(0, Segment(space=0, repeat=1, interleave='block')), (13, Segment(space=1, repeat=2, interleave='block')), (27, Segment(space=0, repeat=1, interleave='block'))]
+    """
+    out, offset = [], 0
+    for seg in layout:
+        out.append((offset, seg))
+        offset += int(sizes[seg.space]) * seg.repeat
+    return out
+
+
+def layout_width(layout: Layout, widths: Any) -> int:
+    """Channels of ``layout`` for per-space ``widths`` (a repeated space counts each time).
+
+    >>> layout_width((Segment(0), Segment(1, 6, "tile")), [13, 2])
+    25
+    """
+    return int(sum(widths[s.space] * s.repeat for s in layout))
 
 
 def residual_branches(graph: ChannelGraph,

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from morphscope.analyzers.morph import ExportPlan
-from morphscope.analyzers.spaces import CHANNEL_RULES, Layout, is_source_kind
+from morphscope.analyzers.spaces import CHANNEL_RULES, Layout, is_source_kind, layout_width, segment_offsets
 from morphscope.analyzers.widths import WidthModel
 from morphscope.errors import GraphError
 from morphscope.graph import ChannelGraph, Kind, is_depthwise
@@ -26,22 +26,16 @@ from morphscope.graph import ChannelGraph, Kind, is_depthwise
 
 def layout_indices(layout: Layout, masks: tuple[np.ndarray, ...], sizes: np.ndarray) -> np.ndarray:
     """Indices of the alive channels of a layout in the seed tensor (segments end to end)."""
-    picked, offset = [], 0
-    for seg in layout:
+    picked = []
+    for offset, seg in segment_offsets(layout, sizes):
         alive = np.flatnonzero(masks[seg.space])
-        size = int(sizes[seg.space])
         if seg.repeat == 1:
             picked.append(offset + alive)
         elif seg.interleave == "block":  # channel c occupies c*r .. c*r+r-1
             picked.append(offset + (alive[:, None] * seg.repeat + np.arange(seg.repeat)).reshape(-1))
         else:  # tile: copy k of the space starts at k*size
-            picked.append(offset + (np.arange(seg.repeat)[:, None] * size + alive).reshape(-1))
-        offset += size * seg.repeat
+            picked.append(offset + (np.arange(seg.repeat)[:, None] * int(sizes[seg.space]) + alive).reshape(-1))
     return np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
-
-
-def _width(layout: Layout, widths: np.ndarray) -> int:
-    return int(sum(widths[s.space] * s.repeat for s in layout))
 
 
 def _check_other_params(graph: ChannelGraph, model: WidthModel, plan: ExportPlan) -> None:
@@ -76,17 +70,17 @@ def rebuild_torch(module: Any, graph: ChannelGraph, model: WidthModel, plan: Exp
             continue
         if name in plan.removed_ops:
             if name in removed_ends:
-                replacement = _zero_map_class()(_width(spaces.op_out[name], plan.widths),
+                replacement = _zero_map_class()(layout_width(spaces.op_out[name], plan.widths),
                                                 tuple(attrs.get("out_spatial") or ()),
                                                 channels_last=kind == Kind.LINEAR)
             else:
                 replacement = nn.Identity()
             _set_submodule(new, _module_of(attrs, name), replacement)
             continue
-        a_in = _width(spaces.op_in.get(name, ()), plan.widths)
-        a_out = _width(spaces.op_out.get(name, ()), plan.widths)
-        if (a_in, a_out) == (_width(spaces.op_in.get(name, ()), spaces.sizes),
-                             _width(spaces.op_out.get(name, ()), spaces.sizes)):
+        a_in = layout_width(spaces.op_in.get(name, ()), plan.widths)
+        a_out = layout_width(spaces.op_out.get(name, ()), plan.widths)
+        if (a_in, a_out) == (layout_width(spaces.op_in.get(name, ()), spaces.sizes),
+                             layout_width(spaces.op_out.get(name, ()), spaces.sizes)):
             continue  # unchanged (pinned or fully alive): keep the module and its weights
         replacement = _resized(old, kind, attrs, a_in, a_out)
         if masks is not None:
@@ -128,7 +122,7 @@ def _resize_loose_params(root: Any, graph: ChannelGraph, model: WidthModel, plan
     import torch
 
     layout = model.spaces.op_out.get(name, ())
-    seed, width = _width(layout, model.spaces.sizes), _width(layout, plan.widths)
+    seed, width = layout_width(layout, model.spaces.sizes), layout_width(layout, plan.widths)
     if seed == width:
         return
     keep = layout_indices(layout, masks, model.spaces.sizes) if masks is not None else np.arange(width)
@@ -239,7 +233,7 @@ def rebuild_keras(keras_model: Any, graph: ChannelGraph, model: WidthModel, plan
         if is_source_kind(attrs) and name not in plan.removed_ops:
             layer = name.split("/")[-2] if name.endswith(("/depthwise", "/pointwise")) else name.split("/")[-1]
             if not name.endswith("/depthwise"):
-                out_widths[layer] = _width(model.spaces.op_out[name], plan.widths)
+                out_widths[layer] = layout_width(model.spaces.op_out[name], plan.widths)
     removed_layers = {n.split("/")[-1] for n in plan.removed_ops}
     branch_ends = {end.split("/")[-1]: add.split("/")[-1] for add, end, _ in plan.removed_blocks}
     config = copy.deepcopy(keras_model.get_config())
