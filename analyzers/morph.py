@@ -52,7 +52,11 @@ def widths_from_counts(model: WidthModel, alive_counts: dict[str, int]) -> tuple
     notes = []
     assigned: dict[int, int] = {}
     for op, count in alive_counts.items():
-        for seg in spaces.op_out.get(op, ())[:1]:
+        layout = spaces.op_out.get(op, ())
+        if len(layout) > 1:  # cut into slices tied to other ops: their own counts set them
+            notes.append(f"{op}: its {len(layout)} slices are tied to other ops; their counts used")
+            continue
+        for seg in layout:
             if spaces.pinned[seg.space]:
                 notes.append(f"{op}: pinned ({spaces.pin_reasons.get(seg.space)}), kept at full width")
                 continue

@@ -319,3 +319,19 @@ def test_decorated_one_conv_nets(framework):
     nets.set_kernel(framework, model, "conv1", np.ones((1, 1, 3, 2)))
     reg = regularizer(framework, model, (3, 3, 3), family="group_lasso", threshold=0.1, **MORPHNET)
     assert (0.5 * value(reg.loss()), reg.cost()) == (18 * 3 * 1, 18 * 2 * 3)
+
+
+def test_add_concat_alive_file_sets_the_slices_by_their_own_ops():
+    from morphscope.analyzers.morph import morph, source_op_widths
+    from morphscope.importers.checkpoints import match_alive_counts
+
+    model = build("torch", nets.ADD_CONCAT_NET, nets.ADD_CONCAT_OUTPUTS)
+    reg = regularizer("torch", model, threshold=0.5, **MORPHNET)
+    # A morph-net StructureExporter file for the stub's expected_alive(): conv4 (7) is the sum
+    # of its two slices, which conv1 (5) and conv2 (2) set.
+    counts = {"conv1/Conv2D": 5, "conv2/Conv2D": 2, "conv3/Conv2D": 2, "conv4/Conv2D": 7, "conv5/Conv2D": 1}
+    morphed = morph(reg.width_model, match_alive_counts(reg.graph, counts, "alive_0"))
+    widths = source_op_widths(reg.graph, reg.width_model, morphed.widths)
+    assert {k: widths[k] for k in ("conv1", "conv2", "conv3", "conv4", "conv5")} == \
+        {"conv1": 5, "conv2": 2, "conv3": 2, "conv4": 7, "conv5": 1}
+    assert any(note.startswith("conv4: its 2 slices") for note in morphed.notes)
