@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from morphscope.analyzers.alive import DEFAULT_THRESHOLD
 from morphscope.analyzers.conventions import DEFAULT_CONVENTION, Scope
 from morphscope.analyzers.group_lasso import DEFAULT_L1_FRACTION, check_l1_fraction, writer_cover
@@ -96,7 +98,8 @@ class KerasGroupLassoRegularizer(KerasGammaRegularizer):
     def _scale_variable(self, layer: Any) -> Any:
         return layer.kernel
 
-    def _evaluate(self) -> tuple[Any, Any]:
+    def _norms(self) -> list[Any]:
+        """Each member layer's channel norms (differentiable in its kernel)."""
         ops = self.keras.ops
         scores = []
         for name, kernel in self.gamma_vars.items():
@@ -106,8 +109,16 @@ class KerasGroupLassoRegularizer(KerasGammaRegularizer):
             if self.l1_fraction > 0.0:
                 norm = self.l1_fraction * ops.mean(ops.abs(weight), axis=1) + (1.0 - self.l1_fraction) * norm
             scores.append(norm)
-        flat = ops.concatenate(scores, axis=0)
+        return scores
+
+    def _evaluate(self) -> tuple[Any, Any]:
+        flat = self.keras.ops.concatenate(self._norms(), axis=0)
         return evaluate(self.plan, flat, self._ops, tensor_threshold(self.threshold))
+
+    def gammas(self) -> dict[str, np.ndarray]:
+        """Current channel norms by source op name (numpy float64 copies): the scores."""
+        return {n: np.asarray(self.keras.ops.convert_to_numpy(v), dtype=np.float64)
+                for n, v in zip(self.gamma_vars, self._norms())}
 
 
 class KerasGroupLassoFlopsRegularizer(KerasGroupLassoRegularizer):

@@ -98,3 +98,37 @@ def test_l1_fraction_outside_unit_interval_is_refused():
 
     with pytest.raises(MorphScopeError, match="l1_fraction 1.5 is outside"):
         check_l1_fraction(1.5)
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_group_lasso_scores_are_the_analyzers_norms(framework):
+    # The regularizer's live scores, with l1_fraction 0.5, equal the numpy reference
+    # (morph-net's GroupLassoRegularizerTest formula: l1 * mean|w| + (1 - l1) * sqrt(mean w**2)).
+    from morphscope.analyzers.group_lasso import channel_norms
+
+    rng = np.random.default_rng(5)
+    kernel = rng.normal(size=(6, 7)).astype("float32")  # (in, out) as Keras stores it
+    if framework == "torch":
+        import torch
+
+        from morphscope.regularizers.group_lasso import GroupLassoLatencyRegularizer
+
+        model = torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+        with torch.no_grad():
+            model[0].weight.copy_(torch.as_tensor(kernel.T))
+        reg = GroupLassoLatencyRegularizer(model, example_input=torch.zeros(1, 6), l1_fraction=0.5)
+        scores = reg.gammas()["0"]
+    else:
+        from morphscope.importers.keras_importer import import_keras
+        from morphscope.regularizers.group_lasso import KerasGroupLassoLatencyRegularizer
+
+        keras = import_keras()
+        inputs = keras.Input((6,))
+        model = keras.Model(inputs, keras.layers.Dense(3, name="fc2")(keras.layers.Dense(7, name="fc1")(inputs)))
+        model.get_layer("fc1").kernel.assign(kernel)
+        reg = KerasGroupLassoLatencyRegularizer(model, l1_fraction=0.5)
+        scores = reg.gammas()["fc1"]
+    expected = 0.5 * np.abs(kernel).mean(axis=0) + 0.5 * np.sqrt((kernel.astype(np.float64) ** 2).mean(axis=0))
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    np.testing.assert_allclose(channel_norms(kernel.T, 0.5), expected, rtol=1e-6)
+    assert reg.cost() == pytest.approx(reg.width_model.target_cost(reg.alive_widths(), "latency"))
