@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from morphscope.analyzers.alive import DEFAULT_THRESHOLD, alive_widths, gamma_masks
+from morphscope.analyzers.alive import DEFAULT_THRESHOLD
 from morphscope.analyzers.hardware import Hardware
-from morphscope.analyzers.morph import source_op_widths, widths_from_counts
+from morphscope.analyzers.morph import alive_structure, source_op_widths
 from morphscope.analyzers.widths import WidthModel, apply_multiplier, multiplier_curve, solve_multiplier
 from morphscope.graph import ChannelGraph
 
@@ -28,11 +28,11 @@ class StructureView:
 
 
 def structure_widths(model: WidthModel, gammas: dict[str, np.ndarray] | None,
-                     alive_counts: dict[str, int] | None, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Alive widths from gammas at ``threshold``, or from a morph-net alive file's counts."""
-    if gammas:
-        return alive_widths(gamma_masks(model.spaces, gammas, threshold))
-    return widths_from_counts(model, alive_counts or {})[0]
+                     alive_counts: dict[str, int] | None, threshold: float = DEFAULT_THRESHOLD,
+                     kernels: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Alive widths from gammas (or group-lasso kernels) at ``threshold``, or from a
+    morph-net alive file's counts (:func:`~morphscope.analyzers.morph.alive_structure`)."""
+    return alive_structure(model, gammas, kernels, alive_counts, threshold)[0]
 
 
 def view_structure(model: WidthModel, label: str, alive: np.ndarray, factor: float,

@@ -9,7 +9,7 @@ cost nothing), and any other space at zero width is kept at one channel, with a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -34,14 +34,25 @@ def morph(model: WidthModel, structure: Any, threshold: float = DEFAULT_THRESHOL
           label: str | None = None) -> Morphed:
     """Alive widths for a :class:`~morphscope.importers.checkpoints.LearnedStructure` (plain fields read:
     ``source``, ``gammas``, ``kernels`` (group lasso), ``alive_counts``, ``notes``)."""
-    spaces = model.spaces
-    label = label or structure.source
-    if structure.gammas or structure.kernels:
-        masks = (gamma_masks(spaces, structure.gammas, threshold) if structure.gammas
-                 else group_lasso_masks(spaces, structure.kernels, threshold))
-        return Morphed(label, alive_widths(masks), tuple(masks), tuple(structure.notes))
-    widths, notes = widths_from_counts(model, structure.alive_counts)
-    return Morphed(label, widths, None, tuple(structure.notes) + notes)
+    widths, masks, notes = alive_structure(model, structure.gammas, structure.kernels,
+                                           structure.alive_counts, threshold)
+    return Morphed(label or structure.source, widths, masks, tuple(structure.notes) + notes)
+
+
+def alive_structure(model: WidthModel, gammas: Mapping[str, np.ndarray] | None = None,
+                    kernels: Mapping[str, np.ndarray] | None = None,
+                    alive_counts: Mapping[str, int] | None = None,
+                    threshold: float = DEFAULT_THRESHOLD,
+                    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None, tuple[str, ...]]:
+    """``(alive widths per space, masks or None, notes)`` from whichever a structure holds:
+    bn scales (grouped max |gamma| > threshold), kernels (group lasso) or a morph-net alive
+    file's counts."""
+    if gammas or kernels:
+        masks = (gamma_masks(model.spaces, gammas, threshold) if gammas
+                 else group_lasso_masks(model.spaces, kernels, threshold))
+        return alive_widths(masks), tuple(masks), ()
+    widths, notes = widths_from_counts(model, alive_counts or {})
+    return widths, None, notes
 
 
 def widths_from_counts(model: WidthModel, alive_counts: dict[str, int]) -> tuple[np.ndarray, tuple[str, ...]]:
