@@ -131,3 +131,32 @@ def test_default_latency_charges_every_op_that_moves_memory(framework):
     names = ["conv1_bn", next(reg.graph.nx.successors("conv1_bn"))]  # conv1's bn and relu
     assert [t * 1e9 for t in nets.per_op_terms(reg, names)] == pytest.approx([relu1, relu1], rel=1e-5)
     assert nets.value(reg.loss()) * 1e9 == pytest.approx(461.26717, rel=1e-5)
+
+
+def test_cli_convention_switch(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from morphscope.cli.main import main
+
+    model, _, example = flatten_net("torch")
+    path = tmp_path / "flatten.pt2"
+    torch.export.save(torch.export.export(model.eval(), (example,)), path)
+    conv_macs = 9 * H * W * 3 * 13
+    for convention in ("physical", "morph-net"):
+        assert main(["report", str(path), "--convention", convention, "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["seed"]["macs"] == conv_macs + 13 * 2 * 3 * 11  # all alive: the same MACs
+        assert doc["scope"]["convention"] == convention
+    # With the bn's gammas (6 of 13 alive) the dense layer differs: alive x pixels vs static.
+    weights = tmp_path / "gammas.pt"
+    torch.save(model.state_dict(), weights)
+    for convention, fc_in in (("physical", ALIVE * 2 * 3), ("morph-net", 13 * 2 * 3)):
+        assert main(["report", str(path), "--checkpoint", str(weights), "--convention", convention, "--json"]) == 0
+        [morphed] = json.loads(capsys.readouterr().out)["morphed"]
+        assert morphed["macs"] == 9 * H * W * 3 * ALIVE + fc_in * 11
+    with pytest.raises(SystemExit) as exit_status:
+        main(["report", str(path), "--convention", "tf"])
+    assert exit_status.value.code == 2
+    assert "invalid choice: 'tf'" in capsys.readouterr().err
