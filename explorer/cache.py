@@ -214,9 +214,8 @@ def run_steps(_graph: Any, _model: Any, graph_key: str, _run: Any, run_key: str)
     """A run matched to the graph: per step the alive counts by graph op name, the widths
     (steps x spaces) and every layer's share of the seed's width (computed for every step)."""
     from morphscope.analyzers.runs import layer_shares, widths_per_step
-    from morphscope.importers.checkpoints import match_alive_counts
+    from morphscope.importers.runs import match_run
 
-    counts = [match_alive_counts(_graph, alive, f"{_run.name}/alive_{step}").alive_counts
-              for step, alive in zip(_run.steps, _run.alive)]
+    counts = match_run(_graph, _run)
     widths = widths_per_step(_model, counts)
     return {"counts": counts, "widths": widths, **layer_shares(_graph, _model, widths)}

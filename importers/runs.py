@@ -58,6 +58,9 @@ def is_run_file(name: str) -> bool:
 
 def json_depth(data: bytes) -> int:
     """Deepest bracket nesting in ``data`` (brackets inside strings count too: an upper bound)."""
+    opened = data.count(b"{") + data.count(b"[")
+    if opened <= 1:  # a flat object or record: the common case, without a pass over the bytes
+        return opened
     codes = np.frombuffer(data, dtype=np.uint8)
     steps = (np.isin(codes, (ord("{"), ord("["))).astype(np.int64)
              - np.isin(codes, (ord("}"), ord("]"))).astype(np.int64))
@@ -178,6 +181,32 @@ def runs_from_zip(name: str, data: bytes) -> list[Run]:
     stem = PurePosixPath(name).stem
     return [run_from_files(stem if folder == "." else f"{stem}/{folder}", files)
             for folder, files in sorted(folders.items())]
+
+
+def match_run(graph: Any, run: Run) -> list[dict[str, int]]:
+    """Every step's alive counts keyed by the graph's op names (morph-net's ``conv1/Conv2D``
+    read as ``conv1``), each distinct name matched once.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        If no name matches the graph, or a step counts more channels than its op has.
+    """
+    from morphscope.errors import CheckpointMismatchError
+    from morphscope.importers.checkpoints import match_alive_counts
+
+    most: dict[str, int] = {}
+    for counts in run.alive:
+        for name, count in counts.items():
+            most[name] = max(count, most.get(name, 0))
+    match_alive_counts(graph, most, run.name)  # names and the largest counts checked once
+    renamed = {}
+    for name in most:
+        try:
+            [renamed[name]] = match_alive_counts(graph, {name: 0}, run.name).alive_counts
+        except CheckpointMismatchError:
+            continue  # not in the model: ignored, as in a single alive file
+    return [{renamed[n]: c for n, c in counts.items() if n in renamed} for counts in run.alive]
 
 
 def runs_from_uploads(uploads: list[tuple[str, bytes]]) -> list[Run]:

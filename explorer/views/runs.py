@@ -48,8 +48,8 @@ def pick_runs(bundled_dir: Any = None) -> list[tuple[Any, str]]:
 
 def runs_section(graph: Any, model: Any, graph_key: str, runs: list[tuple[Any, str]],
                  hardware: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Draw the runs and return the structure at each run's selected step, labelled
-    ``<run> @ <step>``."""
+    """Draw the runs and return the structure at each run's selected step, labelled with the
+    run's name."""
     from morphscope.analyzers.runs import costs_per_step, log_target, thin_indices
 
     st.subheader("Training runs")
@@ -76,8 +76,9 @@ def runs_section(graph: Any, model: Any, graph_key: str, runs: list[tuple[Any, s
                             "selected_share": float(share[i]), "final_share": float(share[-1])}
         selected[run.name] = step
         drawn_runs.append((run, steps, drawn, step))
-        structures.append((f"{run.name} @ {step}",
-                           {"gammas": {}, "alive_counts": steps["counts"][i], "notes": []}))
+        structures.append((run.name,  # a stable label: choices keyed by it survive step moves
+                           {"gammas": {}, "alive_counts": steps["counts"][i],
+                            "notes": [f"{run.name}: the structure logged at step {step:,}"]}))
     if not series:
         return structures
     st.plotly_chart(figures.run_costs(series, selected), key="run_costs")

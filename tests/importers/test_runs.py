@@ -122,3 +122,16 @@ def test_corrupt_member_is_one_line():
 def test_loose_upload_that_is_no_run_file():
     with pytest.raises(UnsupportedFileError, match="notes.txt: not a run file"):
         runs_from_uploads([("notes.txt", b"hi")])
+
+
+def test_match_run_renames_morphnet_ops_and_checks_counts():
+    from morphscope.errors import CheckpointMismatchError
+    from morphscope.importers.load import load_model
+
+    graph = load_model("example:digits")  # res2.conv1.0: 170 output channels
+    run = run_from_files("r", {"alive_0": alive(**{"res2.conv1.0/Conv2D": 170, "gone/Conv2D": 3}),
+                               "alive_9": alive(**{"res2.conv1.0/Conv2D": 40})})
+    assert runs.match_run(graph, run) == [{"res2.conv1.0": 170}, {"res2.conv1.0": 40}]
+    too_many = run_from_files("r", {"alive_0": alive(**{"res2.conv1.0": 171})})
+    with pytest.raises(CheckpointMismatchError, match="171 alive channels, the model's res2.conv1.0 has only 170"):
+        runs.match_run(graph, too_many)

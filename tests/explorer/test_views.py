@@ -1,0 +1,235 @@
+"""The explorer's runs, resolution and result views and the newcomer fixes, through AppTest.
+Expected numbers come from the analyzers' own functions or arithmetic written here, never
+from the view."""
+
+import base64
+import io
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from morphscope.analyzers.alive import alive_masks, alive_widths, group_scores
+from morphscope.analyzers.hardware import get_hardware
+from morphscope.analyzers.morph import source_op_widths
+from morphscope.analyzers.widths import compile_width_model
+from morphscope.exporters.writers import layer_table
+from morphscope.importers.checkpoints import load_structure
+from morphscope.importers.load import EXAMPLES_DIR, example_checkpoints, load_model
+from morphscope.units import human_count
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+V100 = get_hardware("V100")
+# examples/train_digits.py: output channels per source op, input to output.
+SEED = {"stem.0": 28, "res1.conv1.0": 36, "res1.conv2.0": 28, "down.0": 60, "inception.branch1.0": 30,
+        "inception.branch3_reduce.0": 22, "inception.branch3.0": 34, "inception.branch_pool.0": 14,
+        "pointwise.0": 150, "res2.conv1.0": 170, "res2.conv2.0": 150, "fc": 10}
+HIGH, LOW = ("stem.0", "res1.conv1.0", "res1.conv2.0"), ("pointwise.0", "res2.conv1.0", "res2.conv2.0")
+
+
+@pytest.fixture(scope="module")
+def example():
+    graph = load_model("example:digits")
+    model = compile_width_model(graph)
+    gammas = {label: load_structure(graph, path).gammas
+              for label, path in example_checkpoints("example:digits").items()}
+    return graph, model, gammas
+
+
+def run_app():
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    assert not at.exception
+    return at
+
+
+def figure(at, key):
+    """The plotly figure drawn with ``key`` (AppTest renders nothing: read its JSON spec, with
+    plotly's base64 arrays decoded to lists)."""
+    [chart] = [c for c in at.get("plotly_chart") if c.proto.id.endswith(f"-{key}")]
+    return _decoded(json.loads(chart.proto.spec))
+
+
+def _decoded(node):
+    if isinstance(node, dict) and "bdata" in node and "dtype" in node:
+        array = np.frombuffer(base64.b64decode(node["bdata"]), dtype=node["dtype"])
+        shape = node.get("shape")
+        return (array.reshape([int(n) for n in str(shape).split(",")]) if shape else array).tolist()
+    if isinstance(node, dict):
+        return {k: _decoded(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_decoded(v) for v in node]
+    return node
+
+
+def layer_table_on_screen(at):
+    [table] = [d.value for d in at.dataframe if "resolution" in d.value.columns]
+    return table
+
+
+def metrics_table(at):
+    return at.dataframe[0].value.set_index("structure")
+
+
+def alive_of(model, gammas, threshold=1e-2):
+    return alive_widths(alive_masks(model.spaces, group_scores(model.spaces, gammas), threshold))
+
+
+def run_zip(runs):
+    """A zip of StructureLogger-style folders: name -> {step: counts} and a val_accuracy log."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, (steps, accuracy) in runs.items():
+            for step, counts in steps.items():
+                archive.writestr(f"{name}/alive_{step}", json.dumps(counts))
+            archive.writestr(f"{name}/cost.jsonl", "".join(
+                json.dumps({"step": s, "target": "flops", "cost": 1.0, "loss": 0.5, "val_accuracy": accuracy})
+                + "\n" for s in steps))
+    return buffer.getvalue()
+
+
+def test_runs_view_steps_drive_the_page(example):
+    graph, model, _ = example
+    small = {**SEED, "res2.conv1.0": 40, "inception.branch1.0": 8}
+    long_steps = {s: {**SEED, "res2.conv1.0": 170 - s // 10} for s in range(0, 1000)}  # 1,000 steps
+    data = run_zip({"a": ({0: SEED, 100: small, 200: SEED}, 0.9), "b": (long_steps, 0.8)})
+    at = run_app()
+    at.sidebar.file_uploader(key="run_uploads").upload("sweep.zip", data).run()
+    assert not at.exception and not at.error
+    slider = at.select_slider(key="run_step_sweep/a")
+    assert list(slider.options) == ["0", "100", "200"] and slider.value == 200  # the last step first
+    slider.set_value(100).run()
+    assert not at.exception
+    seed_macs = model.totals(model.seed_widths)["macs"]
+    # Hand count as in tests/analyzers/test_runs_resolution.py: res2.conv1 170 -> 40, branch1 30 -> 8.
+    saved = 9 * 16 * 150 * 130 * 2 + 64 * 60 * 22 + 9 * 16 * 22 + 16 * 22 * 150
+    table = metrics_table(at)
+    assert table.loc["sweep/a (alive)", "flops"] == 2 * (seed_macs - saved)
+    # The long run: the last step (999) has res2.conv1 at 170 - 99 = 71.
+    assert table.loc["sweep/b (alive)", "flops"] == 2 * (seed_macs - 9 * 16 * 150 * 99 * 2)
+
+    # Cards, table and downloads follow the selected structure.
+    at.sidebar.selectbox(key="expand_target").set_value("sweep/a").run()
+    assert at.metric[0].value == human_count(2 * (seed_macs - saved))
+    assert at.subheader[0].value.startswith("Costs: sweep/a")
+    assert any(h.value == "Export: sweep/a" for h in at.subheader)
+    at.select_slider(key="run_step_sweep/a").set_value(200).run()  # the cards follow the step
+    assert at.metric[0].value == human_count(2 * seed_macs)
+    at.select_slider(key="run_step_sweep/a").set_value(100).run()
+    on_screen = layer_table_on_screen(at)
+    row = on_screen.set_index("layer").loc["res2.conv1.0"]
+    assert (row["seed_width"], row["alive_width"], row["resolution"]) == (170, 40, "4x4")
+
+    # Heatmap: every layer (rows) against step; the long run drawn with at most 400 columns.
+    heat_a = figure(at, "run_heatmap_0")["data"][0]
+    assert heat_a["y"][9] == "res2.conv1.0" and heat_a["x"] == [0, 100, 200]
+    assert heat_a["z"][9] == pytest.approx([100, 100 * 40 / 170, 100])
+    heat_b = figure(at, "run_heatmap_1")["data"][0]
+    assert len(heat_b["x"]) <= 400 and heat_b["x"][0] == 0 and heat_b["x"][-1] == 999
+    assert list(at.select_slider(key="run_step_sweep/b").options) == [str(s) for s in range(1000)]
+
+    # Sweep: final FLOPs (share of the seed's) against the logged metric.
+    points = {t["name"]: (t["x"][0], t["y"][0]) for t in figure(at, "sweep_scatter")["data"]}
+    assert points["sweep/a"] == pytest.approx((100.0, 0.9))  # step 200 is the seed again
+    assert points["sweep/b"] == pytest.approx((100 * (seed_macs - 9 * 16 * 150 * 99 * 2) / seed_macs, 0.8))
+
+
+def test_where_it_changed_views(example):
+    graph, model, gammas = example
+    at = run_app()
+    bars = figure(at, "width_bars")["data"]
+    resolutions, layers = bars[0]["x"]
+    assert layers == list(SEED)
+    assert [resolutions[layers.index(n)] for n in ("stem.0", "down.0", "res2.conv1.0", "fc")] == \
+        ["16x16", "8x8", "4x4", "vector"]
+    kept = {t["name"]: t["y"] for t in figure(at, "kept_by_resolution")["data"]}
+    for label, g in gammas.items():
+        widths = source_op_widths(graph, model, alive_of(model, g))
+        high = sum(widths[n] for n in HIGH) / (28 + 36 + 28)
+        low = sum(widths[n] for n in LOW) / (150 + 170 + 150)
+        assert kept[label][0] == pytest.approx(100 * high) and kept[label][2] == pytest.approx(100 * low)
+    # Hover: alive and expanded MACs, not only the seed's.
+    label = next(iter(gammas))
+    alive = alive_of(model, gammas[label])
+    rows = {r["layer"]: r for r in layer_table(graph, model, alive, alive)}
+    hover = next(t for t in bars if t["name"] == f"{label} alive")["hovertext"][layers.index("res2.conv1.0")]
+    assert f"alive {human_count(rows['res2.conv1.0']['alive_macs'])}" in hover
+    # The on-screen table holds the CSV export's numbers for the selected structure.
+    shown = layer_table_on_screen(at)
+    assert shown.drop(columns="resolution").to_dict("records") == list(rows.values())
+    # The paper's chart: both families, at least 4 budgets, mean and spread from the committed runs.
+    doc = json.loads((EXAMPLES_DIR / "digits" / "width_sweep.json").read_text())
+    traces = figure(at, "width_sweep")["data"]
+    assert len(traces) == 2 and all(len(t["x"]) >= 4 for t in traces)
+    seed_points = sorted((p for p in doc["runs"] if p["family"] == "seed"), key=lambda p: p["flops"])
+    first = [p["accuracy"] for p in seed_points if p["flops"] == seed_points[0]["flops"]]
+    assert traces[0]["y"][0] == pytest.approx(np.mean(first))
+    assert traces[0]["error_y"]["array"][0] == pytest.approx(np.std(first, ddof=1))
+
+
+def test_newcomer_fixes(example):
+    graph, model, gammas = example
+    at = run_app()
+    # Cards follow the selected structure (not always the first).
+    at.sidebar.selectbox(key="expand_target").set_value("size-regularized").run()
+    size_alive = model.totals(alive_of(model, gammas["size-regularized"]), V100)
+    assert at.metric[0].value == human_count(size_alive["flops"])
+    # Trade-off: log axes from 0.25x to 2x of the seed's FLOPs, markers explained in the legend,
+    # the star for the resource matched last.
+    at.sidebar.button(key="match_size").click().run()
+    fig = figure(at, "tradeoff_params")
+    seed_flops = model.totals(model.seed_widths)["flops"]
+    assert fig["layout"]["xaxis"]["type"] == "log"
+    assert fig["layout"]["xaxis"]["range"] == pytest.approx([np.log10(0.25 * seed_flops), np.log10(2 * seed_flops)])
+    names = [t.get("name") for t in fig["data"]]
+    assert "current factor" in names and "matches the seed's size" in names
+    # |gamma| histogram: the floor bin is labelled (threshold 0.01 / 1000).
+    texts = [a["text"] for a in figure(at, "gamma_hist")["layout"]["annotations"]]
+    assert any("floor bin: |gamma| <= 1e-05" in t for t in texts)
+    # Tables: thousands separators, and headers even without rows.
+    topology = [d.value for d in at.dataframe if list(d.value.columns) == ["add", "branch", "why"]]
+    assert topology and all(list(t.columns) == ["add", "branch", "why"] for t in topology)
+
+
+def test_zoo_box_and_uploads_keep_the_state(example):
+    graph, model, _ = example
+    at = run_app()
+    at.sidebar.radio(key="model_source").set_value("Zoo model").run()
+    at.sidebar.text_input(key="zoo_spec").set_value(str(EXAMPLES_DIR / "digits" / "seed.pt2")).run()
+    assert not at.exception
+    assert "name a zoo model as torchvision:NAME or keras:NAME" in at.sidebar.error[0].value
+    assert at.caption[0].value.startswith("torchvision:resnet18")  # the zoo box's default stays
+    at.sidebar.text_input(key="zoo_spec").set_value("torchvision:resnet19").run()
+    closest = at.sidebar.error[0].value.split("closest: ")[1].split(" (")[0].split(", ")
+    assert closest[0] == "resnet18" and len(closest) <= 5  # the few closest names, not all 80
+    at.sidebar.radio(key="model_source").set_value("Bundled example").run()
+    # Two checkpoints of the same name: told apart, no crash; a bad one shows no server path.
+    alive_a, alive_b = json.dumps({"res2.conv1.0": 40}), json.dumps({"res2.conv1.0": 60})
+    kind = "application/octet-stream"
+    at.sidebar.file_uploader(key="checkpoint_uploads").set_value(
+        [("alive_5", alive_a.encode(), kind), ("alive_5", alive_b.encode(), kind),
+         ("bad.pt", b"\x80\x02 not a pickle", kind)]).run()
+    assert not at.exception
+    table = metrics_table(at)
+    seed_macs = model.totals(model.seed_widths)["macs"]
+    assert table.loc["alive_5 (alive)", "flops"] == 2 * (seed_macs - 9 * 16 * 150 * 130 * 2)
+    assert table.loc["alive_5 (2) (alive)", "flops"] == 2 * (seed_macs - 9 * 16 * 150 * 110 * 2)
+    [error] = [e.value for e in at.sidebar.error]
+    assert error.startswith("bad.pt") and tempfile.gettempdir() + "/" not in error
+    # A bad run upload: one line; the structures stay.
+    at.sidebar.file_uploader(key="run_uploads").upload("runs.zip", b"not a zip").run()
+    assert "runs.zip: not a readable zip archive" in " ".join(e.value for e in at.sidebar.error)
+    assert "alive_5 (2) (alive)" in metrics_table(at).index
+
+
+def test_a_model_without_checkpoints_gets_the_seed_tradeoff():
+    at = run_app()
+    at.sidebar.radio(key="model_source").set_value("Upload a file").run()
+    at.sidebar.file_uploader(key="model_upload").upload(
+        "seed.pt2", (EXAMPLES_DIR / "digits" / "seed.pt2").read_bytes()).run()
+    assert not at.exception and not at.error
+    names = [t.get("name") for t in figure(at, "tradeoff_params")["data"]]
+    assert "seed" in names
