@@ -435,6 +435,14 @@ def _finish(b: _Builder, rules: Mapping[Kind, ChannelRule]) -> ChannelSpaces:
                                             for s in b.expand(layout))
         return done
 
+    sources, adds, concats = [], [], []  # one pass over the ops for the topology records
+    for name, attrs in graph.ops():
+        if opens_space(attrs):
+            sources.append(name)
+        elif attrs["kind"] == Kind.ADD:
+            adds.append(name)
+        elif attrs["kind"] == Kind.CONCAT:
+            concats.append(name)
     sizes = [b.size[r] for r in roots]
     bn_cover: dict[int, list[tuple[str, int]]] = {}
     for bn_name, layout in b.bn:
@@ -451,9 +459,9 @@ def _finish(b: _Builder, rules: Mapping[Kind, ChannelRule]) -> ChannelSpaces:
         op_in={n: canon(layout) for n, layout in b.op_in.items()},
         op_out={n: canon(layout) for n, layout in b.out.items()},
         framework=graph.framework,
-        source_ops=tuple(n for n, a in graph.ops() if opens_space(a)),
-        residual_branches=residual_branches(graph, rules),
-        concat_inputs={n: tuple(graph.inputs_of(n)) for n, a in graph.ops() if a["kind"] == Kind.CONCAT},
+        source_ops=tuple(sources),
+        residual_branches={add: _branches(graph, add, rules) for add in adds},
+        concat_inputs={n: tuple(graph.inputs_of(n)) for n in concats},
     )
 
 
@@ -502,18 +510,16 @@ def residual_branches(graph: ChannelGraph,
     {'add': {'b': ('b',)}}
     """
     rules = CHANNEL_RULES if rules is None else rules
-    out = {}
-    for add, attrs in graph.ops():
-        if attrs["kind"] != Kind.ADD:
-            continue
-        inputs = graph.inputs_of(add)
-        if len(inputs) < 2:
-            out[add] = {}
-            continue
-        exclusive = _exclusive_ancestors(graph, inputs)
-        out[add] = {u: ops for u, ops in zip(inputs, exclusive)
-                    if any(rules[graph[n]["kind"]].is_source for n in ops)}
-    return out
+    return {add: _branches(graph, add, rules) for add, attrs in graph.ops() if attrs["kind"] == Kind.ADD}
+
+
+def _branches(graph: ChannelGraph, add: str, rules: Mapping[Kind, ChannelRule]) -> dict[str, tuple[str, ...]]:
+    """One add's real branches (see :func:`residual_branches`)."""
+    inputs = graph.inputs_of(add)
+    if len(inputs) < 2:
+        return {}
+    exclusive = _exclusive_ancestors(graph, inputs)
+    return {u: ops for u, ops in zip(inputs, exclusive) if any(rules[graph[n]["kind"]].is_source for n in ops)}
 
 
 _SHARED = -1

@@ -209,9 +209,12 @@ class ChannelGraph:
         graph.notes = list(doc.get("notes", []))
         nodes = []
         for node in doc["nodes"]:
-            attrs = {k: _from_jsonable(k, v) for k, v in node.items() if k != "name"}
+            attrs = dict(node)
+            name = attrs.pop("name")
+            for key in _LIST_FIELDS.intersection(attrs):
+                attrs[key] = _from_jsonable(key, attrs[key])
             attrs["kind"] = _kind(attrs["kind"])
-            nodes.append((node["name"], attrs))
+            nodes.append((name, attrs))
         names = {name for name, _ in nodes}
         if len(names) != len(nodes):
             twice = next(n for n, count in Counter(n for n, _ in nodes).items() if count > 1)
@@ -301,11 +304,12 @@ def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_LIST_FIELDS = _TUPLE_FIELDS | {"matmuls"}  # JSON lists that come back as tuples
+
+
 def _from_jsonable(key: str, value: Any) -> Any:
     if type(value) is not list:
         return value
-    if key in _TUPLE_FIELDS:
-        return tuple(value)
     if key == "matmuls":
         return [tuple(m) for m in value]
-    return value
+    return tuple(value)
