@@ -84,6 +84,7 @@ def program_from_dispatch(model: Any, example: Any, on_meta: bool = True) -> tup
             return out
 
     handles = _track_modules(model, stack)
+    saved = [(module, dict(vars(module))) for module in model.modules()] if on_meta else []
     try:
         with torch.no_grad(), _Mode():
             result = functional_call(model, state, (example,)) if state else model(example)
@@ -92,11 +93,23 @@ def program_from_dispatch(model: Any, example: Any, on_meta: bool = True) -> tup
     finally:
         for handle in handles:
             handle.remove()
+        for module, attrs in saved:  # caches a meta pass set (anchors) must not outlive it
+            _restore_attributes(module, attrs)
     program.user_outputs.extend(recorder.names_of(result))
     leaves = leaf_paths(r.module_path for r in program.records)
     for record in program.records:
         record.module_is_leaf = record.module_path in leaves
     return program, bool(reads)
+
+
+def _restore_attributes(module: Any, attrs: dict[str, Any]) -> None:
+    """Put back the attributes ``module`` had before the pass; drop those it added."""
+    current = vars(module)
+    for key in [k for k in current if k not in attrs]:
+        del current[key]
+    for key, value in attrs.items():
+        if current.get(key) is not value:
+            current[key] = value
 
 
 def _meta_state(model: Any) -> dict[str, Any]:
