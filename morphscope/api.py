@@ -37,20 +37,25 @@ def load_structure(model: str | ChannelGraph, checkpoint: str | Path) -> Any:
     return _load(load_model(model), checkpoint)
 
 
-def _analysis(model, checkpoints, threshold):
+def _analysis(model, checkpoints, threshold, convention="physical", scope=None):
     from morphscope.analyzers.morph import morph
     from morphscope.analyzers.widths import compile_width_model
     from morphscope.importers.checkpoints import load_structure as _load
 
     graph = load_model(model)
-    width_model = compile_width_model(graph)
+    width_model = compile_width_model(graph, convention, scope)
     structures = [_load(graph, path) for path in checkpoints]
     return graph, width_model, structures, [morph(width_model, s, threshold) for s in structures]
 
 
 def report(model: str | ChannelGraph, checkpoints: Sequence[str | Path] = (),
-           threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+           threshold: float = DEFAULT_THRESHOLD, convention: str = "physical",
+           scope: Any = None) -> dict[str, Any]:
     """Seed costs per layer and in total, and each checkpoint's alive costs and topology.
+    ``convention`` (``physical`` or ``morph-net``) and ``scope`` (a
+    :class:`~morphscope.analyzers.conventions.Scope`: prunable outputs, analysed part) as the
+    CLI's ``--convention``, ``--prune-outputs`` and boundary options; the same for
+    :func:`expand` and :func:`export`.
 
     Returns
     -------
@@ -60,8 +65,8 @@ def report(model: str | ChannelGraph, checkpoints: Sequence[str | Path] = (),
     """
     from morphscope.analyzers.report import seed_report, structure_entry
 
-    graph, width_model, structures, morphed = _analysis(model, checkpoints, threshold)
-    doc = seed_report(graph)
+    graph, width_model, structures, morphed = _analysis(model, checkpoints, threshold, convention, scope)
+    doc = seed_report(graph, convention=convention)
     doc["morphed"] = [structure_entry(graph, width_model, s, m, threshold)
                       for s, m in zip(structures, morphed)]
     return doc
@@ -69,13 +74,14 @@ def report(model: str | ChannelGraph, checkpoints: Sequence[str | Path] = (),
 
 def expand(model: str | ChannelGraph, checkpoint: str | Path, resource: str = "flops",
            budget: float | None = None, hardware: str = "V100",
-           threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+           threshold: float = DEFAULT_THRESHOLD, convention: str = "physical",
+           scope: Any = None) -> dict[str, Any]:
     """The largest uniform width multiplier that keeps ``resource`` within ``budget``
     (default: the seed's own cost, the paper's expand step), with the expanded widths."""
     from morphscope.analyzers.hardware import get_hardware
     from morphscope.analyzers.report import expand_entry
 
-    graph, width_model, _, morphed = _analysis(model, [checkpoint], threshold)
+    graph, width_model, _, morphed = _analysis(model, [checkpoint], threshold, convention, scope)
     hw = get_hardware(hardware)
     if budget is None:
         budget = width_model.target_cost(width_model.seed_widths, resource, hw)
@@ -83,7 +89,8 @@ def expand(model: str | ChannelGraph, checkpoint: str | Path, resource: str = "f
 
 
 def export(model: str | ChannelGraph, checkpoint: str | Path, multiplier: float | None = None,
-           model_out: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+           model_out: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,
+           convention: str = "physical", scope: Any = None) -> dict[str, Any]:
     """Widths per source op (morph-net's StructureExporter form) and the per-layer table;
     with ``model_out`` (a spec that can be rebuilt: zoo name or Keras file), also a rebuilt
     model file and its parameter count beside the prediction."""
@@ -91,7 +98,7 @@ def export(model: str | ChannelGraph, checkpoint: str | Path, multiplier: float 
     from morphscope.analyzers.widths import apply_multiplier
     from morphscope.exporters.writers import layer_table
 
-    graph, width_model, structures, morphed = _analysis(model, [checkpoint], threshold)
+    graph, width_model, structures, morphed = _analysis(model, [checkpoint], threshold, convention, scope)
     m = morphed[0]
     expanded = m.widths if multiplier is None else apply_multiplier(width_model.spaces, m.widths, multiplier)
     out = {"widths": source_op_widths(graph, width_model, expanded),

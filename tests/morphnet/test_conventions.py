@@ -160,3 +160,21 @@ def test_cli_convention_switch(tmp_path, capsys):
         main(["report", str(path), "--convention", "tf"])
     assert exit_status.value.code == 2
     assert "invalid choice: 'tf'" in capsys.readouterr().err
+
+
+def test_public_api_takes_the_convention_and_scope(tmp_path):
+    import torch
+
+    import morphscope
+    from morphscope.importers.torch_importer import load_module
+
+    model, names, example = flatten_net("torch")
+    weights = tmp_path / "gammas.pt"
+    torch.save(model.state_dict(), weights)
+    graph = load_module(model, (3, H, W), name="flatten")
+    physical = morphscope.report(graph, [weights])["morphed"][0]["macs"]
+    morphnet = morphscope.report(graph, [weights], convention="morph-net")["morphed"][0]["macs"]
+    assert morphnet - physical == (13 - ALIVE) * 2 * 3 * 11  # the dense layer's static inputs
+    # The conv outside the analysed part (analysis starts after it): kept at 13.
+    scoped = morphscope.export(graph, weights, scope=Scope(inputs=(names["conv"],)))["widths"]
+    assert scoped[names["conv"]] == 13
