@@ -27,7 +27,8 @@ from morphscope.analyzers.hardware import HARDWARE, Hardware
 from morphscope.errors import GraphError, MorphScopeError
 
 BASES = ("macs", "params", "size", "bytes_moved")  # the fields of every cost rule
-MAX_COUNT = 2 ** 62  # no real model comes near; beyond it a count is refused, never wrapped
+MAX_COUNT = 2 ** 62  # no real model comes near; a total beyond it is refused, never wrapped
+MAX_OP_COUNT = 2 ** 53  # per-op counts are float64 products: exact integers up to here only
 
 PerOp = Mapping[str, np.ndarray]  # base name -> per-op values (n_ops,) or (n_ops, k)
 FLOPS_PER_MAC = 2  # a multiply and an add
@@ -145,18 +146,19 @@ def exact_total(values: np.ndarray, resource: str, names: tuple[str, ...], const
     Raises
     ------
     GraphError
-        If an op's count, or the total, is not finite or beyond :data:`MAX_COUNT`: the op
+        If an op's count is not finite or beyond :data:`MAX_OP_COUNT` (float64 stops
+        holding every integer there), or the total is beyond :data:`MAX_COUNT`: the op
         with the largest count is named.
 
     Examples
     --------
-    >>> exact_total(np.array([2.0 ** 60, 2.0 ** 60, 3.0]), "macs", ("a", "b", "c"))
-    2305843009213693955
+    >>> exact_total(np.array([2.0 ** 52, 2.0 ** 52, 3.0]), "macs", ("a", "b", "c"))
+    9007199254740995
     """
     rounded = np.rint(np.asarray(values, dtype=np.float64))
     magnitude = np.abs(rounded) if rounded.size else np.zeros((1,) + rounded.shape[1:])
-    if not np.isfinite(rounded).all() or magnitude.max() > MAX_COUNT:
-        _refuse(rounded, resource, names)
+    if not np.isfinite(rounded).all() or magnitude.max() > MAX_OP_COUNT:
+        _refuse(rounded, resource, names, "2**53 for one op")
     ints = rounded.astype(np.int64)
     if rounded.shape[0] * float(magnitude.max()) < 2.0 ** 63:  # an int64 sum cannot wrap
         summed = ints.sum(axis=0)
@@ -165,14 +167,14 @@ def exact_total(values: np.ndarray, resource: str, names: tuple[str, ...], const
         summed = ints.sum(axis=0, dtype=object)
         largest = max(abs(int(t)) for t in np.atleast_1d(summed))
     if largest + abs(constant) > MAX_COUNT:
-        _refuse(rounded, resource, names)
+        _refuse(rounded, resource, names, "2**62 in total")
     if np.ndim(summed) == 0:
         return int(summed) + constant
     return np.asarray(summed, dtype=np.int64) + constant
 
 
-def _refuse(values: np.ndarray, resource: str, names: tuple[str, ...]) -> None:
+def _refuse(values: np.ndarray, resource: str, names: tuple[str, ...], limit: str) -> None:
     scale = np.nan_to_num(np.abs(values), nan=np.inf).reshape(len(values), -1).max(axis=1)
     row = int(np.argmax(scale))
-    raise GraphError(f"{names[row]}: {resource} of {scale[row]:.3g} is beyond 2**62 (no real "
-                     "model comes near); the graph's sizes are wrong")
+    raise GraphError(f"{names[row]}: {resource} of {scale[row]:.3g} takes the count beyond "
+                     f"{limit} (no real model comes near); the graph's sizes are wrong")

@@ -88,15 +88,26 @@ def test_a_rate_branch_needs_hardware():
 
 
 def test_totals_are_exact_python_ints_beyond_float_precision():
-    # 2**60 + 2**60 + 3 is not a float64 (53-bit mantissa) but is summed exactly.
-    assert exact_total(np.array([2.0 ** 60, 2.0 ** 60, 3.0]), "macs", ("a", "b", "c")) == 2 ** 61 + 3
-    columns = exact_total(np.array([[2.0 ** 61, 1.0], [2.0 ** 61, 2.0]]), "macs", ("a", "b"))
-    assert columns.tolist() == [2 ** 62, 3]
+    # 512 ops of 2**52 + 1 MACs (each exact in float64): 2**61 + 512, which a float64 sum
+    # rounds to 2**61, summed exactly.
+    ops = np.full(512, 2.0 ** 52 + 1)
+    assert exact_total(ops, "macs", tuple(f"op{i}" for i in range(512))) == 2 ** 61 + 512
+    columns = exact_total(np.array([[2.0 ** 52, 1.0], [2.0 ** 52, 2.0]]), "macs", ("a", "b"))
+    assert columns.tolist() == [2 ** 53, 3]
+
+
+def test_an_op_beyond_exact_float_arithmetic_is_refused_naming_it():
+    # 2**53 + 2 MACs in one op: float64 no longer holds every integer there.
+    with pytest.raises(GraphError, match=r"^b: macs of 9.01e\+15 takes the count beyond 2\*\*53 for one op"):
+        exact_total(np.array([1.0, 2.0 ** 53 + 2, 1.0]), "macs", ("a", "b", "c"))
 
 
 def test_a_total_beyond_two_to_the_62_is_refused_naming_the_largest_op():
-    with pytest.raises(GraphError, match=r"^b: macs of 3.46e\+18 is beyond 2\*\*62"):
-        exact_total(np.array([2.0 ** 61, 3 * 2.0 ** 60, 1.0]), "macs", ("a", "b", "c"))
+    # 1025 ops of 2**52 MACs: 2**62 + 2**52 in total.
+    ops = np.full(1025, 2.0 ** 52)
+    ops[7] = 2.0 ** 53
+    with pytest.raises(GraphError, match=r"^op7: macs of 9.01e\+15 takes the count beyond 2\*\*62 in total"):
+        exact_total(ops, "macs", tuple(f"op{i}" for i in range(1025)))
 
 
 def crafted_graph_json(op, **changes):
@@ -110,7 +121,7 @@ def crafted_graph_json(op, **changes):
 
 @pytest.mark.parametrize("op, changes, why", [
     # 2**62 * 17*19*13*23 MACs: would wrap an int64.
-    ("conv", {"kernel": [2 ** 31, 2 ** 31]}, "beyond 2\\*\\*62"),
+    ("conv", {"kernel": [2 ** 31, 2 ** 31]}, "beyond 2\\*\\*53 for one op"),
     # Past float range, in the rule's own arithmetic.
     ("conv", {"kernel": [10 ** 200, 10 ** 200]}, "overflow"),
     # Past float range in integer coefficients (an opaque op's matrix product).

@@ -54,4 +54,4 @@ def test_counts_that_would_wrap_int64_are_refused(capsys, tmp_path):
     # negative numbers such as -9,223,372,036,854,775,808).
     path = huge_graph(tmp_path / "wrapping.json", wide_convs=8, C=2**20)
     line = cli_error(capsys, "report", path)
-    assert "beyond 2**62" in line and "-9,223" not in line
+    assert "beyond 2**53 for one op" in line and "-9,223" not in line
