@@ -170,3 +170,34 @@ print(len(graph), sorted(m for m in ("torch", "torchvision", "triton") if m in s
                              text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
         assert run.stdout.split()[-1] == "[]" and run.stdout.split()[0] == "3"  # input, dense, output
+
+
+# -- composite models as users write them ---------------------------------------------------------
+
+def test_transformer_encoder_block_counts_every_product():
+    x = keras.Input((29, 24))
+    attended = layers.MultiHeadAttention(num_heads=4, key_dim=6, name="mha")(x, x)
+    y = layers.LayerNormalization()(layers.Add()([x, attended]))
+    hidden = layers.Dense(48, activation="gelu")(y)
+    out = layers.LayerNormalization()(layers.Add()([y, layers.Dense(24)(hidden)]))
+    model = keras.Model(x, layers.Dense(7)(layers.GlobalAveragePooling1D()(out)))
+    graph, params, macs = counted(model)
+    attention = 3 * 29 * 24 * 24 + 2 * 4 * 29 * 29 * 6 + 29 * 24 * 24
+    feed_forward = 29 * 24 * 48 + 29 * 48 * 24
+    assert macs == attention + feed_forward + 24 * 7
+    assert params == model.count_params()
+    assert graph["mha"]["kind"] == Kind.OPAQUE  # its channels are pinned, not guessed
+
+
+def test_stacked_bidirectional_gru_text_model():
+    tokens = keras.Input((29,), dtype="int32")
+    x = layers.Embedding(1000, 13)(tokens)
+    x = layers.Bidirectional(layers.GRU(23, return_sequences=True))(x)
+    x = layers.Bidirectional(layers.GRU(11))(x)
+    model = keras.Model(tokens, layers.Dense(3)(x))
+    graph, params, macs = counted(model)
+    # GRU: 3 gates; the second layer reads both directions' 2*23 features
+    first = 2 * 29 * 3 * 23 * (13 + 23)
+    second = 2 * 29 * 3 * 11 * (2 * 23 + 11)
+    assert macs == first + second + 2 * 11 * 3
+    assert params == model.count_params()
