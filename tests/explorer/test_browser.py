@@ -1,99 +1,43 @@
 """A real browser on the real app: ``streamlit run app.py`` on a free local port, Debian's
-Chromium driven by Playwright. Uploads a model and a checkpoint, moves the width slider,
-downloads the widths JSON and checks it against the analyzers; saves screenshots (the
-README's pictures come from this test on the bundled example)."""
+Chromium driven by Playwright (the helpers of morphscope.explorer.screenshots, which also makes
+the README's pictures; this test writes only into its temporary folders). Uploads a model and a
+checkpoint, moves the width slider, downloads the widths JSON and checks it against the
+analyzers; uploads a training run made by a short training, moves its step selector and checks
+that the width bars and the cost cards follow."""
 
+import io
 import json
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
 import handbuilt
-from morphscope.analyzers.alive import alive_masks, alive_widths, group_scores
-from morphscope.exporters.writers import widths_json
-from morphscope.analyzers.widths import apply_multiplier, compile_width_model
 from handbuilt import H, W, alive_at
+from morphscope.analyzers.alive import alive_masks, alive_widths, group_scores
+from morphscope.analyzers.morph import source_op_widths, widths_from_counts
+from morphscope.analyzers.widths import apply_multiplier, compile_width_model
+from morphscope.explorer.screenshots import open_page, serve_app, wait_idle
+from morphscope.exporters.writers import widths_json
 from morphscope.importers.checkpoints import load_structure
-from morphscope.importers.load import load_model
-
-ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from morphscope.importers.load import EXAMPLES_DIR, load_model
+from morphscope.units import human_count
 
 
 @pytest.fixture(scope="module")
-def server():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("streamlit did not become healthy in 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def page(server):
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is required (apt-get install chromium; .ci/run does it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
-        page = context.new_page()
-        page.set_default_timeout(120_000)
-        page.goto(server)
+def page():
+    with serve_app() as url, open_page(url) as page:
         yield page
-        browser.close()
 
 
-def wait_idle(page):
-    page.wait_for_timeout(500)
-    page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=120_000)
-    page.locator(".js-plotly-plot .main-svg").first.wait_for()
-    page.locator("[data-testid='stDataFrame']").first.wait_for()
-    page.wait_for_timeout(1500)  # let plotly and the data grid paint
-
-
-def test_bundled_example_screenshots(page):
+def test_bundled_example_renders(page, tmp_path):
     page.get_by_text("Layer widths").wait_for()
-    page.get_by_text("Trade-off under a width multiplier").wait_for()
+    page.get_by_text("Channels kept per output resolution").wait_for()
     wait_idle(page)
-    page.screenshot(path=SCREENSHOTS / "explorer.png", full_page=False)
-    page.get_by_text("Layer widths").scroll_into_view_if_needed()
-    page.locator(".js-plotly-plot").first.screenshot(path=SCREENSHOTS / "width_bars.png")
-    page.get_by_text("Trade-off under a width multiplier").scroll_into_view_if_needed()
-    wait_idle(page)
-    page.locator(".js-plotly-plot").nth(3).screenshot(path=SCREENSHOTS / "tradeoff.png")
-    assert (SCREENSHOTS / "explorer.png").stat().st_size > 10_000
+    page.screenshot(path=tmp_path / "explorer.png")
+    assert (tmp_path / "explorer.png").stat().st_size > 10_000
 
 
 def test_upload_slide_and_download_widths(page, tmp_path):
@@ -120,7 +64,6 @@ def test_upload_slide_and_download_widths(page, tmp_path):
     wait_idle(page)
     factor = float(slider.input_value())
     assert factor == pytest.approx(1.04)
-    page.screenshot(path=SCREENSHOTS / "uploaded.png")
 
     with page.expect_download() as download_info:
         page.get_by_role("button", name="Widths JSON (morph-net)").click()
@@ -134,3 +77,73 @@ def test_upload_slide_and_download_widths(page, tmp_path):
     assert downloaded == expected
     # Hand check: 8 alive in the residual group, x1.04 -> floor(8.32) = 8; u1a 5 -> 5.
     assert downloaded["stem"] == 8 and downloaded["u1a"] == 5
+
+
+def short_training_run(folder):
+    """A real StructureLogger run: the digits example's network, a few steps with a strong FLOP
+    regularizer (so the structure moves), logged every 2 steps."""
+    sys.path.insert(0, str(EXAMPLES_DIR))
+    import train_digits as td
+    from morphscope.regularizers.torch_regularizer import FlopsRegularizer, StructureLogger
+
+    torch.manual_seed(0)
+    net = td.SeedNet()
+    # Alive above 0.5; scales start spread over 0.55..1.5, so the penalty pushes them under the
+    # threshold at different steps and the logged structure shrinks within these 9 steps.
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.55, 1.5)
+    reg = FlopsRegularizer(net, torch.zeros(1, 1, td.SIDE, td.SIDE), threshold=0.5)
+    logger = StructureLogger(reg, folder / "flops_run", every=2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(16, 1, td.SIDE, td.SIDE), torch.arange(16) % 10
+    for step in range(9):
+        loss = torch.nn.functional.cross_entropy(net(x), y) + 1e-5 * reg.loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        logger.step(step, loss=loss.item(), metrics={"val_accuracy": 0.1 * step})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for file in sorted((folder / "flops_run").iterdir()):
+            archive.write(file, f"flops_run/{file.name}")
+    (folder / "flops_run.zip").write_bytes(buffer.getvalue())
+    return folder / "flops_run.zip", folder / "flops_run"
+
+
+def plotted(page, key, trace):
+    """y values of one named trace of the chart drawn with ``key``, read from plotly in the page."""
+    return page.evaluate(
+        "([key, name]) => { const div = document.querySelector(`.st-key-${key} .js-plotly-plot`);"
+        " return Array.from(div.data.find(t => t.name === name).y); }", [key, trace])
+
+
+def test_run_upload_and_step_selector_drive_bars_and_costs(page, tmp_path):
+    archive, folder = short_training_run(tmp_path)
+    graph = load_model("example:digits")  # the same network as the run's
+    model = compile_width_model(graph)
+    expected = {}
+    for step in (0, 2, 4, 6, 8):
+        counts = json.loads((folder / f"alive_{step}").read_text())
+        widths = widths_from_counts(model, counts)[0]
+        expected[step] = (list(source_op_widths(graph, model, widths).values()), model.totals(widths)["flops"])
+    assert expected[0][0] != expected[8][0] != expected[4][0]  # the structure moved during the run
+
+    page.get_by_text("Bundled example").click()
+    wait_idle(page)
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").nth(1).set_input_files(str(archive))
+    page.get_by_text("Training runs", exact=True).wait_for()
+    wait_idle(page)
+    # Make the run the page's structure (cards, table, downloads).
+    page.get_by_label("Structure (cards, expand, table, downloads)").first.click(force=True)
+    page.get_by_role("option", name="flops_run/flops_run").click()
+    wait_idle(page)
+    for step in (8, 4):
+        assert plotted(page, "width_bars", "flops_run/flops_run alive") == expected[step][0]
+        card = page.locator("[data-testid='stMetricValue']").first.inner_text()
+        assert card == human_count(expected[step][1])
+        slider = page.get_by_role("slider", name="flops_run/flops_run: step")
+        slider.focus()
+        for _ in range(2):  # two logged steps back: 8 -> 4
+            page.keyboard.press("ArrowLeft")
+        wait_idle(page)
