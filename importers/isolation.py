@@ -21,6 +21,7 @@ import atexit
 import json
 import math
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -169,19 +170,15 @@ def _run_forked(request: dict[str, Any]) -> dict[str, Any]:
             code = _child(request)
         finally:
             os._exit(code)
-    deadline = started + float(request["limits"]["max_wall_s"])
-    delay, timed_out = 0.002, False
-    while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            _, status, usage = os.wait4(pid, 0)
-            timed_out = True
-            break
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    pidfd = os.pidfd_open(pid)  # readable when the child exits: no polling delay
+    try:
+        exited, _, _ = select.select([pidfd], [], [], float(request["limits"]["max_wall_s"]))
+    finally:
+        os.close(pidfd)
+    timed_out = not exited
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)
+    _, status, usage = os.wait4(pid, 0)
     return {"exit": os.waitstatus_to_exitcode(status), "timed_out": timed_out,
             "cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.monotonic() - started}
 

@@ -157,15 +157,25 @@ def test_a_20000_op_graph_imports_in_seconds(seeds, tmp_path):
     assert sum(1 for _, a in graph.ops() if a["kind"] == "act") == 20_000
 
 
-def test_cpu_limit_stops_a_long_parse_with_one_line(tmp_path):
-    # 300,000 nodes in a chain: validating and rebuilding them takes seconds of CPU
+@pytest.fixture(scope="module")
+def long_graph(tmp_path_factory):
+    """A graph .json of 300,000 chained nodes: validating and rebuilding it takes seconds."""
     nodes = [{"name": f"n{i}", "kind": "identity" if i else "input"} for i in range(300_000)]
     edges = [[f"n{i}", f"n{i + 1}", 0] for i in range(299_999)]
-    path = tmp_path / "long.json"
+    path = tmp_path_factory.mktemp("long") / "long.json"
     path.write_text(json.dumps({"format": "morphscope.channel_graph", "version": 1, "name": "long",
                                 "framework": "torch", "input_shape": [3, 8, 8], "nodes": nodes, "edges": edges}))
+    return path
+
+
+def test_cpu_limit_stops_a_long_parse_with_one_line(long_graph):
     with pytest.raises(UnsupportedFileError, match="long.json: needs more than 1 s of CPU time to parse; limit 1 s"):
-        load_model(str(path), limits=Limits(max_cpu_s=1))
+        load_model(str(long_graph), limits=Limits(max_cpu_s=1))
+
+
+def test_wall_clock_limit_stops_a_long_parse_with_one_line(long_graph):
+    with pytest.raises(UnsupportedFileError, match="long.json: parsing did not finish in 0.5 s; limit 0.5 s"):
+        load_model(str(long_graph), limits=Limits(max_wall_s=0.5))
 
 
 def test_memory_limit_stops_a_parse_with_one_line(tmp_path, torch_graph):
