@@ -97,6 +97,12 @@ def _weighted_matmul_kind(ctx: "_Ctx") -> Kind:
     return Kind.OPAQUE
 
 
+def _restride_kind(ctx: "_Ctx") -> Kind:
+    """``as_strided`` keeping the shape (adaptive pooling re-striding a channels-last result)
+    moves no channel; any other use is opaque."""
+    return Kind.RESHAPE if ctx.out_shape == ctx.in_shape else Kind.OPAQUE
+
+
 def _view_kind(ctx: "_Ctx") -> Kind:
     """A view merging the channel axis with the axes after it is a flatten (channel c feeds
     the block c*HW .. (c+1)*HW-1); any other view is a reshape."""
@@ -153,6 +159,7 @@ ATEN_TO_KIND: Mapping[str, Kind | Callable[["_Ctx"], Kind]] = {
     "flatten": Kind.FLATTEN,
     **{op: Kind.RESHAPE for op in _RESHAPE},
     **{op: _view_kind for op in ("view", "reshape", "_unsafe_view")},
+    "as_strided": _restride_kind,
     "pad": Kind.PAD,
     "constant_pad_nd": Kind.PAD,
     "upsample_nearest2d": Kind.RESIZE,
