@@ -9,6 +9,19 @@ import plotly.graph_objects as go
 
 from morphscope.units import human_count
 
+def _vline(x: float, text: str = "", **line: Any) -> dict[str, Any]:
+    """A vertical line across the plot as a layout shape (plotly's add_vline costs ~10 ms)."""
+    return {"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
+            "line": line, "label": {"text": text, "textposition": "end", "font": {"size": 11}}}
+
+
+def _figure() -> go.Figure:
+    """An empty figure that skips plotly's per-property validation when traces are added: the
+    figures here are fixed code paths (checked by the tests), and validation was half of the
+    time a slider move spends building them."""
+    return go.Figure(_validate=False)
+
+
 PALETTE = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3")
 SEED_COLOR = "#B6B6B6"
 
@@ -23,7 +36,7 @@ def width_bars(widths: dict[str, Any], resolutions: list[str] | None = None,
     the hover."""
     layers = widths["layers"]
     x = [resolutions, layers] if resolutions else layers
-    fig = go.Figure()
+    fig = _figure()
     hover_seed = [f"{n}<br>seed {w:,}<br>MACs {human_count(m)}<br>params {human_count(p)}"
                   for n, w, m, p in zip(layers, widths["seed"], widths["macs"], widths["params"])]
     fig.add_bar(x=x, y=widths["seed"], name="seed", marker_color=SEED_COLOR,
@@ -53,14 +66,16 @@ def width_bars(widths: dict[str, Any], resolutions: list[str] | None = None,
 def kept_by_resolution(kept: dict[str, Any]) -> go.Figure:
     """Share of channels each structure keeps per output resolution (highest first): FLOP
     targeting cuts the high resolutions, size targeting the low ones."""
-    fig = go.Figure()
+    fig = _figure()
     ticks = [f"{r}<br>{len(kept['layers'][r])} layers, {c:,} ch" for r, c in
              zip(kept["resolutions"], kept["seed_channels"])]
     for color, (label, shares) in zip(PALETTE, kept["shares"].items()):
         fig.add_bar(x=ticks, y=[100 * v for v in shares], name=label, marker_color=color,
                     text=[f"{100 * v:.0f}%" for v in shares], textposition="outside",
                     hovertemplate=f"{label}<br>%{{x}}<br>kept %{{y:.1f}}% of the seed's channels<extra></extra>")
-    fig.add_hline(y=100, line_dash="dot", line_color=SEED_COLOR, annotation_text="seed")
+    fig.update_layout(shapes=[{"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": 100,
+                               "y1": 100, "line": {"dash": "dot", "color": SEED_COLOR},
+                               "label": {"text": "seed", "textposition": "end"}}])
     fig.update_layout(barmode="group", xaxis_title="output resolution (highest first)",
                       yaxis_title="channels kept (% of seed)", yaxis_range=[0, 115],
                       margin={"t": 30, "b": 10}, height=360, legend={"orientation": "h", "y": -0.35})
@@ -70,16 +85,14 @@ def kept_by_resolution(kept: dict[str, Any]) -> go.Figure:
 def gamma_histogram(magnitudes: dict[str, np.ndarray], threshold: float) -> go.Figure:
     """|gamma| per structure on a log axis, with the alive threshold drawn; values below
     threshold / 1000 (zeros too) are gathered in a labelled floor bin."""
-    fig = go.Figure()
+    fig = _figure()
     floor = threshold / 1e3
     for color, (label, values) in zip(PALETTE, magnitudes.items()):
         fig.add_histogram(x=np.log10(np.maximum(values, floor)), name=label, marker_color=color,
                           opacity=0.6, nbinsx=60)
-    fig.add_vline(x=np.log10(threshold), line_dash="dash", line_color="black",
-                  annotation_text=f"threshold {threshold:g}")
-    fig.add_vline(x=np.log10(floor), line_dash="dot", line_color="grey",
-                  annotation_text=f"floor bin: |gamma| <= {floor:g} (zeros too)",
-                  annotation_position="top right")
+    fig.update_layout(shapes=[
+        _vline(np.log10(threshold), f"threshold {threshold:g}", dash="dash", color="black"),
+        _vline(np.log10(floor), f"floor bin: |gamma| <= {floor:g} (zeros too)", dash="dot", color="grey")])
     fig.update_layout(barmode="overlay", xaxis_title="log10 |gamma|", yaxis_title="channels",
                       margin={"t": 30, "b": 10}, height=320, legend={"orientation": "h", "y": -0.3})
     return fig
@@ -91,25 +104,24 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
     """FLOPs against ``y`` (params or latency_s) under a width multiplier, per structure, on log
     axes spanning 0.25x to 2x of the seed's values; a dot at the current factor, a star where
     the structure matches the seed's ``matched_resource`` (both explained in the legend)."""
-    fig = go.Figure()
+    fig = _figure()
     colors = {"seed": SEED_COLOR, **dict(zip([k for k in curves if k != "seed"], PALETTE))}
     one = int(np.argmin(np.abs(factors - 1.0)))
     seed_x, seed_y = curves["seed"]["flops"][one], curves["seed"][y][one]
     for label, curve in curves.items():
-        color = colors[label]
         fig.add_scatter(x=curve["flops"], y=curve[y], name=label, mode="lines",
-                        line={"color": color}, customdata=factors,
+                        line={"color": colors[label]}, customdata=factors,
                         hovertemplate="x%{customdata:.2f}<br>FLOPs %{x:.3s}<br>%{y:.3s}<extra></extra>")
-        for marks, symbol, size in ((current, "circle", 10), (matched, "star", 15)):
-            if label in marks:
-                i = int(np.argmin(np.abs(factors - marks[label])))
-                fig.add_scatter(x=[curve["flops"][i]], y=[curve[y][i]], mode="markers",
-                                marker={"color": color, "symbol": symbol, "size": size},
-                                showlegend=False, hovertemplate=f"{label} x{marks[label]:.3f}<extra></extra>")
-    for name, symbol, size in (("current factor", "circle", 10),
-                               (f"matches the seed's {matched_resource}", "star", 15)):
-        fig.add_scatter(x=[None], y=[None], mode="markers", name=name,
-                        marker={"color": "black", "symbol": symbol, "size": size})
+    for marks, symbol, size, name in ((current, "circle", 10, "current factor"),
+                                      (matched, "star", 15, f"matches the seed's {matched_resource}")):
+        shown = [label for label in curves if label in marks]  # one trace per marker kind
+        at = [int(np.argmin(np.abs(factors - marks[label]))) for label in shown]
+        fig.add_scatter(x=[curves[label]["flops"][i] for label, i in zip(shown, at)],
+                        y=[curves[label][y][i] for label, i in zip(shown, at)], mode="markers", name=name,
+                        marker={"color": [colors[label] for label in shown], "symbol": symbol, "size": size,
+                                "line": {"color": "black", "width": 1}},
+                        text=[f"{label} x{marks[label]:.3f}" for label in shown],
+                        hovertemplate="%{text}<extra></extra>")
     fig.update_xaxes(type="log", range=[np.log10(0.25 * seed_x), np.log10(2 * seed_x)])
     if seed_y > 0:
         fig.update_yaxes(type="log", range=[np.log10(0.25 * seed_y), np.log10(2 * seed_y)])
@@ -122,7 +134,7 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
 def run_costs(series: dict[str, dict[str, Any]], selected: dict[str, int]) -> go.Figure:
     """Each run's target cost against step, as a share of the seed's cost; a marker at each
     run's selected step. ``series``: label -> ``steps``, ``share`` (drawn points), ``target``."""
-    fig = go.Figure()
+    fig = _figure()
     for color, (label, run) in zip(PALETTE, series.items()):
         fig.add_scatter(x=run["steps"], y=[100 * v for v in run["share"]], mode="lines",
                         name=f"{label} ({run['target']})", line={"color": color},
@@ -143,7 +155,7 @@ def run_heatmap(label: str, steps: np.ndarray, layers: list[str], shares: np.nda
     fig = go.Figure(go.Heatmap(z=100 * np.asarray(shares), x=steps, y=layers, zmin=0, zmax=100,
                                colorscale="Viridis", colorbar={"title": "% of seed"},
                                hovertemplate="%{y}<br>step %{x:,}<br>%{z:.0f}% of seed width<extra></extra>"))
-    fig.add_vline(x=selected_step, line_color="red", line_width=2)
+    fig.update_layout(shapes=[_vline(selected_step, color="red", width=2)])
     fig.update_yaxes(autorange="reversed", tickfont_size=9)
     fig.update_layout(title={"text": f"{label}: alive width per layer", "font": {"size": 14}},
                       xaxis_title="training step", margin={"t": 40, "b": 10},
@@ -154,7 +166,7 @@ def run_heatmap(label: str, steps: np.ndarray, layers: list[str], shares: np.nda
 def sweep_scatter(points: dict[str, tuple[float, float]], metric: str) -> go.Figure:
     """Several runs (a sweep of regularization strengths): final cost (share of the seed's)
     against the final logged ``metric``."""
-    fig = go.Figure()
+    fig = _figure()
     for color, (label, (share, value)) in zip(PALETTE * 10, points.items()):
         fig.add_scatter(x=[100 * share], y=[value], mode="markers+text", name=label, text=[label],
                         textposition="top center", marker={"color": color, "size": 12},
@@ -168,7 +180,7 @@ def width_sweep(points: list[dict[str, Any]], labels: dict[str, str]) -> go.Figu
     """Accuracy against FLOPs, each point retrained from scratch several times: mean with a
     bar of +- one standard deviation, per family (seed under a uniform width multiplier vs
     MorphNet's structure expanded to the same FLOPs)."""
-    fig = go.Figure()
+    fig = _figure()
     for color, family in zip((SEED_COLOR, PALETTE[0]), labels):
         chosen = sorted((p for p in points if p["family"] == family), key=lambda p: p["flops"])
         fig.add_scatter(

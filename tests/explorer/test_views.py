@@ -187,7 +187,7 @@ def test_newcomer_fixes(example):
     names = [t.get("name") for t in fig["data"]]
     assert "current factor" in names and "matches the seed's size" in names
     # |gamma| histogram: the floor bin is labelled (threshold 0.01 / 1000).
-    texts = [a["text"] for a in figure(at, "gamma_hist")["layout"]["annotations"]]
+    texts = [shape["label"]["text"] for shape in figure(at, "gamma_hist")["layout"]["shapes"]]
     assert any("floor bin: |gamma| <= 1e-05" in t for t in texts)
     # Tables: thousands separators, and headers even without rows.
     topology = [d.value for d in at.dataframe if list(d.value.columns) == ["add", "branch", "why"]]
