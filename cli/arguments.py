@@ -78,6 +78,7 @@ def _bounded(what: str, low: float, low_inclusive: bool, high: float = math.inf)
 
 
 threshold_value = _bounded("a threshold on |gamma|", 0.0, low_inclusive=True)
+_limit_value = _bounded("a parse limit", 0.0, low_inclusive=False)
 multiplier_value = _bounded("a width multiplier", 0.0, low_inclusive=False, high=MAX_MULTIPLIER)
 budget_value = _bounded("a budget", 0.0, low_inclusive=False)
 
@@ -123,6 +124,26 @@ def check_input_shape(graph: ChannelGraph, requested: tuple[int, ...]) -> None:
             raise GraphError(f"--input-shape {shape} is too small for {graph.name}: {name} "
                              f"(stride {'x'.join(map(str, stride))}) gets a "
                              f"{'x'.join(map(str, spatial))} map; use a larger H,W")
+
+
+def limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--max-memory-gb``, ``--max-cpu-seconds``, ``--max-wall-seconds``: the worker's limits."""
+    limits = parser.add_argument_group("parse limits (files are parsed in a limited child process)")
+    limits.add_argument("--max-memory-gb", type=_limit_value, metavar="GB",
+                        default=DEFAULT_LIMITS.max_memory_bytes / 2**30,
+                        help=f"memory one parse may use (default {DEFAULT_LIMITS.max_memory_bytes / 2**30:g})")
+    limits.add_argument("--max-cpu-seconds", type=_limit_value, metavar="S",
+                        default=DEFAULT_LIMITS.max_cpu_s,
+                        help=f"CPU time one parse may use (default {DEFAULT_LIMITS.max_cpu_s:g})")
+    limits.add_argument("--max-wall-seconds", type=_limit_value, metavar="S",
+                        default=DEFAULT_LIMITS.max_wall_s,
+                        help=f"wall-clock time one parse may take (default {DEFAULT_LIMITS.max_wall_s:g})")
+
+
+def limits_of(args: argparse.Namespace) -> Limits:
+    """The worker limits the command line asks for."""
+    return Limits(max_memory_bytes=int(args.max_memory_gb * 2**30),
+                  max_cpu_s=max(1, math.ceil(args.max_cpu_seconds)), max_wall_s=args.max_wall_seconds)
 
 
 def limits_help(limits: Limits = DEFAULT_LIMITS) -> str:

@@ -16,8 +16,8 @@ from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE
 from morphscope.analyzers.resources import RESOURCES
 from morphscope.cli.arguments import (EXIT_BAD_INPUT, MAX_MULTIPLIER, OneLineParser,
                                       attach_signed_values, budget_value, check_input_shape,
-                                      input_shape_value, limits_help, multiplier_value,
-                                      threshold_value)
+                                      input_shape_value, limit_arguments, limits_help,
+                                      limits_of, multiplier_value, threshold_value)
 from morphscope.cli.scope import scope_arguments, scope_line, scope_of
 from morphscope.errors import MorphScopeError
 
@@ -37,6 +37,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                         "own); files carry their own")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     scope_arguments(parser)
+    limit_arguments(parser)
 
 
 def _hardware_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -151,11 +152,12 @@ def _analysis(args: argparse.Namespace):
         raise MorphScopeError(f"--input-shape applies to {' and '.join(ZOO_PREFIXES)} models; "
                               f"{args.model} carries its own input shape")
     _progress(f"importing {args.model} ...")
-    graph = load_model(args.model, args.input_shape)
+    limits = limits_of(args)
+    graph = load_model(args.model, args.input_shape, limits=limits)
     if args.input_shape is not None:
         check_input_shape(graph, args.input_shape)
     model = compile_width_model(graph, args.convention, scope_of(args))
-    structures = [load_structure(graph, path) for path in (args.checkpoint or [])]
+    structures = [load_structure(graph, path, limits=limits) for path in (args.checkpoint or [])]
     morphed = [morph(model, s, args.threshold) for s in structures]
     return graph, model, structures, morphed
 

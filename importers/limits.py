@@ -162,16 +162,36 @@ def read_member(archive: zipfile.ZipFile, member: str, name: str, max_bytes: int
     return data
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET_STEP = np.zeros(256, dtype=np.int8)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
 
 
 def json_depth(data: bytes) -> int:
-    """How deeply ``[`` and ``{`` nest in a JSON text (strings skipped); numpy, no recursion."""
-    stripped = _JSON_STRING.sub(b'""', data)
-    codes = np.frombuffer(stripped, dtype=np.uint8)
-    steps = (np.isin(codes, (ord("["), ord("{"))).astype(np.int64)
-             - np.isin(codes, (ord("]"), ord("}"))).astype(np.int64))
-    return int(np.cumsum(steps).max(initial=0))
+    """How deeply ``[`` and ``{`` nest in a JSON text (brackets inside strings skipped).
+
+    Vectorized over the bytes with numpy (no recursion, no regular expression: a 60 MB string
+    literal made ``re`` use gigabytes); memory is a few bytes per input byte plus 8 per quote,
+    backslash and bracket.
+
+    Examples
+    --------
+    >>> json_depth(b'{"a": [1, {"b": "]]{["}], "c\\\\": "\\"["}')
+    3
+    """
+    codes = np.frombuffer(data, dtype=np.uint8)
+    escaped = np.zeros(codes.size + 1, dtype=bool)
+    slashes = np.flatnonzero(codes == ord("\\"))
+    if slashes.size:  # a run of L backslashes escapes the next byte when L is odd
+        breaks = np.flatnonzero(np.diff(slashes) != 1)
+        starts = slashes[np.concatenate(([0], breaks + 1))]
+        ends = slashes[np.concatenate((breaks, [slashes.size - 1]))]
+        escaped[(ends + 1)[(ends - starts + 1) % 2 == 1]] = True
+    quotes = np.flatnonzero((codes == ord('"')) & ~escaped[:-1])
+    steps = _BRACKET_STEP[codes]
+    brackets = np.flatnonzero(steps)
+    outside = np.searchsorted(quotes, brackets) % 2 == 0  # an even number of quotes before it
+    return int(np.cumsum(steps[brackets[outside]], dtype=np.int64).max(initial=0))
 
 
 def loads_json(data: bytes | str, name: str, limits: Limits = DEFAULT_LIMITS, what: str = "JSON") -> Any:
