@@ -83,14 +83,15 @@ def click_match(at, target, label=None):
 
 @pytest.mark.parametrize("target", ["flops", "size"])
 @pytest.mark.parametrize("label", ["FLOPs-regularized", "size-regularized"])
-def test_match_seed_lands_within_one_percent_under(example, label, target):
+def test_match_seed_lands_within_two_percent_under(example, label, target):
     _, model, gammas = example
     at = run_app()
     label, factor = click_match(at, target, label)
     seed = model.totals(model.seed_widths, V100)[target]
     _, expanded = expected_totals(model, gammas[label], 1e-2, factor)
     _, next_step = expected_totals(model, gammas[label], 1e-2, factor + 0.001)
-    assert 0.99 * seed <= expanded[target] <= seed
+    # Integer widths: the size-regularized net, grown 2.25x, moves in steps of about 2% of its size.
+    assert 0.98 * seed <= expanded[target] <= seed
     assert next_step[target] > seed or next_step == expanded  # nothing larger fits on the slider
     assert metrics_table(at).loc[f"{label} (expanded)", target] == expanded[target]
 
