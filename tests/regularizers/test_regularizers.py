@@ -198,3 +198,22 @@ def test_keras_group_norm_space_keeps_multiples_of_its_groups():
     assert reg.width_model.spaces.quantum[space] == 4
     assert reg.alive_widths()[space] == 4 * 5  # every group keeps the largest count, 5
     np.testing.assert_array_equal(reg.alive_widths(), reg.plan.alive_widths(reg.gammas(), reg.threshold))
+
+
+def test_keras_mixed_precision_model_gets_the_float32_loss():
+    from morphscope.importers.keras_importer import import_keras
+    from morphscope.regularizers.keras_regularizer import KerasGammaRegularizer
+
+    keras = import_keras()
+    _, reference = keras_regularizer("residual_net", NETS["residual_net"], "flops")
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        module = handbuilt.keras_residual_net()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    for bn, gamma in NETS["residual_net"].items():
+        module.get_layer(bn).gamma.assign(gamma)
+    loss = KerasGammaRegularizer(module).loss()
+    # G is ~1e6, beyond float16's 65504: float32 whatever the layers compute in.
+    assert keras.backend.standardize_dtype(loss.dtype) == "float32"
+    assert float(loss) == pytest.approx(float(reference.loss()), rel=1e-6) and float(loss) > 65504
