@@ -9,20 +9,10 @@ from streamlit.testing.v1 import AppTest
 from morphscope.analyzers.alive import alive_masks, alive_widths, group_scores
 from morphscope.analyzers.hardware import get_hardware
 from morphscope.analyzers.widths import apply_multiplier, compile_width_model
-from morphscope.importers.checkpoints import load_structure
-from morphscope.importers.load import example_checkpoints, load_model
+from morphscope.importers.load import load_model
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 V100 = get_hardware("V100")
-
-
-@pytest.fixture(scope="module")
-def example():
-    graph = load_model("example:digits")
-    model = compile_width_model(graph)
-    gammas = {label: load_structure(graph, path).gammas
-              for label, path in example_checkpoints("example:digits").items()}
-    return graph, model, gammas
 
 
 def expected_totals(model, gammas, threshold, factor):

@@ -16,10 +16,8 @@ from streamlit.testing.v1 import AppTest
 from morphscope.analyzers.alive import alive_masks, alive_widths, group_scores
 from morphscope.analyzers.hardware import get_hardware
 from morphscope.analyzers.morph import source_op_widths
-from morphscope.analyzers.widths import compile_width_model
 from morphscope.exporters.writers import layer_table
-from morphscope.importers.checkpoints import load_structure
-from morphscope.importers.load import EXAMPLES_DIR, example_checkpoints, load_model
+from morphscope.importers.load import EXAMPLES_DIR
 from morphscope.units import human_count
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -29,15 +27,6 @@ SEED = {"stem.0": 28, "res1.conv1.0": 36, "res1.conv2.0": 28, "down.0": 60, "inc
         "inception.branch3_reduce.0": 22, "inception.branch3.0": 34, "inception.branch_pool.0": 14,
         "pointwise.0": 150, "res2.conv1.0": 170, "res2.conv2.0": 150, "fc": 10}
 HIGH, LOW = ("stem.0", "res1.conv1.0", "res1.conv2.0"), ("pointwise.0", "res2.conv1.0", "res2.conv2.0")
-
-
-@pytest.fixture(scope="module")
-def example():
-    graph = load_model("example:digits")
-    model = compile_width_model(graph)
-    gammas = {label: load_structure(graph, path).gammas
-              for label, path in example_checkpoints("example:digits").items()}
-    return graph, model, gammas
 
 
 def run_app():
