@@ -89,3 +89,17 @@ def test_the_script_runs_end_to_end(tmp_path):
     assert "size-expanded" in result.stdout
     assert {p.name for p in tmp_path.iterdir()} >= {"seed.pt2", "flops_gammas.pt", "size_gammas.pt",
                                                     "results.json"}
+
+
+def test_width_sweep_summary_is_mean_and_sample_spread():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("width_sweep_digits", ROOT / "examples" / "width_sweep_digits.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    runs = [{"family": f, "factor": w, "multiplier": w, "seed": s, "flops": 100, "params": 10,
+             "accuracy": 0.8 + 0.01 * s} for f in sweep.FAMILIES for w in sweep.FACTORS for s in (0, 1, 2)]
+    [first, *_] = sweep.summarize(runs)
+    # 0.80, 0.81, 0.82: mean 0.81, sample standard deviation sqrt((0.01^2 + 0 + 0.01^2) / 2) = 0.01.
+    assert first["accuracies"] == pytest.approx([0.8, 0.81, 0.82])
+    assert first["mean"] == pytest.approx(0.81) and first["std"] == pytest.approx(0.01)
