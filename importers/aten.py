@@ -1,8 +1,9 @@
 """ATen op records -> ChannelGraph: the framework-neutral half of the PyTorch importer.
 
-Both capture paths (a live ``torch.export`` ExportedProgram, and the JSON inside a ``.pt2``
-file, read without unpickling) are first turned into :class:`OpRecord` lists; this module
-turns those into a :class:`~morphscope.graph.ChannelGraph`. It imports no framework.
+Every capture route (one forward pass under a dispatch mode, a ``torch.export``
+ExportedProgram, and the JSON inside a ``.pt2`` file, read without unpickling) is first turned
+into :class:`OpRecord` lists; this module turns those into a
+:class:`~morphscope.graph.ChannelGraph`. It imports no framework.
 
 Naming: an op that owns a weight is named after it (``layer1.0.conv1.weight`` ->
 ``layer1.0.conv1``); an op run by a leaf module without weights takes the module path

@@ -1,6 +1,7 @@
 """PyTorch models -> ChannelGraph (torch imported lazily).
 
-Three entry points: :func:`load_module` (an ``nn.Module`` and an input shape),
+Three entry points: :func:`load_module` (an ``nn.Module`` and an input shape, captured in one
+forward pass: :mod:`~morphscope.importers.dispatch_capture`),
 :func:`load_torchvision` (``torchvision:NAME``, built on the meta device: no weights are
 allocated, so even regnet_y_128gf imports in seconds) and :func:`load_pt2` (a file written by
 ``torch.export.save``, parsed as JSON and raw bytes: never unpickled, never ``torch.export.load``,
@@ -156,8 +157,8 @@ def program_from_exported(exported: Any) -> Program:
 
 
 def _fx_program(graph: Any, parameters: dict[str, str], constants: set[str], user_inputs: list[str],
-                user_outputs: set[str] | None = None) -> Program:
-    """Records from an ATen-level FX graph (torch.export's or make_fx's)."""
+                user_outputs: set[str]) -> Program:
+    """Records from torch.export's ATen-level FX graph."""
     import torch
 
     shapes: dict[str, tuple[int, ...]] = {}
@@ -177,8 +178,7 @@ def _fx_program(graph: Any, parameters: dict[str, str], constants: set[str], use
             path = stack[-1] if stack else ""
             records.append(OpRecord(node.name, _fx_op_name(node.target), _fx_named_args(node),
                                     _fx_outputs(node, shapes), path, path in leaves))
-    if user_outputs is not None:
-        outputs = [o for o in outputs if o in user_outputs]
+    outputs = [o for o in outputs if o in user_outputs]
     return Program(records, shapes, parameters, constants, user_inputs, outputs)
 
 
