@@ -310,10 +310,10 @@ def load_framework_model(spec: str, input_shape: tuple[int, ...] | None = None,
         For ``.pt2`` and graph ``.json`` files: they hold no rebuildable model.
     """
     if spec.startswith("torchvision:"):
-        import torchvision
-
+        from morphscope.importers.frameworks import import_torchvision
         from morphscope.importers.torch_importer import build_torchvision
 
+        torchvision = import_torchvision(spec)
         build_torchvision(spec.split(":", 1)[1])  # validates the name
         return torchvision.models.get_model(spec.split(":", 1)[1], weights=None).eval()
     if spec.startswith("keras:"):

@@ -19,6 +19,7 @@ from typing import Any
 from morphscope.importers.aten import OpRecord, Program, Ref, build_graph, short_op_name
 from morphscope.importers.nodes import first_line
 from morphscope.importers.dispatch_capture import CaptureError, leaf_paths, program_from_dispatch
+from morphscope.importers.frameworks import import_torchvision
 from morphscope.errors import GraphError, UnsupportedFileError
 from morphscope.graph import ChannelGraph
 
@@ -82,7 +83,7 @@ def _capture(model: Any, input_shape: tuple[int, ...], name: str) -> tuple[Progr
 def torchvision_input_size(model: Any, name: str) -> int:
     """The image side a torchvision classifier is built for: its own ``image_size`` if it has
     one (ViT), else the crop size of its DEFAULT weights' transforms, else 224."""
-    import torchvision
+    torchvision = import_torchvision(f"torchvision:{name}")
 
     if hasattr(model, "image_size"):
         return int(model.image_size)
@@ -95,8 +96,8 @@ def torchvision_input_size(model: Any, name: str) -> int:
 
 def build_torchvision(name: str):
     """Build torchvision classifier ``name`` with random weights on the meta device."""
+    torchvision = import_torchvision(f"torchvision:{name}")
     import torch
-    import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
