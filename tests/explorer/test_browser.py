@@ -8,11 +8,13 @@ that the width bars and the cost cards follow."""
 import io
 import json
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from playwright.sync_api import expect
 
 import handbuilt
 from handbuilt import H, W, alive_at
@@ -111,6 +113,16 @@ def short_training_run(folder):
     return folder / "flops_run.zip", folder / "flops_run"
 
 
+def settled(page, read, want, timeout_s=60.0):
+    """Poll ``read()`` until it returns ``want`` or the time is up; returns the last value read."""
+    deadline = time.monotonic() + timeout_s
+    value = read()
+    while value != want and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        value = read()
+    return value
+
+
 def plotted(page, key, trace):
     """y values of one named trace of the chart drawn with ``key``, read from plotly in the page."""
     return page.evaluate(
@@ -141,10 +153,12 @@ def test_run_upload_and_step_selector_drive_bars_and_costs(page, tmp_path):
     # The cards show the structure expanded by the what-if multiplier (an earlier test moved it).
     factor = float(page.locator("input[type=range][aria-label='What-if width multiplier']").input_value())
     for step in (8, 4):
-        assert plotted(page, "width_bars", "flops_run/flops_run alive") == expected[step][0]
-        card = page.locator("[data-testid='stMetricValue']").first.inner_text()
+        # The page reruns after each move: wait (bounded) until the chart shows this step.
+        assert settled(page, lambda: plotted(page, "width_bars", "flops_run/flops_run alive"),
+                       expected[step][0]) == expected[step][0]
         flops = model.totals(apply_multiplier(model.spaces, expected[step][1], factor))["flops"]
-        assert card == human_count(flops)
+        expect(page.locator("[data-testid='stMetricValue']").first).to_have_text(
+            human_count(flops), timeout=60_000)
         slider = page.get_by_role("slider", name="flops_run/flops_run: step")
         slider.focus()
         for _ in range(2):  # two logged steps back: 8 -> 4
