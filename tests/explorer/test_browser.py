@@ -39,7 +39,11 @@ def test_bundled_example_renders(page, tmp_path):
     page.get_by_text("Channels kept per output resolution").wait_for()
     wait_idle(page)
     page.screenshot(path=tmp_path / "explorer.png")
-    assert (tmp_path / "explorer.png").stat().st_size > 10_000
+    assert (tmp_path / "explorer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The bundled example's structures are drawn: one bar trace per structure and state.
+    names = page.evaluate("() => Array.from(document.querySelector('.st-key-width_bars "
+                          ".js-plotly-plot').data.map(t => t.name))")
+    assert any("FLOPs-regularized" in n for n in names) and any("size-regularized" in n for n in names)
 
 
 def test_upload_slide_and_download_widths(page, tmp_path):
