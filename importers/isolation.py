@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -127,9 +128,13 @@ def _child(request: dict[str, Any]) -> int:
             outcome, code = {"limit": "memory"}, _EXIT_MEMORY
         elif isinstance(err, MorphScopeError):
             outcome, code = {"error": type(err).__name__, "message": str(err)}, _EXIT_ERROR
-        else:
-            outcome, code = {"error": "UnsupportedFileError",
-                             "message": f"{name}: not a readable {request['what']} ({describe_error(err)})"}, _EXIT_ERROR
+        else:  # a parser that met what it did not expect; a graph-building bug says so
+            bug = next((note for note in getattr(err, "__notes__", ()) if note.startswith("MorphScope bug")), None)
+            message = (f"{name}: {bug} ({describe_error(err)}); please report it" if bug else
+                       f"{name}: not a readable {request['what']} ({describe_error(err)})")
+            outcome, code = {"error": "UnsupportedFileError", "message": message}, _EXIT_ERROR
+            if os.environ.get("MORPHSCOPE_DEBUG"):
+                traceback.print_exc()
     try:
         (out / "result.part").write_text(json.dumps(outcome))
         os.replace(out / "result.part", out / "result.json")
