@@ -23,17 +23,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import make_run_zip  # noqa: E402  (the same synthetic 1,000-step run)
+from bench_slider import resnet50_with_two_structures  # noqa: E402  (the same two structures)
 
 from morphscope.analyzers import compare  # noqa: E402
-from morphscope.analyzers.hardware import get_hardware  # noqa: E402
 from morphscope.analyzers.morph import source_op_widths  # noqa: E402
 from morphscope.analyzers.resolution import kept_by_resolution, layer_resolutions  # noqa: E402
 from morphscope.analyzers.runs import costs_per_step, layer_shares, thin_indices, widths_per_step  # noqa: E402
-from morphscope.analyzers.widths import compile_width_model  # noqa: E402
 from morphscope.explorer import figures  # noqa: E402
 from morphscope.exporters.writers import layer_table  # noqa: E402
 from morphscope.importers.runs import match_run, runs_from_uploads  # noqa: E402
-from morphscope.importers.torch_importer import load_torchvision  # noqa: E402
 
 FACTORS = np.round(np.linspace(0.25, 3.0, 111), 4)
 
@@ -43,15 +41,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    graph = load_torchvision("resnet50")
-    model = compile_width_model(graph)
-    hw = get_hardware("V100")
-    rng = np.random.default_rng(0)
-    structures = {}
-    for label in ("FLOPs", "size"):
-        gammas = {n: rng.uniform(0, 1, a["out_channels"]) * (rng.random(a["out_channels"]) > 0.4)
-                  for n, a in graph.ops() if a.get("gamma_key")}
-        structures[label] = compare.structure_widths(model, gammas, None, 1e-2)
+    graph, model, hw, structures, _ = resnet50_with_two_structures()
     seed_ops = {n: w for n, w in source_op_widths(graph, model, model.seed_widths).items() if n != "fc"}
     [run] = runs_from_uploads([("run.zip", make_run_zip(seed_ops, 1000))])
     counts = match_run(graph, run)

@@ -51,14 +51,12 @@ def count_traversals() -> dict[str, int]:
     return counts
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=20)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
+def resnet50_with_two_structures():
+    """resnet50, compiled, and two random structures (about 40% of channels dead), as
+    ``(graph, model, hardware, {label: alive widths}, {label: gammas})``; shared by the
+    explorer benches."""
     graph = load_torchvision("resnet50")
     model = compile_width_model(graph)
-    hw = get_hardware("V100")
     rng = np.random.default_rng(0)
     structures, all_gammas = {}, {}
     for label in ("FLOPs", "size"):
@@ -66,6 +64,15 @@ def main() -> None:
                   for n, a in graph.ops() if a.get("gamma_key")}
         all_gammas[label] = gammas
         structures[label] = compare.structure_widths(model, gammas, None, 1e-2)
+    return graph, model, get_hardware("V100"), structures, all_gammas
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    graph, model, hw, structures, all_gammas = resnet50_with_two_structures()
     seed = model.totals(model.seed_widths, hw)
 
     def analyze(factor: float) -> dict:
