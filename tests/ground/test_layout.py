@@ -146,3 +146,12 @@ def test_the_distribution_installs_one_top_level_name(tmp_path):
     assert top == {"morphscope"}
     for package in ("analyzers", "importers", "exporters", "regularizers", "explorer", "cli"):
         assert f"morphscope/{package}/__init__.py" in names
+
+
+def test_no_test_folder_shadows_the_installed_name():
+    # pytest puts tests/ on sys.path: a tests/morphscope folder would be a namespace package
+    # named morphscope that hides the real one from tests imported after it.
+    assert not (ROOT / "tests" / "morphscope").exists()
+    import morphscope
+
+    assert Path(morphscope.__file__).parent == ROOT / "morphscope"
