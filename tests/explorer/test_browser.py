@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
 import handbuilt
@@ -71,9 +72,7 @@ def test_upload_slide_and_download_widths(page, tmp_path):
     factor = float(slider.input_value())
     assert factor == pytest.approx(1.04)
 
-    with page.expect_download() as download_info:
-        page.get_by_role("button", name="Widths JSON (morph-net)").click()
-    downloaded = json.loads(Path(download_info.value.path()).read_text())
+    downloaded = json.loads(download(page, "Widths JSON (morph-net)").read_text())
 
     graph = load_model(str(model_file))
     model = compile_width_model(graph)
@@ -115,6 +114,20 @@ def short_training_run(folder):
             archive.write(file, f"flops_run/{file.name}")
     (folder / "flops_run.zip").write_bytes(buffer.getvalue())
     return folder / "flops_run.zip", folder / "flops_run"
+
+
+def download(page, button, tries=3):
+    """Click a download button and return the file. A rerun that lands between the click and
+    the transfer replaces the served file and cancels the download: wait, click again (bounded)."""
+    for attempt in range(1, tries + 1):
+        wait_idle(page)
+        with page.expect_download() as info:
+            page.get_by_role("button", name=button).click()
+        try:
+            return Path(info.value.path())
+        except PlaywrightError:
+            if attempt == tries:
+                raise
 
 
 def settled(page, read, want, timeout_s=60.0):
