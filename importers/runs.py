@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 
 from morphscope.errors import UnsupportedFileError
+from morphscope.importers.limits import json_depth
 
 MAX_RUN_FILES = 20_000  # alive files and logs per upload
 MAX_FILE_BYTES = 16 * 2**20  # one alive file or cost log, uncompressed
@@ -54,17 +54,6 @@ def is_run_file(name: str) -> bool:
     """True for ``alive_<step>`` files and ``cost.jsonl`` logs."""
     base = PurePosixPath(name).name
     return base == COST_LOG or ALIVE_NAME.fullmatch(base) is not None
-
-
-def json_depth(data: bytes) -> int:
-    """Deepest bracket nesting in ``data`` (brackets inside strings count too: an upper bound)."""
-    opened = data.count(b"{") + data.count(b"[")
-    if opened <= 1:  # a flat object or record: the common case, without a pass over the bytes
-        return opened
-    codes = np.frombuffer(data, dtype=np.uint8)
-    steps = (np.isin(codes, (ord("{"), ord("["))).astype(np.int64)
-             - np.isin(codes, (ord("}"), ord("]"))).astype(np.int64))
-    return int(np.cumsum(steps).max(initial=0))
 
 
 def _parse_json(where: str, text: bytes) -> Any:
