@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-
 from morphscope.errors import UnsupportedFileError
 from morphscope.importers.limits import json_depth
 
