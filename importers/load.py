@@ -170,7 +170,7 @@ def _load_graph_json(path: Path, name: str, limits: Limits) -> ChannelGraph:
     problem = graph_doc_problem(doc)
     if problem:
         raise UnsupportedFileError(f"{name}: not a MorphScope channel graph JSON ({problem})")
-    return ChannelGraph.from_json(json.dumps(doc))
+    return ChannelGraph.from_doc(doc, name)
 
 
 _INT_FIELDS = ("in_channels", "out_channels", "groups", "params", "trainable_params")

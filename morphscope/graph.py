@@ -188,6 +188,12 @@ class ChannelGraph:
             doc = json.loads(text)
         except ValueError as err:
             raise UnsupportedFileError(f"{source}: not JSON ({err})") from err
+        return cls.from_doc(doc, source)
+
+    @classmethod
+    def from_doc(cls, doc: Any, source: str = "graph JSON") -> "ChannelGraph":
+        """Rebuild a graph from the parsed document of :meth:`to_json` (see :meth:`from_json`,
+        which parses the text first; readers that parsed it themselves call this)."""
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise UnsupportedFileError(f"{source}: not a MorphScope channel graph "
                                        f"(no \"format\": \"{FORMAT_NAME}\")")
