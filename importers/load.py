@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from morphscope.errors import UnsafeFileError, UnsupportedFileError
-from morphscope.graph import ChannelGraph, Kind
+from morphscope.graph import ChannelGraph
 from morphscope.importers.limits import DEFAULT_LIMITS, Limits, describe_error, loads_json, open_zip
 from morphscope.units import human_bytes
 
@@ -159,73 +159,12 @@ def example_checkpoints(spec: str) -> dict[str, Path]:
 
 def example_cost_logs(spec: str) -> dict[str, list[dict[str, Any]]]:
     """Label -> the regularizer's ``cost.jsonl`` lines (step, cost, loss) of a bundled example."""
-    import json
-
     return {label: [json.loads(line) for line in (EXAMPLES_DIR / rel).read_text().splitlines() if line]
             for label, rel in _example(spec).get("cost_logs", {}).items()}
 
 
 def _load_graph_json(path: Path, name: str, limits: Limits) -> ChannelGraph:
-    doc = loads_json(path.read_bytes(), name, limits, "graph JSON")
-    problem = graph_doc_problem(doc)
-    if problem:
-        raise UnsupportedFileError(f"{name}: not a MorphScope channel graph JSON ({problem})")
-    return ChannelGraph.from_doc(doc, name)
-
-
-_INT_FIELDS = ("in_channels", "out_channels", "groups", "params", "trainable_params")
-_TUPLE_INT_FIELDS = ("kernel", "stride", "in_spatial", "out_spatial")
-
-
-def graph_doc_problem(doc: Any) -> str | None:
-    """What is wrong with a channel graph JSON document (None if nothing): the fields every
-    reader relies on, typed and in range, edges between known nodes, no cycles."""
-    if not isinstance(doc, dict) or doc.get("format") != "morphscope.channel_graph":
-        return "no \"format\": \"morphscope.channel_graph\" object"
-    if not isinstance(doc.get("name"), str) or doc.get("framework") not in ("torch", "keras"):
-        return "name must be a string and framework 'torch' or 'keras'"
-    if not _ints(doc.get("input_shape"), minimum=1):
-        return "input_shape must be a list of positive integers"
-    if not isinstance(doc.get("nodes"), list) or not isinstance(doc.get("edges"), list):
-        return "nodes and edges must be lists"
-    kinds = {k.value for k in Kind}
-    names = set()
-    for node in doc["nodes"]:
-        if not isinstance(node, dict) or not isinstance(node.get("name"), str):
-            return "every node needs a string name"
-        if node["name"] in names:
-            return f"duplicate node {node['name']!r}"
-        names.add(node["name"])
-        if node.get("kind") not in kinds:
-            return f"node {node['name']!r}: kind must be one of {sorted(kinds)}"
-        for key in _INT_FIELDS:
-            if key in node and not _ints([node[key]], minimum=0):
-                return f"node {node['name']!r}: {key} must be a non-negative integer"
-        for key in _TUPLE_INT_FIELDS:
-            if key in node and not _ints(node[key], minimum=0):
-                return f"node {node['name']!r}: {key} must be a list of non-negative integers"
-    import networkx as nx
-
-    order = nx.DiGraph()
-    for edge in doc["edges"]:
-        if not (isinstance(edge, list) and len(edge) == 3 and edge[0] in names and edge[1] in names
-                and _ints([edge[2]], minimum=0)):
-            return f"edge {str(edge)[:80]}: expected [source, target, port] between known nodes"
-        order.add_edge(edge[0], edge[1])
-    if not nx.is_directed_acyclic_graph(order):
-        return "the edges form a cycle"
-    for key in ("detached_params",):
-        value = doc.get(key, {})
-        if not isinstance(value, dict) or not _ints(list(value.values()), minimum=0):
-            return f"{key} must map names to non-negative integers"
-    if not isinstance(doc.get("notes", []), list):
-        return "notes must be a list"
-    return None
-
-
-def _ints(values: Any, minimum: int) -> bool:
-    return isinstance(values, list) and all(
-        isinstance(v, int) and not isinstance(v, bool) and minimum <= v < 2**62 for v in values)
+    return ChannelGraph.from_doc(loads_json(path.read_bytes(), name, limits, "graph JSON"), name)
 
 
 def read_torch_pickle(path: Path, name: str | None = None, limits: Limits = DEFAULT_LIMITS) -> Any:

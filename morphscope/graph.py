@@ -193,7 +193,12 @@ class ChannelGraph:
     @classmethod
     def from_doc(cls, doc: Any, source: str = "graph JSON") -> "ChannelGraph":
         """Rebuild a graph from the parsed document of :meth:`to_json` (see :meth:`from_json`,
-        which parses the text first; readers that parsed it themselves call this)."""
+        which parses the text first; readers that parsed it themselves call this).
+
+        The one validator of the format: every field a reader relies on is checked for type and
+        range (counts non-negative integers, the input shape positive), node names unique,
+        edges ``[source, target, port]`` between known ops, no cycle.
+        """
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise UnsupportedFileError(f"{source}: not a MorphScope channel graph "
                                        f"(no \"format\": \"{FORMAT_NAME}\")")
@@ -201,35 +206,18 @@ class ChannelGraph:
             raise UnsupportedFileError(f"{source}: channel graph format version "
                                        f"{doc.get('version')!r}; this MorphScope reads version "
                                        f"{FORMAT_VERSION}")
-        try:
-            return cls._from_doc(doc, source)
-        except KeyError as err:
-            raise UnsupportedFileError(f"{source}: channel graph lacks the field {err}") from err
-        except (TypeError, ValueError) as err:
-            raise UnsupportedFileError(f"{source}: malformed channel graph ({err})") from err
-
-    @classmethod
-    def _from_doc(cls, doc: dict[str, Any], source: str) -> "ChannelGraph":
+        problem = _header_problem(doc)
+        if problem:
+            raise UnsupportedFileError(f"{source}: malformed channel graph ({problem})")
         graph = cls(doc["name"], doc["framework"], tuple(doc["input_shape"]),
                     doc.get("detached_params"))
         graph.notes = list(doc.get("notes", []))
-        nodes = []
-        for node in doc["nodes"]:
-            attrs = dict(node)
-            name = attrs.pop("name")
-            for key in _LIST_FIELDS.intersection(attrs):
-                attrs[key] = _from_jsonable(key, attrs[key])
-            attrs["kind"] = _kind(attrs["kind"])
-            nodes.append((name, attrs))
+        nodes = [_node_of(node, source) for node in doc["nodes"]]
         names = {name for name, _ in nodes}
         if len(names) != len(nodes):
             twice = next(n for n, count in Counter(n for n, _ in nodes).items() if count > 1)
             raise UnsupportedFileError(f"{source}: duplicate op name {twice!r}")
-        edges = [(u, v, {"port": port}) for u, v, port in doc["edges"]]
-        missing = next((n for u, v, _ in edges for n in (u, v) if n not in names), None)
-        if missing is not None:
-            raise UnsupportedFileError(f"{source}: an edge names the op {missing!r}, "
-                                       "which the graph does not have")
+        edges = [_edge_of(edge, names, source) for edge in doc["edges"]]
         graph.nx.add_nodes_from(nodes)  # in bulk: a graph JSON can hold 10^5 ops
         graph.nx.add_edges_from(edges)
         try:
@@ -237,6 +225,70 @@ class ChannelGraph:
         except nx.NetworkXUnfeasible as err:
             raise UnsupportedFileError(f"{source}: the channel graph has a cycle") from err
         return graph
+
+
+_INT_FIELDS = ("in_channels", "out_channels", "groups", "params", "trainable_params")
+_TUPLE_INT_FIELDS = ("kernel", "stride", "in_spatial", "out_spatial")
+FRAMEWORKS = ("torch", "keras")
+
+
+def _ints(values: Any, minimum: int) -> bool:
+    """A list of integers (bools excluded), each in ``[minimum, 2**62)``."""
+    return isinstance(values, list) and all(type(v) is int and minimum <= v < 2**62 for v in values)
+
+
+def _header_problem(doc: dict[str, Any]) -> str | None:
+    """What is wrong with a document's graph-level fields (None if nothing)."""
+    if not isinstance(doc.get("name"), str) or doc.get("framework") not in FRAMEWORKS:
+        return f"name must be a string and framework one of {list(FRAMEWORKS)}"
+    if not _ints(doc.get("input_shape"), minimum=1):
+        return "input_shape must be a list of integers in [1, 2**62)"
+    if not isinstance(doc.get("nodes"), list) or not isinstance(doc.get("edges"), list):
+        return "nodes and edges must be lists"
+    detached = doc.get("detached_params", {})
+    if not isinstance(detached, dict) or not _ints(list(detached.values()), minimum=0):
+        return "detached_params must map names to integers in [0, 2**62)"
+    if not isinstance(doc.get("notes", []), list):
+        return "notes must be a list"
+    return None
+
+
+def _node_of(node: Any, source: str) -> tuple[str, dict[str, Any]]:
+    """(name, attributes) of one node of a document, typed and checked."""
+    if not isinstance(node, dict) or not isinstance(node.get("name"), str):
+        raise UnsupportedFileError(f"{source}: malformed channel graph (every node needs a string name)")
+    attrs = dict(node)
+    name = attrs.pop("name")
+    if "kind" not in attrs:
+        raise UnsupportedFileError(f"{source}: channel graph lacks the field 'kind' (op {name!r})")
+    if not isinstance(attrs["kind"], str) or attrs["kind"] not in _KINDS:
+        raise UnsupportedFileError(f"{source}: malformed channel graph (op {name!r}: kind "
+                                   f"{str(attrs['kind'])[:40]!r}; choose from {sorted(_KINDS)})")
+    for key in _INT_FIELDS:
+        if key in attrs and not _ints([attrs[key]], minimum=0):
+            raise UnsupportedFileError(f"{source}: malformed channel graph (op {name!r}: {key} "
+                                       "must be an integer in [0, 2**62))")
+    for key in _TUPLE_INT_FIELDS:
+        if key in attrs and not _ints(attrs[key], minimum=0):
+            raise UnsupportedFileError(f"{source}: malformed channel graph (op {name!r}: {key} "
+                                       "must be a list of integers in [0, 2**62))")
+    for key in _LIST_FIELDS.intersection(attrs):
+        attrs[key] = _from_jsonable(key, attrs[key])
+    attrs["kind"] = _KINDS[attrs["kind"]]
+    return name, attrs
+
+
+def _edge_of(edge: Any, names: set[str], source: str) -> tuple[str, str, dict[str, int]]:
+    """``(u, v, {"port": p})`` of one edge ``[u, v, p]`` between known ops."""
+    if not (isinstance(edge, list) and len(edge) == 3 and isinstance(edge[0], str)
+            and isinstance(edge[1], str) and _ints([edge[2]], minimum=0)):
+        raise UnsupportedFileError(f"{source}: malformed channel graph (edge {str(edge)[:80]}: "
+                                   "expected [source, target, port])")
+    missing = next((n for n in edge[:2] if n not in names), None)
+    if missing is not None:
+        raise UnsupportedFileError(f"{source}: an edge names the op {missing!r}, "
+                                   "which the graph does not have")
+    return edge[0], edge[1], {"port": edge[2]}
 
 
 # Kinds that mix channels through a weight (conv, linear): each opens a channel space for its

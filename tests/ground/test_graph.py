@@ -85,10 +85,23 @@ def saved(**changes):
     ("{not json", r"^m.json: not JSON \("),
     (json.dumps({"nodes": []}), r"^m.json: not a MorphScope channel graph \(no \"format\""),
     (saved(version=2), r"^m.json: channel graph format version 2; this MorphScope reads version 1$"),
-    (saved(nodes=[{"name": "x", "out_channels": 3}]), r"^m.json: channel graph lacks the field 'kind'$"),
+    (saved(nodes=[{"name": "x", "out_channels": 3}]), r"^m.json: channel graph lacks the field 'kind' \(op 'x'\)$"),
     (saved(nodes=[{"name": "x", "kind": "softmax"}]), r"^m.json: malformed channel graph \("),
     (saved(edges=[["x", "ghost", 0]]), r"^m.json: an edge names the op 'ghost', which the graph does not have$"),
     (saved(edges=[["x", "conv", 0], ["conv", "x", 0]]), r"^m.json: the channel graph has a cycle$"),
+    (saved(framework="jax"), r"^m.json: malformed channel graph \(name must be a string and framework one of \['torch', 'keras'\]\)$"),
+    (saved(input_shape=[3, 0, 19]), r"^m.json: malformed channel graph \(input_shape must be a list of integers in \[1, 2\*\*62\)\)$"),
+    (saved(nodes={}), r"^m.json: malformed channel graph \(nodes and edges must be lists\)$"),
+    (saved(detached_params={"aux": -7}), r"^m.json: malformed channel graph \(detached_params must map names to integers in \[0, 2\*\*62\)\)$"),
+    (saved(notes="captured"), r"^m.json: malformed channel graph \(notes must be a list\)$"),
+    (saved(nodes=[{"kind": "conv"}]), r"^m.json: malformed channel graph \(every node needs a string name\)$"),
+    (saved(nodes=[{"name": "x", "kind": "conv", "out_channels": -13}]),
+     r"^m.json: malformed channel graph \(op 'x': out_channels must be an integer in \[0, 2\*\*62\)\)$"),
+    (saved(nodes=[{"name": "x", "kind": "conv", "params": 2**62}]),  # over what a count may hold
+     r"^m.json: malformed channel graph \(op 'x': params must be an integer in \[0, 2\*\*62\)\)$"),
+    (saved(nodes=[{"name": "x", "kind": "conv", "kernel": [3, "3"]}]),
+     r"^m.json: malformed channel graph \(op 'x': kernel must be a list of integers in \[0, 2\*\*62\)\)$"),
+    (saved(edges=[["x", "conv"]]), r"^m.json: malformed channel graph \(edge \['x', 'conv'\]: expected \[source, target, port\]\)$"),
 ])
 def test_bad_graph_json_is_one_unsupported_file_line(text, message):
     from morphscope.errors import UnsupportedFileError
