@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
@@ -93,10 +93,12 @@ def checkpoint_suffix(path: Path, name: str) -> str:
 
 
 def read_checkpoint(path: str | Path, name: str | None = None, limits: Limits = DEFAULT_LIMITS,
-                    full: bool = False) -> CheckpointTensors:
+                    full: bool = False, wanted: Collection[str] | None = None) -> CheckpointTensors:
     """A checkpoint file's tensors by key (PyTorch, safetensors or Keras h5/zip), in this
     process (the isolated worker runs this), declared sizes checked first. Values of tensors
-    with at most one axis only, unless ``full``.
+    with at most one axis only, unless ``full``; of a plain PyTorch state_dict, only those
+    of the (unwrapped) keys in ``wanted`` where given (the bn scales a graph needs: a 10^6-key
+    file then reads a few storages, not all its vectors).
 
     Raises
     ------
@@ -108,7 +110,7 @@ def read_checkpoint(path: str | Path, name: str | None = None, limits: Limits = 
     check_file(path, limits.max_file_bytes, name)
     suffix = checkpoint_suffix(path, name)
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        fast = _plain_state_dict(path, name, limits, full)  # no torch: seconds for 10^6 keys
+        fast = _plain_state_dict(path, name, limits, full, wanted)  # no torch: seconds for 10^6 keys
         return fast or _torch_tensors(name, read_torch_pickle(path, name, limits), full)
     if suffix == ".safetensors":
         return _safetensors(path, name, limits, full)
@@ -143,7 +145,8 @@ def _torch_tensors(name: str, obj: Any, full: bool) -> CheckpointTensors:
     return CheckpointTensors(arrays, shapes)
 
 
-def _plain_state_dict(path: Path, name: str, limits: Limits, full: bool) -> CheckpointTensors | None:
+def _plain_state_dict(path: Path, name: str, limits: Limits, full: bool,
+                      wanted: Collection[str] | None) -> CheckpointTensors | None:
     """A plain state_dict read by :func:`~morphscope.importers.torch_zip.read_torch_zip`, or
     None where only ``torch.load`` can read the file."""
     from morphscope.importers.torch_zip import TensorRecord, read_torch_zip
@@ -158,7 +161,7 @@ def _plain_state_dict(path: Path, name: str, limits: Limits, full: bool) -> Chec
             if isinstance(key, str) and isinstance(value, TensorRecord) and value.is_floating_point:
                 key = unwrap_key(key)
                 shapes[key] = value.shape
-                if full or len(value.shape) <= 1:
+                if full or (len(value.shape) <= 1 and (wanted is None or key in wanted)):
                     values = reader.values(key, value)
                     if values is None:
                         return None  # a strided view: torch.load rebuilds it
@@ -299,9 +302,11 @@ def load_structure(graph: ChannelGraph, path: str | Path, name: str | None = Non
     if is_alive_json(name) or is_alive_json(path):
         reader = isolation.read_alive_isolated if isolate else read_alive_json
         return match_alive_counts(graph, reader(path, name, limits), name)
-    full = not _bn_ops(graph)  # no bn scales: group lasso reads the kernels
+    bns = _bn_ops(graph)
+    full = not bns  # no bn scales: group lasso reads the kernels
+    wanted = None if full else {k for _, a in bns for k in _bn_lookup_keys(graph, a["gamma_key"])}
     reader = isolation.read_checkpoint_isolated if isolate else read_checkpoint
-    return match_gammas(graph, reader(path, name, limits, full), name)
+    return match_gammas(graph, reader(path, name, limits, full, wanted), name)
 
 
 def _bn_ops(graph: ChannelGraph) -> list[tuple[str, dict[str, Any]]]:

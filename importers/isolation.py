@@ -66,7 +66,9 @@ def _task_model(path: Path, name: str, limits: Limits, out: Path, full: bool) ->
 def _task_checkpoint(path: Path, name: str, limits: Limits, out: Path, full: bool) -> None:
     from morphscope.importers.checkpoints import read_checkpoint
 
-    contents = read_checkpoint(path, name, limits, full)
+    wanted_file = out / "wanted.json"
+    wanted = set(json.loads(wanted_file.read_text())) if wanted_file.exists() else None
+    contents = read_checkpoint(path, name, limits, full, wanted)
     arrays = list(contents.arrays.items())
     np.save(out / "arrays.npy", np.concatenate([v.astype(np.float32).reshape(-1) for _, v in arrays])
             if arrays else np.zeros(0, np.float32))
@@ -245,12 +247,15 @@ def close_servers() -> None:
 
 
 def _run_isolated(task: str, kind: str, path: Path, name: str, what: str, limits: Limits,
-                  full: bool = False) -> Path:
+                  full: bool = False, wanted: Any = None) -> Path:
     """Run ``task`` on ``path`` in a limited child; return the folder holding its result.
 
-    The caller removes the folder. Raises the child's one-line error, or names the limit hit.
+    ``wanted`` (plain data) goes to the child as ``wanted.json`` in that folder. The caller
+    removes the folder. Raises the child's one-line error, or names the limit hit.
     """
     out = Path(tempfile.mkdtemp(prefix="morphscope_parse_"))
+    if wanted is not None:
+        (out / "wanted.json").write_text(json.dumps(sorted(wanted)))
     request = {"task": task, "path": str(path), "name": name, "what": what, "out": str(out),
                "limits": limits.to_dict(), "full": full}
     try:
@@ -331,10 +336,12 @@ def parse_model_isolated(path: str | Path, name: str | None = None,
 
 
 def read_checkpoint_isolated(path: str | Path, name: str | None = None,
-                             limits: Limits = DEFAULT_LIMITS, full: bool = False) -> Any:
+                             limits: Limits = DEFAULT_LIMITS, full: bool = False,
+                             wanted: Any = None) -> Any:
     """A checkpoint's :class:`~morphscope.importers.checkpoints.CheckpointTensors`, read in a
     limited child process (see :func:`parse_model_isolated`); every tensor's values if
-    ``full``, else those with at most one axis."""
+    ``full``, else those with at most one axis (of a plain state_dict: only the keys in
+    ``wanted``, where given; see :func:`~morphscope.importers.checkpoints.read_checkpoint`)."""
     from morphscope.importers.checkpoints import CheckpointTensors, checkpoint_suffix
     from morphscope.importers.load import check_file
 
@@ -342,7 +349,7 @@ def read_checkpoint_isolated(path: str | Path, name: str | None = None,
     name = name or str(path)
     check_file(path, limits.max_file_bytes, name)
     kind = CHECKPOINT_WORKERS.get(checkpoint_suffix(path, name), "plain")
-    out = _run_isolated("checkpoint", kind, path, name, "checkpoint", limits, full)
+    out = _run_isolated("checkpoint", kind, path, name, "checkpoint", limits, full, wanted)
     try:
         meta = json.loads((out / "tensors.json").read_text())
         flat = np.load(out / "arrays.npy", allow_pickle=False)

@@ -100,6 +100,16 @@ def check_member_name(name: str, member: str) -> None:
         raise UnsafeFileError(f"{name}: refused, zip member {member!r} points outside the archive")
 
 
+def _check_member_names(name: str, members: list[str]) -> None:
+    """:func:`check_member_name` on every member, after one scan of all names together: only
+    archives where some name could point outside (a leading slash or drive, a ``..``) are
+    checked name by name (10^6 members: a regex per name took seconds)."""
+    joined = "\n".join(members)
+    if ".." in joined or re.search(r"(^|\n)([/\\]|[A-Za-z]:)", joined):
+        for member in members:
+            check_member_name(name, member)
+
+
 def open_zip(source: Any, name: str, limits: Limits = DEFAULT_LIMITS) -> zipfile.ZipFile:
     """Open a zip archive after checking every member's declared size, ratio and name.
 
@@ -122,9 +132,9 @@ def open_zip(source: Any, name: str, limits: Limits = DEFAULT_LIMITS) -> zipfile
         infos = archive.infolist()
     except _ZIP_ERRORS as err:
         raise UnsupportedFileError(f"{name}: not a readable zip archive ({describe_error(err)})") from err
+    _check_member_names(name, [info.filename for info in infos])
     total = 0
     for info in infos:
-        check_member_name(name, info.filename)
         total += info.file_size
         ratio = info.file_size / max(info.compress_size, 1)
         if info.file_size > _BOMB_FLOOR_BYTES and ratio > limits.max_zip_ratio:

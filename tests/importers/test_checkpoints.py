@@ -224,3 +224,32 @@ def test_damaged_plain_state_dicts_get_one_line(tmp_path, damage, message):
             archive.writestr(name, data)
     with pytest.raises(UnsupportedFileError, match=f"bad.pt: {message}"):
         read_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_hundred_thousand_key_state_dict_is_read_and_matched_isolated(tmp_path):
+    # A chain x -> b0 -> b1 -> ... of 25,000 bn ops of 4 channels; the state_dict holds their
+    # weight, bias, running_mean and running_var: 100,000 keys, one storage each.
+    import time
+
+    import torch
+
+    from morphscope.graph import ChannelGraph, Kind
+
+    n_bn, params = 25_000, ("weight", "bias", "running_mean", "running_var")
+    graph = ChannelGraph("bn_chain", "torch", (4, 1, 1))
+    graph.add_op("x", Kind.INPUT, out_channels=4)
+    for i in range(n_bn):
+        graph.add_op(f"b{i}", Kind.BN, order=i, out_channels=4, gamma_key=f"b{i}.weight",
+                     param_keys=tuple(f"b{i}.{p}" for p in params))
+        graph.connect(f"b{i - 1}" if i else "x", f"b{i}")
+    values = torch.arange(4 * n_bn, dtype=torch.float32).reshape(n_bn, 4)  # gamma of b_i: 4i .. 4i+3
+    state = {f"b{i}.{p}": values[i].clone() if p == "weight" else torch.full((4,), -1.0)
+             for i in range(n_bn) for p in params}
+    torch.save(state, tmp_path / "big.pt")
+    start = time.perf_counter()
+    structure = load_structure(graph, tmp_path / "big.pt")
+    elapsed = time.perf_counter() - start
+    assert len(structure.gammas) == n_bn
+    for i in (0, 1, 12_345, n_bn - 1):
+        np.testing.assert_array_equal(structure.gammas[f"b{i}"], [4 * i, 4 * i + 1, 4 * i + 2, 4 * i + 3])
+    assert elapsed < 30  # a few seconds on a quiet 2-core machine; generous for a loaded CI
