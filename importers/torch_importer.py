@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,26 +290,23 @@ def load_pt2(path: str | Path) -> ChannelGraph:
 
 
 def program_from_pt2_json(doc: dict[str, Any]) -> Program:
-    """Turn the ``models/model.json`` document of a ``.pt2`` archive into a :class:`Program`."""
+    """Turn the ``models/model.json`` document of a ``.pt2`` archive into a :class:`Program`.
+
+    The bodies of the higher-order ops torch.export wraps regions in (``autocast``,
+    ``set_grad_enabled``) are inlined: their ops are counted like any other (DESIGN section 15).
+    """
     module = doc["graph_module"]
-    graph = module["graph"]
-    shapes = {name: tuple(_sym_int(s) for s in meta["sizes"])
-              for name, meta in graph["tensor_values"].items()}
-    stacks = [_stack_of(n.get("metadata", {}).get("nn_module_stack")) for n in graph["nodes"]]
+    shapes: dict[str, tuple[int, ...]] = {}
+    names: dict[str, str] = {}  # top-level outputs of inlined ops -> their values in the bodies
+    nodes = list(_pt2_nodes(module["graph"], names, "", shapes))
+    stacks = [_stack_of(node.get("metadata", {}).get("nn_module_stack")) for node, _ in nodes]
     leaves = leaf_paths(p for stack in stacks for p in stack)
     records = []
-    for node, stack in zip(graph["nodes"], stacks):
+    for (node, name_of), stack in zip(nodes, stacks):
         op = short_op_name(node["target"])
-        args = _bind_by_name(node["target"], {inp["name"]: _pt2_value(inp["arg"])
+        args = _bind_by_name(node["target"], {inp["name"]: _pt2_value(inp["arg"], name_of)
                                               for inp in node["inputs"]})
-        outputs: list[str | None] = []
-        for out in node["outputs"]:
-            if "as_tensor" in out:
-                outputs.append(out["as_tensor"]["name"])
-            elif "as_tensors" in out:
-                outputs.extend(t["name"] for t in out["as_tensors"])
-            else:
-                outputs.append(None)
+        outputs = _pt2_tensor_names(node["outputs"], name_of)
         path = stack[-1] if stack else ""
         records.append(OpRecord(node.get("name") or outputs[0] or op, op, args, outputs, path,
                                 path in leaves))
@@ -322,11 +320,58 @@ def program_from_pt2_json(doc: dict[str, Any]) -> Program:
                 user_inputs.append(body["arg"]["as_tensor"]["name"])
         else:
             constants.add(body["arg"]["name"])
-    user_outputs = [body["arg"]["as_tensor"]["name"]
-                    for spec in module["signature"]["output_specs"]
-                    for spec_kind, body in spec.items()
-                    if spec_kind == "user_output" and "as_tensor" in body["arg"]]
+    returned = [body["arg"] for spec in module["signature"]["output_specs"]
+                for spec_kind, body in spec.items() if spec_kind == "user_output"]
+    user_outputs = [name for name in _pt2_tensor_names(returned, lambda n: names.get(n, n)) if name]
     return Program(records, shapes, parameters, constants, user_inputs, user_outputs)
+
+
+# Higher-order ops torch.export wraps a region in: one body run once on the arguments after
+# it, whose outputs are the op's outputs (torch/_export/passes/replace_*_with_hop_pass.py).
+_PT2_WRAPPERS = ("torch.ops.higher_order.wrap_with_autocast",
+                 "torch.ops.higher_order.wrap_with_set_grad_enabled")
+_NameOf = Callable[[str], str]  # a tensor's name in its (sub)graph -> its name in the Program
+
+
+def _pt2_nodes(graph: dict[str, Any], names: dict[str, str], prefix: str,
+               shapes: dict[str, tuple[int, ...]]) -> Iterator[tuple[dict[str, Any], _NameOf]]:
+    """Yield ``(node, name_of)`` for the nodes of ``graph``, wrapper bodies inlined in place;
+    ``name_of`` maps a tensor name in the node's graph to its name in the program (a body's
+    names are prefixed with its op's path, ``wrap_with_autocast/matmul``; its inputs and
+    outputs are the caller's values). Records every tensor's shape in ``shapes``."""
+    def name_of(name: str) -> str:
+        return names.get(name, prefix + name)
+
+    for name, meta in graph["tensor_values"].items():
+        shapes[name_of(name)] = tuple(_sym_int(s) for s in meta["sizes"])
+    for node in graph["nodes"]:
+        if node["target"] not in _PT2_WRAPPERS:
+            yield node, name_of
+            continue
+        args = [inp["arg"] for inp in node["inputs"]]
+        at = [i for i, arg in enumerate(args) if "as_graph" in arg][0]
+        body = args[at]["as_graph"]["graph"]
+        body_names = dict(zip(_pt2_tensor_names(body["inputs"], str),
+                              _pt2_tensor_names(args[at + 1:], name_of)))
+        body_prefix = f"{prefix}{node['name']}/"
+        yield from _pt2_nodes(body, body_names, body_prefix, shapes)
+        for outer, inner in zip(_pt2_tensor_names(node["outputs"], str),
+                                _pt2_tensor_names(body["outputs"], str)):
+            if outer is not None and inner is not None:
+                names[outer] = body_names.get(inner, body_prefix + inner)
+
+
+def _pt2_tensor_names(arguments: list[dict[str, Any]], name_of: _NameOf) -> list[str | None]:
+    """The tensor names of serialized arguments, lists flattened; None for a non-tensor."""
+    tensors: list[str | None] = []
+    for arg in arguments:
+        if "as_tensor" in arg:
+            tensors.append(name_of(arg["as_tensor"]["name"]))
+        elif "as_tensors" in arg:
+            tensors.extend(name_of(t["name"]) for t in arg["as_tensors"])
+        else:
+            tensors.append(None)
+    return tensors
 
 
 def _sym_int(value: dict[str, Any]) -> int:
@@ -339,14 +384,14 @@ _PT2_SCALARS = ("as_int", "as_float", "as_bool", "as_string", "as_ints", "as_flo
                 "as_bools", "as_strings", "as_scalar_type", "as_memory_format", "as_layout")
 
 
-def _pt2_value(arg: dict[str, Any]) -> Any:
+def _pt2_value(arg: dict[str, Any], name_of: _NameOf) -> Any:
     (key, value), = arg.items()
     if key == "as_tensor":
-        return Ref(value["name"])
+        return Ref(name_of(value["name"]))
     if key == "as_tensors":
-        return [Ref(t["name"]) for t in value]
+        return [Ref(name_of(t["name"])) for t in value]
     if key == "as_optional_tensors":
-        return [Ref(t["as_tensor"]["name"]) if "as_tensor" in t else None for t in value]
+        return [Ref(name_of(t["as_tensor"]["name"])) if "as_tensor" in t else None for t in value]
     if key == "as_sym_int":
         return value.get("as_int")
     if key == "as_sym_ints":

@@ -135,7 +135,7 @@ def test_conv_on_batch_folded_windows_counts_every_window():
     assert graph["conv"]["batch"] == 4
 
 
-# -- 6. matmuls under torch.autocast(enabled=False) ------------------------------------------------
+# -- 6. matmuls under torch.autocast(enabled=False) and torch.no_grad() ---------------------------
 
 class AutocastOff(nn.Module):
     def __init__(self):
@@ -144,16 +144,27 @@ class AutocastOff(nn.Module):
 
     def forward(self, x):
         y = self.fc(x)
-        with torch.autocast("cpu", enabled=False):  # torch.export: a wrap_with_autocast op
-            return y @ y.transpose(-1, -2)
+        with torch.no_grad():  # torch.export: a wrap_with_set_grad_enabled op, holding
+            with torch.autocast("cpu", enabled=False):  # a wrap_with_autocast op
+                return y @ y.transpose(-1, -2)
 
 
-def test_matmul_under_autocast_off_is_counted_by_both_captures():
+def test_matmul_under_autocast_off_is_counted_by_every_route(tmp_path):
     # fc on 29 tokens: 29*13*23; y @ y^T: 29*23*29
-    macs = 29 * 13 * 23 + 29 * 23 * 29
-    check(AutocastOff(), (29, 13), params=13 * 23 + 23, macs=macs)
+    params, macs = 13 * 23 + 23, 29 * 13 * 23 + 29 * 23 * 29
+    check(AutocastOff(), (29, 13), params=params, macs=macs)
     exported = torch.export.export(AutocastOff().eval(), (torch.zeros(1, 29, 13),))
-    assert totals(build_graph(program_from_exported(exported), "autocast"))["macs"] == macs
+    targets = {str(n.target) for m in exported.graph_module.modules() for n in m.graph.nodes}
+    assert {"wrap_with_set_grad_enabled", "wrap_with_autocast"} <= {t.rsplit(".", 1)[-1] for t in targets}
+    inlined = build_graph(program_from_exported(exported), "autocast")
+    assert totals(inlined)["macs"] == macs
+    path = tmp_path / "autocast.pt2"
+    torch.export.save(exported, path)
+    from_file = load_pt2(path)
+    assert (totals(from_file)["params"], totals(from_file)["macs"]) == (params, macs)
+    # the bodies' ops keep their layer names: the same nodes as torch's own inlining
+    assert dict(from_file.ops()).keys() == dict(inlined.ops()).keys()
+    assert {"fc", "matmul"} <= dict(from_file.ops()).keys()
 
 
 # -- 7. einsum / bmm / baddbmm with parameter operands and between activations --------------------
