@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
-from morphscope.importers.torch_importer import load_module
+from morphscope.importers.torch_importer import load_module, load_pt2
 
 
 def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs):
@@ -44,3 +44,11 @@ def our_counts(model, shape, name):
     costs = compile_costs(graph)
     totals = totals_of(costs, seed_costs(costs))
     return totals["params"], totals["macs"], graph
+
+
+def pt2_counts(model, example, path):
+    """(params, MACs) from a ``.pt2`` of ``model`` (torch.export.save at ``example``) read back."""
+    torch.export.save(torch.export.export(model, (example,)), path)
+    costs = compile_costs(load_pt2(path))
+    totals = totals_of(costs, seed_costs(costs))
+    return totals["params"], totals["macs"]

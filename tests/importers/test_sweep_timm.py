@@ -4,14 +4,15 @@ Each model is built with random weights on the meta device (``pretrained=False``
 downloaded, nothing allocated) at its default input size, imported, and compared with
 ``sum(p.numel())`` and FlopCounterMode / 2 (CPU attention counted, see ``sweeps.py``).
 The issue asks for >= 97% exact; every model listed here is exact, so each is asserted.
+Each is also exported on the meta device, saved with ``torch.export.save`` into tmp_path and
+read back with ``load_pt2``: the file's counts equal the live import's (about 3.5 s a model).
 """
 
 import pytest
 import timm
 import torch
 
-from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
-from sweeps import flop_counter_macs, our_counts, torch_params
+from sweeps import flop_counter_macs, our_counts, pt2_counts, torch_params
 
 TIMM_MODELS = [
     # residual CNNs and their attention/split/selective variants
@@ -50,33 +51,26 @@ def test_timm_list_is_long_and_known():
     assert not set(TIMM_MODELS) - set(timm.list_models())
 
 
+# Models torch.export cannot export (on the meta device), each with the reason, checked below.
+NOT_EXPORTABLE = {
+    # its meta weights are plain tensors after timm's init: the export checker rejects them
+    "coat_lite_tiny": "is not an instance of torch.nn.Parameter",
+}
+
+
 @pytest.mark.parametrize("name", TIMM_MODELS)
-def test_timm_model_counts_match_torch(name):
+def test_timm_model_counts_match_torch(name, tmp_path):
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False).eval()
     shape = model.pretrained_cfg["input_size"]
+    example = torch.zeros(1, *shape, device="meta")
     params, macs, graph = our_counts(model, shape, name)
     assert params == torch_params(model)
-    assert macs == flop_counter_macs(model, torch.zeros(1, *shape, device="meta"))
+    assert macs == flop_counter_macs(model, example)
     assert not graph.detached_params  # every weight is read at inference
-
-
-# The .pt2 route binds arguments by name (the attention mask is no query): file = live.
-# vit_relpos_small was +8.0% from the file when defaults came first; exporting is slow,
-# so a few models stand for the list.
-PT2_MODELS = ["vit_relpos_small_patch16_224", "levit_128s"]
-
-
-@pytest.mark.parametrize("name", PT2_MODELS)
-def test_pt2_file_counts_equal_live_counts(name, tmp_path):
-    from morphscope.importers.torch_importer import load_pt2
-
-    model = timm.create_model(name, pretrained=False).eval()
-    shape = model.pretrained_cfg["input_size"]
-    params, macs, _ = our_counts(model, shape, name)
-    path = tmp_path / f"{name}.pt2"
-    torch.export.save(torch.export.export(model, (torch.zeros(1, *shape),)), path)
-    graph = load_pt2(path)
-    costs = compile_costs(graph)
-    totals = totals_of(costs, seed_costs(costs))
-    assert (totals["params"], totals["macs"]) == (params, macs)
+    # the .pt2 route (arguments bound by name, wrapper bodies inlined): file = live
+    if name in NOT_EXPORTABLE:
+        with pytest.raises(Exception, match=NOT_EXPORTABLE[name]):
+            torch.export.export(model, (example,))
+    else:
+        assert pt2_counts(model, example, tmp_path / f"{name}.pt2") == (params, macs)
