@@ -5,14 +5,13 @@ One run of ``distributed_worker.py`` (both ranks, every scenario) serves all the
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from morphscope.cli.main import main as morphscope_main
+from workers import run_worker
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
@@ -21,9 +20,7 @@ PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
-    done = subprocess.run([sys.executable, str(WORKER), str(out)], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_worker(WORKER, out)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     return out, ranks
 

@@ -7,14 +7,13 @@ devices must be configured before TensorFlow starts).
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from morphscope.cli.main import main as morphscope_main
+from workers import run_worker
 
 WORKER = Path(__file__).with_name("keras_worker.py")
 FITS = ["compiled", "jit", "mirrored"]
@@ -23,9 +22,7 @@ FITS = ["compiled", "jit", "mirrored"]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("keras")
-    done = subprocess.run([sys.executable, str(WORKER), str(out)], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_worker(WORKER, out)
     return out, json.loads((out / "result.json").read_text())
 
 
