@@ -12,7 +12,10 @@ seen too (DESIGN section 10). Nested models are flattened: their ops are named
 on bn's own axis). Each variable is owned by the first op that reads it: a shared layer or a
 nested model called twice costs MACs at every call and params once. Composite layers
 (MultiHeadAttention, LSTM, GRU, SimpleRNN, Bidirectional, EinsumDense) stay opaque and
-count their matrix products by formula (:data:`COMPOSITE_PRODUCTS`).
+count their matrix products by formula (:data:`COMPOSITE_PRODUCTS`), as do the raw
+``ops.matmul`` / ``ops.einsum`` calls. Any other layer with sublayers (keras_hub's encoders,
+blocks and embeddings) is walked: its ``call`` is run on symbolic inputs of batch 1, which
+records its sublayers and raw ops as a functional graph, flattened like a nested model.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Callable, Mapping
 from morphscope.errors import GraphError, UnsafeFileError, UnsupportedFileError
 from morphscope.importers.keras_legacy import normalized_keras_file
 from morphscope.graph import ChannelGraph, Kind
+from morphscope.importers.aten import _einsum_macs, _matmul_dims
 from morphscope.importers.nodes import Namer, conv_attrs, first_line, linear_attrs, param_attrs
 
 KERAS_TO_KIND: Mapping[str, Kind] = {
@@ -53,7 +57,9 @@ KERAS_TO_KIND: Mapping[str, Kind] = {
     **dict.fromkeys(("UpSampling1D", "UpSampling2D", "UpSampling3D", "Resizing"), Kind.RESIZE),
     **dict.fromkeys(("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
                      "Rescaling", "Normalization", "Identity", "GaussianNoise",
-                     "ActivityRegularization", "StochasticDepth"), Kind.IDENTITY),
+                     "ActivityRegularization", "StochasticDepth",
+                     "DropPath"),  # keras_hub's stochastic depth
+                    Kind.IDENTITY),
     "InputLayer": Kind.INPUT,
 }
 
@@ -145,11 +151,13 @@ def _conv_attrs(layer: Any, x: _Val, out: _Val) -> dict[str, Any]:
         out_channels=x.channels * layer.depth_multiplier if depthwise else layer.filters,
         groups=x.channels if depthwise else getattr(layer, "groups", 1),
         kernel=layer.kernel_size, stride=layer.strides, in_spatial=x.spatial,
-        out_spatial=out.spatial, bias=layer.use_bias, transposed=name.endswith("Transpose"))
+        out_spatial=out.spatial, bias=layer.use_bias, transposed=name.endswith("Transpose"),
+        batch=_folded(x.shape))
 
 
 def _dense_attrs(layer: Any, x: _Val, out: _Val) -> dict[str, Any]:
-    return linear_attrs(x.shape[-1], layer.units, out.shape[1:-1], layer.use_bias)
+    folded = (_folded(out.shape),) if _folded(out.shape) > 1 else ()
+    return linear_attrs(x.shape[-1], layer.units, (*folded, *out.shape[1:-1]), layer.use_bias)
 
 
 def _bn_attrs(layer: Any, x: _Val, out: _Val) -> dict[str, Any]:
@@ -189,15 +197,22 @@ def _positions(shape: tuple) -> int:
     return math.prod(shape[1:-1])
 
 
+def _folded(shape: tuple) -> int:
+    """The batch axis' size: 1 for the model's own batch (unknown), more for a batch-folded
+    tensor inside a walked composite (windows, patches), whose products count per element."""
+    return shape[0] or 1
+
+
 def _attention_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
     """MultiHeadAttention: q, k, v projections, q k^T and attention x v per head, output."""
     query, value = inputs[0], inputs[1] if len(inputs) > 1 else inputs[0]
-    tq, tv = _positions(query), _positions(value)
-    heads, key_dim, value_dim = layer._num_heads, layer._key_dim, layer._value_dim
+    tq, tv, batch = _positions(query), _positions(value), _folded(query)
+    heads, key_dim, value_dim = batch * layer._num_heads, layer._key_dim, layer._value_dim
     kernels = [math.prod(d.kernel.shape) for d in (layer._query_dense, layer._key_dense,
                                                    layer._value_dense, layer._output_dense)]
-    return [(tq, 1, kernels[0], 1), (tv, 1, kernels[1], 1), (tv, 1, kernels[2], 1),
-            (heads, tq, key_dim, tv), (heads, tq, tv, value_dim), (tq, 1, kernels[3], 1)]
+    return [(batch * tq, 1, kernels[0], 1), (batch * tv, 1, kernels[1], 1),
+            (batch * tv, 1, kernels[2], 1), (heads, tq, key_dim, tv), (heads, tq, tv, value_dim),
+            (batch * tq, 1, kernels[3], 1)]
 
 
 _GATES = {"SimpleRNN": 1, "GRU": 3, "LSTM": 4}  # kernels per step: (in + units) x gates*units
@@ -206,7 +221,7 @@ _GATES = {"SimpleRNN": 1, "GRU": 3, "LSTM": 4}  # kernels per step: (in + units)
 def _recurrent_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
     """SimpleRNN/GRU/LSTM: every step multiplies the input by the input kernel (in x g*u) and
     the state by the recurrent kernel (u x g*u); g = 1, 3, 4 gates."""
-    steps, features = _positions(inputs[0]), inputs[0][-1]
+    steps, features = _positions(inputs[0]) * _folded(inputs[0]), inputs[0][-1]
     gated = _GATES[type(layer).__name__] * layer.units
     return [(steps, 1, features, gated), (steps, 1, layer.units, gated)]
 
@@ -219,10 +234,19 @@ def _bidirectional_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, 
 
 def _einsum_dense_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
     """EinsumDense: the product of every index size of the input and the kernel."""
-    spec_in, spec_kernel = layer.equation.split("->")[0].split(",")
-    sizes = dict(zip(spec_in, inputs[0]))
-    sizes.update(zip(spec_kernel, layer.kernel.shape))
-    return [(1, 1, math.prod(s or 1 for s in sizes.values()), 1)]
+    shapes = [tuple(s or 1 for s in inputs[0]), tuple(layer.kernel.shape)]
+    return [(1, 1, _einsum_macs(layer.equation, shapes), 1)]
+
+
+def _einsum_products(op: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
+    """``ops.einsum`` on two activations (attention scores): every index size multiplied."""
+    shapes = [tuple(s or 1 for s in shape) for shape in inputs]
+    return [(1, 1, _einsum_macs(op.subscripts, shapes), 1)] if len(inputs) == 2 else []
+
+
+def _matmul_products(op: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
+    """``ops.matmul`` on two activations: (broadcast batch, m, k, n)."""
+    return [_matmul_dims(*(tuple(s or 1 for s in shape) for shape in inputs))] if len(inputs) == 2 else []
 
 
 COMPOSITE_PRODUCTS: Mapping[str, Callable[[Any, list[tuple]], list[tuple[int, int, int, int]]]] = {
@@ -230,6 +254,8 @@ COMPOSITE_PRODUCTS: Mapping[str, Callable[[Any, list[tuple]], list[tuple[int, in
     **dict.fromkeys(_GATES, _recurrent_products),
     "Bidirectional": _bidirectional_products,
     "EinsumDense": _einsum_dense_products,
+    "Einsum": _einsum_products,  # keras.ops.einsum, recorded when a composite is walked
+    "Matmul": _matmul_products,  # keras.ops.matmul
 }
 
 
@@ -263,26 +289,41 @@ class _Walker:
         trainable_ids = {id(v) for v in trainable}
         return param_attrs(_numel(new), _numel([v for v in new if id(v) in trainable_ids]))
 
-    def walk(self, model: Any, inputs: list[_Val], scope: str) -> list[_Val]:
-        """Run ``model``'s graph symbolically on ``inputs``; return the values of its outputs."""
+    def walk(self, model: Any, inputs: list[_Val], scope: str,
+             loose: list[Any] | None = None) -> list[_Val]:
+        """Run ``model``'s graph symbolically on ``inputs``; return the values of its outputs.
+
+        ``loose``: variables of a walked composite that no op of its graph holds (a class
+        token, a position table, a sublayer called on a constant); they enter the graph as
+        constants, and the last op that reads a constant (else its last op) owns them."""
         values: dict[int, _Val] = {id(t): v for t, v in zip(model.inputs, inputs)}
-        for depth in sorted(model._nodes_by_depth, reverse=True):
-            for node in model._nodes_by_depth[depth]:
-                if node.operation is None or node.is_input:
-                    continue
-                if any(id(t) not in values for t in node.input_tensors):
-                    continue
-                args = [values[id(t)] for t in node.input_tensors]
-                outs = self.call(node.operation, args, [_shape(t) for t in node.outputs], scope)
-                for tensor, val in zip(node.outputs, outs):
-                    values[id(tensor)] = val
+        nodes = [node for depth in sorted(model._nodes_by_depth, reverse=True)
+                 for node in model._nodes_by_depth[depth]
+                 if node.operation is not None and not node.is_input]
+        holder = next((n for n in reversed(nodes) if _reads_constant(n)),
+                      nodes[-1] if nodes else None)
+        for node in nodes:
+            if any(id(t) not in values for t in node.input_tensors):
+                continue
+            args = [values[id(t)] for t in node.input_tensors]
+            outs = self.call(node, args, scope, loose if node is holder else None)
+            for tensor, val in zip(node.outputs, outs):
+                values[id(tensor)] = val
         return [values[id(t)] for t in model.outputs]
 
-    def call(self, op: Any, args: list[_Val], out_shapes: list[tuple], scope: str) -> list[_Val]:
+    def call(self, node: Any, args: list[_Val], scope: str,
+             loose: list[Any] | None = None) -> list[_Val]:
+        op, out_shapes = node.operation, [_shape(t) for t in node.outputs]
         name = f"{scope}{op.name}"
         nested = _functional_graph(op)
         if nested is not None:  # a nested model: flatten it
-            return self.walk(nested, args, scope=f"{name}/")
+            return self.walk(nested, args, scope=f"{name}/", loose=loose)
+        traced = _traced_call(op, node)
+        if traced is not None:  # a composite layer: walk its call
+            graph, firsts = traced
+            held = {id(v) for inner in graph.operations for v in getattr(inner, "weights", [])}
+            own = [*(v for v in op.weights if id(v) not in held), *(loose or ())]
+            return self.walk(graph, [args[i] for i in firsts], scope=f"{name}/", loose=own)
         if type(op).__name__.startswith("SeparableConv"):
             return [self.separable(op, args[0], out_shapes[0], name)]
         x = args[0] if args else None
@@ -292,8 +333,8 @@ class _Walker:
         out = _Val("", out_shapes[0], _out_axis(op, kind, x, out_shapes[0]))
         attrs = {"op": type(op).__name__, **_channel_attrs(x, out)}
         attrs.update(ATTRS_BY_KIND.get(kind, lambda *_: {})(op, x, out))
-        weights = self.own_weights(list(getattr(op, "weights", [])),
-                                   list(getattr(op, "trainable_weights", [])))
+        weights = self.own_weights([*getattr(op, "weights", []), *(loose or ())],
+                                   [*getattr(op, "trainable_weights", []), *(loose or ())])
         if weights["params"] or kind in (Kind.CONV, Kind.LINEAR):
             attrs.update(weights)
         products = _composite_products(op, [a.shape for a in args])
@@ -321,6 +362,47 @@ class _Walker:
                          bias=layer.use_bias, transposed=False),
             **self.own_weights(pointwise_weights, trainable))
         return _Val(pointwise, out)
+
+
+def _walks_inside(op: Any) -> bool:
+    """A layer with sublayers that no registry knows (keras_hub's encoders and blocks)."""
+    name = type(op).__name__
+    return (name not in KERAS_TO_KIND and name not in COMPOSITE_PRODUCTS
+            and hasattr(op, "_flatten_layers")
+            and any(True for _ in op._flatten_layers(include_self=False, recursive=False)))
+
+
+def _traced_call(op: Any, node: Any) -> tuple[Any, list[int]] | None:
+    """A composite layer's call run on fresh symbolic inputs (batch 1, the node's other
+    arguments as given): a functional graph of its sublayers and raw ops, and for each of
+    its inputs the index of the node input it stands for. None for layers not walked and
+    for calls that cannot run symbolically (they stay opaque and are reported)."""
+    if not _walks_inside(op):
+        return None
+    keras = import_keras()
+    fresh: dict[int, Any] = {}
+    firsts: list[int] = []
+    for index, tensor in enumerate(node.input_tensors):
+        if id(tensor) not in fresh:
+            shape = (_folded(tensor.shape), *tensor.shape[1:])  # the model at batch 1
+            fresh[id(tensor)] = keras.Input(batch_shape=shape, dtype=tensor.dtype)
+            firsts.append(index)
+    args, kwargs = node.arguments.fill_in(fresh)
+    try:
+        outputs = [t for t in keras.tree.flatten(op.call(*args, **kwargs)) if t is not None]
+        if len(outputs) != len(node.outputs):
+            return None
+        graph = keras.Model([fresh[id(node.input_tensors[i])] for i in firsts], outputs)
+    except Exception:  # noqa: BLE001 - a user's call() can raise anything on symbolic inputs
+        return None
+    return graph, firsts
+
+
+def _reads_constant(node: Any) -> bool:
+    """Whether an op reads a tensor that is not a graph value (a variable's value)."""
+    symbolic = {id(t) for t in node.input_tensors}
+    flat = import_keras().tree.flatten((node.arguments.args, node.arguments.kwargs))
+    return any(hasattr(a, "shape") and id(a) not in symbolic for a in flat)
 
 
 def _functional_graph(op: Any) -> Any | None:
