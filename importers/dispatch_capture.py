@@ -16,6 +16,7 @@ both other capture routes produce.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -73,10 +74,16 @@ def program_from_dispatch(model: Any, example: Any, on_meta: bool = True) -> tup
     stack: list[str] = []
     reads: list[Any] = []
 
+    shortcuts = _meta_shortcuts() if on_meta else {}
+
     class _Mode(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            record = recorder.record(func, args, kwargs or {}, out, stack[-1] if stack else "")
+            kwargs = kwargs or {}
+            shortcut = shortcuts.get(func)
+            out = shortcut(*args, **kwargs) if shortcut is not None else None
+            if out is None:
+                out = func(*args, **kwargs)
+            record = recorder.record(func, args, kwargs, out, stack[-1] if stack else "")
             if record is not None:
                 program.records.append(record)
             elif func._schema.name.split("::")[-1] in _DATA_READS:
@@ -124,6 +131,64 @@ def _meta_state(model: Any) -> dict[str, Any]:
             twins[id(tensor)] = torch.empty_like(tensor, device="meta")
         state[key] = twins[id(tensor)]
     return state
+
+
+@functools.cache
+def _meta_shortcuts() -> dict[Any, Any]:
+    """Shape-only meta kernels for the ATen ops whose own meta kernels are Python
+    decompositions (eval batch norm runs a dozen reference ops, ~50x an ``empty_like``).
+
+    Each takes the op's arguments and returns what torch's meta kernel returns (shapes,
+    strides, dtypes), or None where its preconditions fail and torch's kernel runs instead
+    (so torch's own errors surface unchanged).
+    """
+    import torch
+
+    aten = torch.ops.aten
+    return {aten.native_batch_norm.default: _eval_batch_norm_meta, aten.mean.dim: _mean_meta}
+
+
+def _eval_batch_norm_meta(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    """``aten.native_batch_norm`` in eval mode on a dense meta input: the output is laid out like the
+    input; the saved statistics are the running ones, (C,) in the computation dtype
+    (``torch._decomp.decompositions.native_batch_norm_helper`` off the CPU)."""
+    import torch
+    from torch._prims_common import get_computation_dtype
+
+    if training or running_mean is None or running_var is None or input.dim() < 2:
+        return None
+    channels = (input.shape[1],)
+    stats = [t for t in (weight, bias, running_mean, running_var) if t is not None]
+    if (not input.is_meta or not input.is_floating_point()
+            or any(not t.is_meta or t.shape != channels for t in stats)
+            or not (input.is_contiguous() or input.is_contiguous(memory_format=torch.channels_last))):
+        return None
+    stat_dtype = get_computation_dtype(input.dtype)
+    # empty_like on a meta tensor runs torch._refs.empty_like (~15x empty_strided); the two agree
+    # on the dense layouts admitted above
+    return (torch.empty_strided(input.shape, input.stride(), dtype=input.dtype, device="meta"),
+            torch.empty(channels, dtype=stat_dtype, device="meta"),
+            torch.empty(channels, dtype=stat_dtype, device="meta"))
+
+
+def _mean_meta(self, dim, keepdim=False, *, dtype=None):
+    """``aten.mean.dim`` over distinct in-range axes of a floating meta tensor: a contiguous result
+    without those axes (kept as size 1 with ``keepdim``), as ``torch._refs.mean`` makes it."""
+    import torch
+
+    rank = self.dim()
+    if dtype is not None or not dim or rank == 0 or not self.is_meta or not self.is_floating_point():
+        return None
+    if any(not -rank <= d < rank for d in dim):
+        return None
+    axes = {d % rank for d in dim}
+    if len(axes) != len(dim):
+        return None
+    if keepdim:
+        shape = [1 if axis in axes else size for axis, size in enumerate(self.shape)]
+    else:
+        shape = [size for axis, size in enumerate(self.shape) if axis not in axes]
+    return torch.empty(shape, dtype=self.dtype, device="meta")
 
 
 class _Recorder:

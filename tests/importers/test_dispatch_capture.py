@@ -1,0 +1,253 @@
+"""The dispatch capture's shape-only meta kernels (eval batch norm, ``mean.dim``) return what
+torch's own meta kernels return, fall back to them wherever their preconditions fail, and leave
+the captured program and its counts unchanged.
+
+Channel counts 13 and 23, maps 17 x 19 (and 5 x 7 x 3 volumes) so that a swapped axis fails.
+"""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
+from morphscope.importers import dispatch_capture
+from morphscope.importers.dispatch_capture import (_eval_batch_norm_meta, _mean_meta,
+                                                   program_from_dispatch)
+from morphscope.importers.torch_importer import load_module
+
+aten = torch.ops.aten
+C = 13
+
+
+def meta(*shape, dtype=torch.float32):
+    return torch.empty(*shape, device="meta", dtype=dtype)
+
+
+def layouts():
+    """(name, meta input with C channels on axis 1) over the layouts a forward pass makes."""
+    return {
+        "contiguous_4d": meta(2, C, 17, 19),
+        "channels_last": meta(2, C, 17, 19).to(memory_format=torch.channels_last),
+        "permuted_nhwc": meta(2, 17, 19, C).permute(0, 3, 1, 2),  # channels_last by strides
+        "odd_permutation": meta(2, 19, C, 17).permute(0, 2, 3, 1),  # dense, neither layout
+        "strided_slice": meta(2, C, 17, 38)[..., ::2],  # not dense
+        "expanded": meta(C, 1, 1).expand(2, C, 17, 19),  # zero strides
+        "batch_1_map_1x1": meta(1, C, 1, 1),  # contiguous and channels_last at once
+        "batch_1_map_1x1_cl": meta(1, C, 1, 1).to(memory_format=torch.channels_last),
+        "contiguous_3d": meta(2, C, 17),
+        "contiguous_5d": meta(2, C, 5, 7, 3),
+        "channels_last_3d": meta(2, C, 5, 7, 3).to(memory_format=torch.channels_last_3d),
+        "contiguous_2d": meta(3, C),
+        "empty_batch": meta(0, C, 17, 19),
+    }
+
+
+# Layouts the batch-norm shortcut must take (not only fall back on), so the test shows it runs.
+BN_TAKEN = {"contiguous_4d", "channels_last", "permuted_nhwc", "batch_1_map_1x1",
+            "batch_1_map_1x1_cl", "contiguous_3d", "contiguous_5d", "contiguous_2d", "empty_batch"}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def signature(result):
+    """Shape, strides, dtype and device of each output tensor."""
+    outs = result if isinstance(result, (tuple, list)) else (result,)
+    return [(tuple(t.shape), t.stride(), t.dtype, t.device) for t in outs]
+
+
+def bn_args(x, training=False, affine=True, stat_dtype=torch.float32):
+    weight = meta(C, dtype=stat_dtype) if affine else None
+    return (x, weight, weight, meta(C, dtype=stat_dtype), meta(C, dtype=stat_dtype),
+            training, 0.1, 1e-5)
+
+
+def as_dtype(x, dtype):
+    return x if x.dtype == dtype else x.to(dtype)  # .to keeps dense layouts, densifies others
+
+
+# -- batch norm ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+@pytest.mark.parametrize("layout", list(layouts()))
+def test_eval_batch_norm_shortcut_matches_torch_meta_kernel(layout, affine, dtype):
+    x = as_dtype(layouts()[layout], dtype)
+    args = bn_args(x, affine=affine)
+    shortcut = _eval_batch_norm_meta(*args)
+    if layout in BN_TAKEN:
+        assert shortcut is not None
+    if shortcut is not None:
+        assert signature(shortcut) == signature(aten.native_batch_norm.default(*args))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_eval_batch_norm_shortcut_keeps_half_output_with_float32_statistics(dtype):
+    # mixed precision: half activations, float32 running statistics and affine weights
+    args = bn_args(meta(2, C, 17, 19, dtype=dtype), stat_dtype=torch.float32)
+    shortcut = _eval_batch_norm_meta(*args)
+    assert signature(shortcut) == signature(aten.native_batch_norm.default(*args))
+    assert shortcut[0].dtype == dtype and shortcut[1].dtype == torch.float32
+
+
+@pytest.mark.parametrize("layout", ["contiguous_4d", "channels_last", "contiguous_3d"])
+def test_training_batch_norm_falls_back_to_torch(layout):
+    assert _eval_batch_norm_meta(*bn_args(layouts()[layout], training=True)) is None
+
+
+def test_batch_norm_without_running_statistics_falls_back_to_torch():
+    x = meta(2, C, 17, 19)
+    assert _eval_batch_norm_meta(x, None, None, None, None, False, 0.1, 1e-5) is None
+
+
+def test_batch_norm_with_wrong_channel_count_falls_back_so_torch_raises():
+    x = meta(2, 23, 17, 19)  # 23 channels, statistics for 13
+    args = bn_args(x)
+    assert _eval_batch_norm_meta(*args) is None
+    with pytest.raises(RuntimeError):
+        aten.native_batch_norm.default(*args)
+
+
+def test_batch_norm_off_meta_falls_back_to_torch():
+    # a tensor the forward pass made on the CPU keeps real arithmetic
+    x = torch.zeros(2, C, 17, 19)
+    stats = torch.ones(C)
+    assert _eval_batch_norm_meta(x, stats, stats, stats, stats, False, 0.1, 1e-5) is None
+    assert _eval_batch_norm_meta(*bn_args(x)) is None  # meta statistics, CPU input
+
+
+def test_batch_norm_of_integer_input_falls_back_to_torch():
+    assert _eval_batch_norm_meta(*bn_args(meta(2, C, 17, 19, dtype=torch.int64))) is None
+
+
+# -- mean.dim -----------------------------------------------------------------------------------
+
+def dim_lists(rank):
+    """Every list of one to three distinct axes, each as itself and as its negative."""
+    for count in range(1, min(rank, 3) + 1):
+        for axes in itertools.combinations(range(rank), count):
+            for signs in itertools.product((0, 1), repeat=count):
+                yield [axis - rank if negative else axis for axis, negative in zip(axes, signs)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", list(layouts()))
+def test_mean_shortcut_matches_torch_meta_kernel(layout, dtype):
+    x = as_dtype(layouts()[layout], dtype)
+    checked = 0
+    for dim in dim_lists(x.dim()):
+        for keepdim in (False, True):
+            shortcut = _mean_meta(x, dim, keepdim)
+            assert shortcut is not None, (dim, keepdim)
+            assert signature(shortcut) == signature(aten.mean.dim(x, dim, keepdim)), (dim, keepdim)
+            checked += 1
+    assert checked > 0
+
+
+def test_mean_shortcut_reversed_and_unsorted_axes_match_torch():
+    x = meta(2, C, 5, 7, 3).to(memory_format=torch.channels_last_3d)
+    for dim in ([4, 2], [-1, 1, -3], [3, 0]):
+        for keepdim in (False, True):
+            assert signature(_mean_meta(x, dim, keepdim)) == signature(aten.mean.dim(x, dim, keepdim))
+
+
+@pytest.mark.parametrize("dim", [[4], [-5], [1, -3]], ids=["past_end", "before_start", "repeated"])
+def test_mean_over_invalid_axes_falls_back_so_torch_raises(dim):
+    x = meta(2, C, 17, 19)
+    assert _mean_meta(x, dim) is None
+    with pytest.raises((IndexError, RuntimeError)):
+        aten.mean.dim(x, dim)
+
+
+def test_mean_with_dtype_or_all_axes_or_integer_input_falls_back_to_torch():
+    x = meta(2, C, 17, 19)
+    assert _mean_meta(x, [2, 3], dtype=torch.float64) is None
+    assert _mean_meta(x, []) is None  # [] reduces every axis
+    assert _mean_meta(x, None) is None
+    assert _mean_meta(meta(()), [0]) is None  # a 0-d tensor
+    assert _mean_meta(meta(2, C, dtype=torch.int64), [1]) is None
+    assert _mean_meta(torch.zeros(2, C), [1]) is None  # off meta: real arithmetic
+
+
+# -- through the capture ------------------------------------------------------------------------
+
+class Probe(nn.Module):
+    """conv -> bn2d -> relu -> SE (mean keepdim, 1x1 convs) -> bn over a 3-D map -> mean
+    -> bn1d -> linear; and a 3-D branch through bn3d.
+
+        x (3, 17, 19) -> conv 3->13 -> bn -> relu -> *se -> flatten(2) (13, 323) -> bn1d(13)
+          -> mean(-1) (13,) -> bn1d(13) -> fc 13->23
+        x -> unsqueeze(2) (3, 1, 17, 19) -> conv3d 3->13 -> bn3d -> mean(-1, -2, -3) -> + above
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, C, 3, padding=1)
+        self.bn = nn.BatchNorm2d(C)
+        self.squeeze = nn.Conv2d(C, 5, 1)
+        self.excite = nn.Conv2d(5, C, 1)
+        self.bn_seq = nn.BatchNorm1d(C)
+        self.bn_vec = nn.BatchNorm1d(C)
+        self.conv3d = nn.Conv3d(3, C, (1, 3, 3), padding=(0, 1, 1))
+        self.bn3d = nn.BatchNorm3d(C)
+        self.fc = nn.Linear(C, 23)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        y = y * torch.sigmoid(self.excite(torch.relu(self.squeeze(y.mean((2, 3), keepdim=True)))))
+        y = self.bn_seq(y.flatten(2)).mean(-1)
+        z = self.bn3d(self.conv3d(x.unsqueeze(2))).mean((-1, -2, -3))
+        return self.fc(self.bn_vec(y + z))
+
+
+def probe_reference():
+    """(params, MACs): sum(p.numel()) and FlopCounterMode / 2 on a real CPU pass."""
+    model = Probe().eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 17, 19))
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2
+
+
+def test_probe_counts_equal_flop_counter_mode_and_arithmetic():
+    # conv 3*3*3*13 per pixel, squeeze 13*5, excite 5*13, conv3d 3*3*3*13 per pixel, fc 13*23
+    macs = 17 * 19 * 3 * 3 * 3 * C + C * 5 + 5 * C + 17 * 19 * 3 * 3 * 3 * C + C * 23
+    graph = load_module(Probe(), (3, 17, 19))
+    costs = compile_costs(graph)
+    counted = totals_of(costs, seed_costs(costs))
+    params, reference_macs = probe_reference()
+    assert reference_macs == macs
+    assert (counted["params"], counted["macs"]) == (params, macs)
+
+
+def test_shortcuts_run_in_the_meta_capture_and_leave_the_program_unchanged(monkeypatch):
+    model, example = Probe().eval(), torch.zeros(1, 3, 17, 19)
+    calls = []
+    real = dispatch_capture._meta_shortcuts()
+
+    def counted(kernel):
+        def run(*args, **kwargs):
+            out = kernel(*args, **kwargs)
+            calls.append(out is not None)
+            return out
+        return run
+
+    monkeypatch.setattr(dispatch_capture, "_meta_shortcuts",
+                        lambda: {op: counted(kernel) for op, kernel in real.items()})
+    fast, _ = program_from_dispatch(model, example, on_meta=True)
+    # 4 batch norms and 3 means, every one taken
+    assert calls == [True] * 7
+    monkeypatch.setattr(dispatch_capture, "_meta_shortcuts", lambda: {})
+    plain, _ = program_from_dispatch(model, example, on_meta=True)
+    real_pass, _ = program_from_dispatch(model, example, on_meta=False)
+    assert [r.args for r in fast.records] == [r.args for r in plain.records]
+    assert fast.shapes == plain.shapes
+    for other in (plain, real_pass):
+        assert [(r.op, r.module_path, r.outputs) for r in fast.records] == \
+            [(r.op, r.module_path, r.outputs) for r in other.records]
+    # torch's CPU batch norm saves (0,) statistics in eval, its meta kernel (C,): the rest agree
+    saved = {name for r in fast.records if r.op == "native_batch_norm" for name in r.outputs[1:]}
+    assert len(saved) == 4 * 2
+    assert {k: v for k, v in fast.shapes.items() if k not in saved} == \
+        {k: v for k, v in real_pass.shapes.items() if k not in saved}
