@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 from morphscope.errors import GraphError
 from morphscope.graph import ChannelGraph, Kind
 from morphscope.importers.nodes import Namer, conv_attrs, linear_attrs
+from morphscope.importers.products import einsum_macs, matmul_dims
 
 
 @dataclass(frozen=True)
@@ -263,19 +264,6 @@ def _rows_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(leading)
 
 
-def _matmul_dims(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int, int, int]:
-    batch = math.prod(max(x, y) for x, y in zip(a[:-2][::-1], b[:-2][::-1]))
-    batch *= math.prod(a[:-2][: max(0, len(a) - len(b))]) * math.prod(b[:-2][: max(0, len(b) - len(a))])
-    return (batch, a[-2] if len(a) > 1 else 1, a[-1], b[-1] if len(b) > 1 else 1)
-
-
-def _einsum_macs(equation: str, shapes: list[tuple[int, ...]]) -> int:
-    sizes: dict[str, int] = {}
-    for letters, shape in zip(equation.split("->")[0].replace(" ", "").split(","), shapes):
-        sizes.update(zip(letters, shape))
-    return math.prod(sizes.values())
-
-
 # Matrix products by their two operands' argument names: MACs whatever the operands are
 # (activations, parameters or constants).
 _PRODUCT_OPERANDS = {"mm": ("self", "mat2"), "addmm": ("mat1", "mat2"), "bmm": ("self", "mat2"),
@@ -291,14 +279,14 @@ def _opaque_attrs(ctx: _Ctx) -> dict[str, Any]:
     op, args = ctx.record.op, ctx.record.args
     if op in _PRODUCT_OPERANDS:
         a, b = (_weight_shape(ctx, name) for name in _PRODUCT_OPERANDS[op])
-        return {"matmuls": [_matmul_dims(a, b)]} if a and b else {}
+        return {"matmuls": [matmul_dims(a, b)]} if a and b else {}
     if op in _ATTENTION:
         q, k, v = (_weight_shape(ctx, name) for name in ("query", "key", "value"))
         batch = math.prod(q[:-2])
         return {"matmuls": [(batch, q[-2], q[-1], k[-2]), (batch, q[-2], k[-2], v[-1])]}
     if op == "einsum" and len(args.get("tensors") or ()) == 2:
         shapes = [ctx.shapes[r.name] for r in args["tensors"]]
-        return {"matmuls": [(1, 1, _einsum_macs(args["equation"], shapes), 1)]}
+        return {"matmuls": [(1, 1, einsum_macs(args["equation"], shapes), 1)]}
     return {}
 
 

@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping
 from morphscope.errors import GraphError, UnsafeFileError, UnsupportedFileError
 from morphscope.importers.keras_legacy import normalized_keras_file
 from morphscope.graph import ChannelGraph, Kind
-from morphscope.importers.aten import _einsum_macs, _matmul_dims
 from morphscope.importers.nodes import Namer, conv_attrs, first_line, linear_attrs, param_attrs
+from morphscope.importers.products import einsum_macs, matmul_dims
 
 KERAS_TO_KIND: Mapping[str, Kind] = {
     **dict.fromkeys(("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
@@ -235,18 +235,18 @@ def _bidirectional_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, 
 def _einsum_dense_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
     """EinsumDense: the product of every index size of the input and the kernel."""
     shapes = [tuple(s or 1 for s in inputs[0]), tuple(layer.kernel.shape)]
-    return [(1, 1, _einsum_macs(layer.equation, shapes), 1)]
+    return [(1, 1, einsum_macs(layer.equation, shapes), 1)]
 
 
 def _einsum_products(op: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
     """``ops.einsum`` on two activations (attention scores): every index size multiplied."""
     shapes = [tuple(s or 1 for s in shape) for shape in inputs]
-    return [(1, 1, _einsum_macs(op.subscripts, shapes), 1)] if len(inputs) == 2 else []
+    return [(1, 1, einsum_macs(op.subscripts, shapes), 1)] if len(inputs) == 2 else []
 
 
 def _matmul_products(op: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
     """``ops.matmul`` on two activations: (broadcast batch, m, k, n)."""
-    return [_matmul_dims(*(tuple(s or 1 for s in shape) for shape in inputs))] if len(inputs) == 2 else []
+    return [matmul_dims(*(tuple(s or 1 for s in shape) for shape in inputs))] if len(inputs) == 2 else []
 
 
 COMPOSITE_PRODUCTS: Mapping[str, Callable[[Any, list[tuple]], list[tuple[int, int, int, int]]]] = {
