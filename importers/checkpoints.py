@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import heapq
 import io
+import itertools
 import math
 import re
+from operator import attrgetter, itemgetter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Mapping
@@ -26,6 +28,7 @@ from morphscope.importers.h5safe import open_h5
 from morphscope.importers.limits import (DEFAULT_LIMITS, Limits, check_tensor_shape, describe_error,
                                          loads_json, open_zip, read_member)
 from morphscope.importers.load import check_file, read_torch_pickle
+from morphscope.importers.torch_zip import paused_gc
 
 MAX_CHECKPOINT_BYTES = DEFAULT_LIMITS.max_file_bytes
 MAX_ALIVE_JSON_BYTES = 64 * 2**20
@@ -71,6 +74,15 @@ class CheckpointTensors:
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
         return cls(arrays, {k: tuple(v.shape) for k, v in arrays.items()})
 
+    @classmethod
+    def from_flat(cls, flat: np.ndarray, keys: list[str], array_shapes: list[tuple[int, ...]],
+                  starts: list[int], shapes: dict[str, tuple[int, ...]]) -> "CheckpointTensors":
+        """Arrays as views of one flat buffer: ``keys[i]``'s values are ``flat[starts[i]:starts[i + 1]]``
+        in ``array_shapes[i]`` (no copy; 1-d ones need no reshape)."""
+        arrays = {k: flat[a:b] if len(shape) == 1 else flat[a:b].reshape(shape)
+                  for k, shape, a, b in zip(keys, array_shapes, starts, starts[1:])}
+        return cls(arrays, shapes)
+
 
 def unwrap_key(key: str) -> str:
     """A state_dict key without training wrappers: ``module._orig_mod.layer1.0.bn1.weight``
@@ -80,6 +92,29 @@ def unwrap_key(key: str) -> str:
     while start < len(parts) - 1 and (parts[start] in LEADING_WRAPPERS or parts[start] in WRAPPER_SEGMENTS):
         start += 1
     return ".".join(p for p in parts[start:] if p not in WRAPPER_SEGMENTS)
+
+
+def unwrap_keys(keys: list[str]) -> list[str]:
+    """:func:`unwrap_key` on every key, after one scan of all keys together: keys without
+    wrappers (the usual case) come back as they are, keys all under one leading ``module.``
+    (DDP) lose it by slicing; only others are split key by key.
+
+    Examples
+    --------
+    >>> unwrap_keys(["module.conv.weight", "module.bn.bias"])
+    ['conv.weight', 'bn.bias']
+    """
+    joined = "\n" + "\n".join(keys) + "\n"
+    if joined.count("\n") != len(keys) + 1 or any(
+            f"{a}{segment}{b}" in joined for segment in WRAPPER_SEGMENTS for a in ".\n" for b in ".\n"):
+        return [unwrap_key(k) for k in keys]
+    heads = [f"\n{wrapper}." for wrapper in LEADING_WRAPPERS]
+    if not any(head in joined for head in heads):
+        return keys
+    for head in heads:  # every key under it once, none under two: strip it by slicing
+        if joined.count(head) == len(keys) and not any(f"{head}{h[1:]}" in joined for h in heads):
+            return [k[len(head) - 1:] for k in keys]
+    return [unwrap_key(k) for k in keys]
 
 
 def checkpoint_suffix(path: Path, name: str) -> str:
@@ -110,7 +145,8 @@ def read_checkpoint(path: str | Path, name: str | None = None, limits: Limits = 
     check_file(path, limits.max_file_bytes, name)
     suffix = checkpoint_suffix(path, name)
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        fast = _plain_state_dict(path, name, limits, full, wanted)  # no torch: seconds for 10^6 keys
+        with paused_gc():
+            fast = _plain_state_dict(path, name, limits, full, wanted)  # no torch: seconds for 10^6 keys
         return fast or _torch_tensors(name, read_torch_pickle(path, name, limits), full)
     if suffix == ".safetensors":
         return _safetensors(path, name, limits, full)
@@ -148,29 +184,34 @@ def _torch_tensors(name: str, obj: Any, full: bool) -> CheckpointTensors:
 def _plain_state_dict(path: Path, name: str, limits: Limits, full: bool,
                       wanted: Collection[str] | None) -> CheckpointTensors | None:
     """A plain state_dict read by :func:`~morphscope.importers.torch_zip.read_torch_zip`, or
-    None where only ``torch.load`` can read the file."""
-    from morphscope.importers.torch_zip import TensorRecord, read_torch_zip
+    None where only ``torch.load`` can read the file. Keys are unwrapped and matched to
+    ``wanted`` all together; only the wanted storages are read."""
+    from morphscope.importers.torch_zip import read_torch_zip
 
     found = read_torch_zip(path, name, limits)
     if found is None:
         return None
     obj, reader = found
     try:
-        arrays, shapes = {}, {}
-        for key, value in _state_dict_of(name, obj).items():
-            if isinstance(key, str) and isinstance(value, TensorRecord) and value.is_floating_point:
-                key = unwrap_key(key)
-                shapes[key] = value.shape
-                if full or (len(value.shape) <= 1 and (wanted is None or key in wanted)):
-                    values = reader.values(key, value)
-                    if values is None:
-                        return None  # a strided view: torch.load rebuilds it
-                    arrays[key] = values
+        table = reader.table(_state_dict_of(name, obj))
+        del obj
+        if table is None:
+            return None
+        if not table.keys:
+            raise UnsupportedFileError(f"{name}: the state_dict holds no floating point tensors")
+        keys, table_shapes = unwrap_keys(table.keys), table.shapes
+        shapes = dict(zip(keys, table_shapes))
+        last = dict(zip(keys, range(len(keys))))  # a key twice after unwrapping: the last one counts
+        chosen = last.values() if wanted is None or full else [last[k] for k in wanted if k in last]
+        positions = sorted(chosen if full else (i for i in chosen if len(table_shapes[i]) <= 1))
+        found_values = reader.values(table, positions)
+        if found_values is None:
+            return None  # a strided view: torch.load rebuilds it
+        flat, starts = found_values
     finally:
         reader.close()
-    if not shapes:
-        raise UnsupportedFileError(f"{name}: the state_dict holds no floating point tensors")
-    return CheckpointTensors(arrays, shapes)
+    return CheckpointTensors.from_flat(flat, [keys[i] for i in positions], [table_shapes[i] for i in positions],
+                                       starts, shapes)
 
 
 _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
@@ -304,9 +345,12 @@ def load_structure(graph: ChannelGraph, path: str | Path, name: str | None = Non
         return match_alive_counts(graph, reader(path, name, limits), name)
     bns = _bn_ops(graph)
     full = not bns  # no bn scales: group lasso reads the kernels
-    wanted = None if full else {k for _, a in bns for k in _bn_lookup_keys(graph, a["gamma_key"])}
+    wanted = None if full else (set(map(itemgetter("gamma_key"), map(itemgetter(1), bns)))
+                                if graph.framework == "torch" else
+                                {k for _, a in bns for k in _bn_lookup_keys(graph, a["gamma_key"])})
     reader = isolation.read_checkpoint_isolated if isolate else read_checkpoint
-    return match_gammas(graph, reader(path, name, limits, full, wanted), name)
+    with paused_gc():
+        return _match_gammas(graph, reader(path, name, limits, full, wanted), name, bns)
 
 
 def _bn_ops(graph: ChannelGraph) -> list[tuple[str, dict[str, Any]]]:
@@ -325,18 +369,32 @@ def _known_prefixes(graph: ChannelGraph) -> set[str]:
     if graph.framework == "keras":
         return {n.split("/")[-1] for n in graph.nx} | {n.split("/")[-2] for n in graph.nx if "/" in n} \
             | set(graph.detached_params)
-    keys = [k for _, a in graph.nx.nodes(data=True) for k in a.get("param_keys", ())]
-    return {k.rsplit(".", 1)[0] for k in keys} | set(graph.detached_params)
+    return {k.rsplit(".", 1)[0] for k in _param_keys(graph)} | set(graph.detached_params)
+
+
+def _param_keys(graph: ChannelGraph) -> set[str]:
+    return set(itertools.chain.from_iterable(a.get("param_keys", ()) for a in graph.nx._node.values()))
 
 
 def _prefix(graph: ChannelGraph, key: str) -> str:
     return key.split("/")[0] if graph.framework == "keras" else key.rsplit(".", 1)[0]
 
 
+def _unknown_layers(graph: ChannelGraph, keys: Collection[str]) -> set[str]:
+    """Prefixes of checkpoint keys the model has no weights under. PyTorch: keys the model
+    names exactly are set aside first (a set difference), so only the rest are split."""
+    if graph.framework != "keras":
+        keys = set(keys) - _param_keys(graph)
+        if not keys:
+            return set()
+    return {_prefix(graph, k) for k in keys} - _known_prefixes(graph)
+
+
 def match_gammas(graph: ChannelGraph, tensors: CheckpointTensors | Mapping[str, np.ndarray],
                  source: str) -> LearnedStructure:
     """Pick each bn op's scale vector out of a checkpoint's tensors; report everything that
-    does not fit. Dictionary lookups only: linear in the number of keys and ops.
+    does not fit. Dictionary lookups and one numpy pass over all scales together: linear in
+    the number of keys and ops.
 
     Raises
     ------
@@ -346,7 +404,12 @@ def match_gammas(graph: ChannelGraph, tensors: CheckpointTensors | Mapping[str, 
     """
     if not isinstance(tensors, CheckpointTensors):
         tensors = CheckpointTensors.from_arrays(tensors)
-    bns = _bn_ops(graph)
+    with paused_gc():
+        return _match_gammas(graph, tensors, source, _bn_ops(graph))
+
+
+def _match_gammas(graph: ChannelGraph, tensors: CheckpointTensors, source: str,
+                  bns: list[tuple[str, dict[str, Any]]]) -> LearnedStructure:
     if not bns:  # VGG without bn, MLPs: morph-net's group-lasso family scores the kernels
         kernels = source_kernels(graph, tensors.arrays, source)
         if not kernels:
@@ -355,23 +418,29 @@ def match_gammas(graph: ChannelGraph, tensors: CheckpointTensors | Mapping[str, 
                                           "holds none of its conv or dense kernels for group lasso)")
         return LearnedStructure(source, kernels=kernels, notes=(
             "no bn scales: alive channels from kernel norms (group lasso)",))
-    gammas, missing, wrong, not_finite = {}, [], [], []
+    shapes, arrays = tensors.shapes, tensors.arrays
+    names, vectors, missing, wrong = [], [], [], []
     for name, attrs in bns:
-        key = next((k for k in _bn_lookup_keys(graph, attrs["gamma_key"]) if k in tensors.shapes), None)
+        key = next((k for k in _bn_lookup_keys(graph, attrs["gamma_key"]) if k in shapes), None)
         if key is None:
             missing.append(attrs["gamma_key"])
             continue
-        size = math.prod(tensors.shapes[key])
-        if size != attrs["out_channels"] or key not in tensors.arrays:
+        size = math.prod(shapes[key])
+        if size != attrs["out_channels"] or key not in arrays:
             wrong.append(f"{key} has {size} values, the model has {attrs['out_channels']}")
             continue
-        vector = np.asarray(tensors.arrays[key], dtype=np.float64).reshape(-1)
-        if not np.isfinite(vector).all():
-            not_finite.append(f"{name} ({int((~np.isfinite(vector)).sum())} of {vector.size})")
-            continue
-        gammas[name] = vector
-    known = _known_prefixes(graph)
-    unknown = {_prefix(graph, k) for k in tensors.shapes} - known
+        names.append(name)
+        vectors.append(arrays[key])
+    sizes = np.fromiter(map(attrgetter("size"), vectors), np.int64, len(vectors))
+    starts = np.concatenate(([0], np.cumsum(sizes))).tolist()
+    flat = np.concatenate([np.ravel(v) for v in vectors], dtype=np.float64) if vectors else np.zeros(0)
+    not_finite = []
+    if not np.isfinite(flat).all():
+        bad = np.concatenate(([0], np.cumsum(~np.isfinite(flat))))[starts]
+        not_finite = [f"{names[i]} ({int(bad[i + 1] - bad[i])} of {sizes[i]})"
+                      for i in np.flatnonzero(np.diff(bad)).tolist()]
+    gammas = {name: flat[a:b] for name, a, b in zip(names, starts, starts[1:])}
+    unknown = _unknown_layers(graph, shapes)
     problems = []
     if not_finite:
         problems.append(f"NaN or infinite bn scales in {len(not_finite)} layers (e.g. "
