@@ -15,7 +15,10 @@ nested model called twice costs MACs at every call and params once. Composite la
 count their matrix products by formula (:data:`COMPOSITE_PRODUCTS`), as do the raw
 ``ops.matmul`` / ``ops.einsum`` calls. Any other layer with sublayers (keras_hub's encoders,
 blocks and embeddings) is walked: its ``call`` is run on symbolic inputs of batch 1, which
-records its sublayers and raw ops as a functional graph, flattened like a nested model.
+records its sublayers and raw ops as a functional graph, flattened like a nested model. A
+nested model built for any length (keras_hub's text backbones) is run again at the sizes it
+is called with. Composite formulas read their operands by the call's signature (query,
+value, key), not by the order of the node's tensors, which sorts keyword arguments by name.
 """
 
 from __future__ import annotations
@@ -264,6 +267,23 @@ def _composite_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int,
     return rule(layer, inputs) if rule is not None else []
 
 
+def _signature_shapes(node: Any, args: list[_Val]) -> list[tuple]:
+    """The shapes of a call's tensor arguments in the order of its ``call`` signature.
+
+    The node's own tensor list flattens keyword arguments sorted by name: keras_hub calls
+    attention as ``query=x, value=x, attention_mask=m``, which that list starts with the mask."""
+    import inspect
+
+    by_id = {id(t): a.shape for t, a in zip(node.input_tensors, args)}
+    call_args, call_kwargs = node.arguments.args, node.arguments.kwargs
+    try:
+        bound = inspect.signature(node.operation.call).bind(*call_args, **call_kwargs)
+        ordered: list[Any] = list(bound.arguments.values())
+    except (TypeError, ValueError):  # no inspectable signature: positional, then keywords
+        ordered = [call_args, call_kwargs]
+    return [by_id[id(t)] for t in import_keras().tree.flatten(ordered) if id(t) in by_id]
+
+
 # -- the walk ------------------------------------------------------------------------------------
 
 class _Walker:
@@ -316,8 +336,8 @@ class _Walker:
         op, out_shapes = node.operation, [_shape(t) for t in node.outputs]
         name = f"{scope}{op.name}"
         nested = _functional_graph(op)
-        if nested is not None:  # a nested model: flatten it
-            return self.walk(nested, args, scope=f"{name}/", loose=loose)
+        if nested is not None:  # a nested model: flatten it, at the sizes it is called with
+            return self.walk(_at_call_sizes(nested, args), args, scope=f"{name}/", loose=loose)
         traced = _traced_call(op, node)
         if traced is not None:  # a composite layer: walk its call
             graph, firsts = traced
@@ -337,7 +357,7 @@ class _Walker:
                                    [*getattr(op, "trainable_weights", []), *(loose or ())])
         if weights["params"] or kind in (Kind.CONV, Kind.LINEAR):
             attrs.update(weights)
-        products = _composite_products(op, [a.shape for a in args])
+        products = _composite_products(op, _signature_shapes(node, args))
         if products:
             attrs["matmuls"] = products
         node = self.add(name, kind, args, **attrs)
@@ -396,6 +416,19 @@ def _traced_call(op: Any, node: Any) -> tuple[Any, list[int]] | None:
     except Exception:  # noqa: BLE001 - a user's call() can raise anything on symbolic inputs
         return None
     return graph, firsts
+
+
+def _at_call_sizes(graph: Any, args: list[_Val]) -> Any:
+    """A nested model built for unknown sizes (keras_hub's text backbones take any sequence
+    length) run again on symbolic inputs of the sizes it is called with (batch 1), so its ops
+    have the sizes their products need; the same layers, so weights are still shared."""
+    if all(None not in _shape(t)[1:] for t in graph.inputs):
+        return graph
+    keras = import_keras()
+    fresh = [keras.Input(batch_shape=(_folded(a.shape), *a.shape[1:]), dtype=t.dtype)
+             for t, a in zip(graph.inputs, args)]
+    outputs = graph.call(keras.tree.pack_sequence_as(graph._inputs_struct, fresh), training=False)
+    return keras.Model(fresh, keras.tree.flatten(outputs))
 
 
 def _reads_constant(node: Any) -> bool:

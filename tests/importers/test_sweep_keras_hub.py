@@ -1,6 +1,9 @@
 """keras_hub backbones, built from constructor arguments with random weights (nothing is
 downloaded), import with Keras' own parameter count and with the MACs TensorFlow counts.
 
+Text backbones take any sequence length; each is called on inputs of a fixed length
+(``SEQUENCE``) inside a wrapping ``keras.Model``, the way a user gives it one.
+
 The MAC reference is the backbone's TensorFlow graph at batch 1 (``tf.function`` on the
 model): TensorFlow's profiler float ops (``tf.compat.v1.profiler``, its registered
 statistics) over the matrix-product and conv ops, halved, plus for each ``Einsum`` op, which
@@ -21,6 +24,9 @@ import tensorflow as tf  # noqa: E402
 
 MODELS = keras_hub.models
 IMAGE = (32, 32, 3)
+SEQUENCE = 11
+TEXT = dict(vocabulary_size=53, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=24,
+            max_sequence_length=SEQUENCE)
 PRODUCT_OPS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Conv2D", "Conv3D",
                "DepthwiseConv2dNative")
 
@@ -37,7 +43,18 @@ BACKBONES = {
                                                 growth_rate=8),
     "vgg": lambda: MODELS.VGGBackbone(stackwise_num_repeats=[1, 2], stackwise_num_filters=[8, 16],
                                       image_shape=IMAGE),
+    "bert": lambda: fixed_length(MODELS.BertBackbone(**TEXT)),
+    "roberta": lambda: fixed_length(MODELS.RobertaBackbone(**TEXT)),
+    "distil_bert": lambda: fixed_length(MODELS.DistilBertBackbone(**TEXT)),
+    # ALBERT: one transformer layer shared by every layer of a group (params once, MACs twice)
+    "albert": lambda: fixed_length(MODELS.AlbertBackbone(**{**TEXT, "embedding_dim": 8})),
 }
+
+
+def fixed_length(backbone):
+    inputs = {t.name: keras.Input((SEQUENCE,), dtype=t.dtype, name=t.name)
+              for t in backbone.inputs}
+    return keras.Model(inputs, backbone(inputs))
 
 
 def tensorflow_macs(model):
