@@ -18,6 +18,7 @@ file. Zoo names (``torchvision:``, ``keras:``, ``example:``) are ours and stay i
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import math
 import os
@@ -70,11 +71,31 @@ def _task_checkpoint(path: Path, name: str, limits: Limits, out: Path, full: boo
     wanted = set(json.loads(wanted_file.read_text())) if wanted_file.exists() else None
     contents = read_checkpoint(path, name, limits, full, wanted)
     arrays = list(contents.arrays.items())
-    np.save(out / "arrays.npy", np.concatenate([v.astype(np.float32).reshape(-1) for _, v in arrays])
+    np.save(out / "arrays.npy", np.concatenate([np.ravel(v) for _, v in arrays], dtype=np.float32)
             if arrays else np.zeros(0, np.float32))
+    shapes = list(contents.shapes.values())
+    np.save(out / "ndims.npy", np.fromiter(map(len, shapes), np.int64, len(shapes)))
+    np.save(out / "dims.npy", np.fromiter(itertools.chain.from_iterable(shapes), np.int64))
     (out / "tensors.json").write_text(json.dumps({
         "keys": [k for k, _ in arrays], "array_shapes": [list(v.shape) for _, v in arrays],
-        "shapes": {k: list(s) for k, s in contents.shapes.items()}}))
+        "shape_keys": list(contents.shapes)}))
+
+
+def _unpack_shapes(ndims: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
+    """Shape tuples from their lengths and their dims concatenated; shapes of one length
+    are made together (``zip`` over columns: no Python call per shape)."""
+    shapes: list[Any] = [()] * ndims.size
+    starts = np.concatenate(([0], np.cumsum(ndims)[:-1])) if ndims.size else ndims
+    for ndim in np.unique(ndims).tolist():
+        where = np.flatnonzero(ndims == ndim)
+        if ndim == 0:
+            continue
+        made = list(zip(*(dims[starts[where] + axis].tolist() for axis in range(ndim))))
+        if where.size == ndims.size:
+            return made
+        for i, shape in zip(where.tolist(), made):
+            shapes[i] = shape
+    return shapes
 
 
 def _task_alive(path: Path, name: str, limits: Limits, out: Path, full: bool) -> None:
@@ -353,14 +374,14 @@ def read_checkpoint_isolated(path: str | Path, name: str | None = None,
     try:
         meta = json.loads((out / "tensors.json").read_text())
         flat = np.load(out / "arrays.npy", allow_pickle=False)
+        ndims, dims = (np.load(out / f"{part}.npy", allow_pickle=False) for part in ("ndims", "dims"))
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    arrays, offset = {}, 0
-    for key, shape in zip(meta["keys"], meta["array_shapes"]):
-        size = math.prod(shape)
-        arrays[key] = flat[offset:offset + size].reshape(shape)
-        offset += size
-    return CheckpointTensors(arrays, {k: tuple(s) for k, s in meta["shapes"].items()})
+    sizes = [math.prod(shape) for shape in meta["array_shapes"]]
+    starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64))).tolist()
+    shapes = dict(zip(meta["shape_keys"], _unpack_shapes(ndims, dims)))
+    return CheckpointTensors.from_flat(flat, meta["keys"], [tuple(s) for s in meta["array_shapes"]],
+                                       starts, shapes)
 
 
 def read_alive_isolated(path: str | Path, name: str | None = None,
