@@ -1,4 +1,5 @@
-"""The dispatch capture's shape-only meta kernels (eval batch norm, ``mean.dim``) return what
+"""The dispatch capture's shape-only meta kernels (eval batch norm, ``mean.dim``, activations,
+binary arithmetic) return what
 torch's own meta kernels return, fall back to them wherever their preconditions fail, and leave
 the captured program and its counts unchanged.
 
@@ -14,7 +15,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
 from morphscope.importers import dispatch_capture
-from morphscope.importers.dispatch_capture import (_eval_batch_norm_meta, _mean_meta,
+from morphscope.importers.dispatch_capture import (_ACTIVATIONS, _ARITHMETIC, _activation_inplace_meta,
+                                                   _activation_meta, _arithmetic_meta,
+                                                   _eval_batch_norm_meta, _mean_meta,
                                                    program_from_dispatch)
 from morphscope.importers.torch_importer import load_module
 
@@ -170,6 +173,81 @@ def test_mean_with_dtype_or_all_axes_or_integer_input_falls_back_to_torch():
     assert _mean_meta(torch.zeros(2, C), [1]) is None  # off meta: real arithmetic
 
 
+# -- activations ----------------------------------------------------------------------------------
+
+ACTIVATION_OPTIONS = {"hardtanh": (0.0, 6.0), "leaky_relu": (0.1,), "elu": (1.0, 1.0, 1.0)}
+# dense layouts: contiguous or channels_last (2-D to 5-D)
+DENSE = {"contiguous_4d", "channels_last", "permuted_nhwc", "batch_1_map_1x1", "batch_1_map_1x1_cl",
+         "contiguous_3d", "contiguous_5d", "contiguous_2d", "empty_batch"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", list(layouts()))
+@pytest.mark.parametrize("op", _ACTIVATIONS)
+def test_activation_shortcuts_match_torch_meta_kernels(op, layout, dtype):
+    x = as_dtype(layouts()[layout], dtype)
+    options = ACTIVATION_OPTIONS.get(op, ())
+    out = _activation_meta(x, *options)
+    if layout in DENSE:
+        assert out is not None
+    if out is not None:
+        assert signature(out) == signature(getattr(aten, op).default(x, *options))
+    inplace = _activation_inplace_meta(x, *options)
+    assert (inplace is None) == (out is None)
+    if inplace is not None:
+        assert inplace is x and getattr(aten, f"{op}_").default(x, *options) is x
+
+
+def test_activation_shortcuts_fall_back_off_meta_and_on_integers():
+    assert _activation_meta(torch.zeros(2, C), 0.0, 6.0) is None  # real arithmetic on the CPU
+    assert _activation_inplace_meta(torch.zeros(2, C)) is None
+    assert _activation_meta(meta(2, C, dtype=torch.int64)) is None
+    assert _activation_inplace_meta(meta(2, C, dtype=torch.int64)) is None
+
+
+# -- binary arithmetic ----------------------------------------------------------------------------
+
+BROADCASTS = [
+    ((2, C, 17, 19), (2, C, 17, 19)),
+    ((2, C, 17, 19), (1, C, 1, 1)),  # squeeze-excite scale
+    ((1, C, 1, 1), (2, C, 17, 19)),
+    ((C, 1, 1), (2, C, 17, 19)),  # fewer axes
+    ((2, C, 17, 19), (19,)),
+    ((2, 1, 17, 1), (1, C, 1, 19)),  # both broadcast
+    ((1, C, 1, 1), (1, C, 1, 1)),
+    ((), (2, C)),  # a 0-d tensor
+    ((0, C), (C,)),  # empty
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shapes", BROADCASTS, ids=str)
+@pytest.mark.parametrize("op", _ARITHMETIC)
+def test_arithmetic_shortcut_matches_torch_meta_kernel(op, shapes, dtype):
+    x, y = (torch.empty(shape, device="meta", dtype=dtype) for shape in shapes)
+    out = _arithmetic_meta(x, y)
+    assert out is not None
+    assert signature(out) == signature(getattr(aten, op).Tensor(x, y))
+
+
+def test_add_shortcut_with_alpha_matches_torch():
+    x, y = meta(2, C, 17, 19), meta(1, C, 1, 1)
+    assert signature(_arithmetic_meta(x, y, alpha=0.5)) == signature(aten.add.Tensor(x, y, alpha=0.5))
+
+
+def test_arithmetic_outside_the_simple_case_falls_back_to_torch():
+    x = meta(2, C, 17, 19)
+    assert _arithmetic_meta(x, meta(2, C, 17, 19, dtype=torch.float16)) is None  # promotion
+    assert _arithmetic_meta(x.to(memory_format=torch.channels_last), x) is None  # layout choice
+    assert _arithmetic_meta(x, 2.0) is None  # a Python scalar
+    assert _arithmetic_meta(meta(2, C, dtype=torch.int64), meta(2, C, dtype=torch.int64)) is None
+    assert _arithmetic_meta(torch.zeros(2, C), torch.zeros(2, C)) is None  # off meta
+    wrong = meta(2, 23, 17, 19)  # 23 channels against 13: torch raises its own error
+    assert _arithmetic_meta(x, wrong) is None
+    with pytest.raises(RuntimeError):
+        aten.mul.Tensor(x, wrong)
+
+
 # -- through the capture ------------------------------------------------------------------------
 
 class Probe(nn.Module):
@@ -226,18 +304,21 @@ def test_shortcuts_run_in_the_meta_capture_and_leave_the_program_unchanged(monke
     calls = []
     real = dispatch_capture._meta_shortcuts()
 
-    def counted(kernel):
+    def counted(op, kernel):
         def run(*args, **kwargs):
             out = kernel(*args, **kwargs)
-            calls.append(out is not None)
+            calls.append((str(op), out is not None))
             return out
         return run
 
     monkeypatch.setattr(dispatch_capture, "_meta_shortcuts",
-                        lambda: {op: counted(kernel) for op, kernel in real.items()})
+                        lambda: {op: counted(op, kernel) for op, kernel in real.items()})
     fast, _ = program_from_dispatch(model, example, on_meta=True)
-    # 4 batch norms and 3 means, every one taken
-    assert calls == [True] * 7
+    # 4 batch norms, 3 means, 2 relus, 1 sigmoid, 1 mul, 1 add: every one taken
+    assert sorted(calls) == sorted(
+        [("aten.native_batch_norm.default", True)] * 4 + [("aten.mean.dim", True)] * 3
+        + [("aten.relu.default", True)] * 2 + [("aten.sigmoid.default", True)]
+        + [("aten.mul.Tensor", True), ("aten.add.Tensor", True)])
     monkeypatch.setattr(dispatch_capture, "_meta_shortcuts", lambda: {})
     plain, _ = program_from_dispatch(model, example, on_meta=True)
     real_pass, _ = program_from_dispatch(model, example, on_meta=False)
