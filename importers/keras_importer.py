@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from morphscope.errors import GraphError, UnsafeFileError, UnsupportedFileError
 from morphscope.importers.keras_legacy import normalized_keras_file
@@ -262,13 +264,26 @@ COMPOSITE_PRODUCTS: Mapping[str, Callable[[Any, list[tuple]], list[tuple[int, in
 }
 
 
+def _composite_rule(op: Any) -> Callable[[Any, list[tuple]], list[tuple[int, int, int, int]]] | None:
+    """The formula of ``op``'s class or of its nearest ancestor that has one: a subclass of a
+    known composite (keras_hub's ``CachedMultiHeadAttention`` is a ``MultiHeadAttention``)
+    computes the same products."""
+    for cls in type(op).__mro__:
+        rule = COMPOSITE_PRODUCTS.get(cls.__name__)
+        if rule is not None:
+            return rule
+    return None
+
+
 def _composite_products(layer: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
-    rule = COMPOSITE_PRODUCTS.get(type(layer).__name__)
+    rule = _composite_rule(layer)
     return rule(layer, inputs) if rule is not None else []
 
 
 def _signature_shapes(node: Any, args: list[_Val]) -> list[tuple]:
-    """The shapes of a call's tensor arguments in the order of its ``call`` signature.
+    """The shapes of a call's tensor arguments in the order of its ``call`` signature, with
+    constant operands (a variable a walked layer reads: ``ops.einsum(eq, x, self.kernel)``)
+    at their own shapes.
 
     The node's own tensor list flattens keyword arguments sorted by name: keras_hub calls
     attention as ``query=x, value=x, attention_mask=m``, which that list starts with the mask."""
@@ -281,7 +296,15 @@ def _signature_shapes(node: Any, args: list[_Val]) -> list[tuple]:
         ordered: list[Any] = list(bound.arguments.values())
     except (TypeError, ValueError):  # no inspectable signature: positional, then keywords
         ordered = [call_args, call_kwargs]
-    return [by_id[id(t)] for t in import_keras().tree.flatten(ordered) if id(t) in by_id]
+    return [by_id[id(t)] if id(t) in by_id else tuple(t.shape)
+            for t in import_keras().tree.flatten(ordered)
+            if id(t) in by_id or _is_constant_array(t)]
+
+
+def _is_constant_array(value: Any) -> bool:
+    """A variable or concrete array among a call's arguments (not a Python number)."""
+    shape = getattr(value, "shape", None)
+    return isinstance(shape, tuple) or (shape is not None and hasattr(shape, "as_list"))
 
 
 # -- the walk ------------------------------------------------------------------------------------
@@ -292,6 +315,7 @@ class _Walker:
         self.order = 0
         self.namer = Namer()
         self.counted: set[int] = set()  # ids of variables already owned by an op
+        self.uncounted: dict[str, str] = {}  # opaque ops whose products MACs miss: why
 
     def add(self, name: str, kind: Kind, inputs: list[_Val], **attrs: Any) -> str:
         unique = self.namer.take(name)
@@ -338,7 +362,12 @@ class _Walker:
         nested = _functional_graph(op)
         if nested is not None:  # a nested model: flatten it, at the sizes it is called with
             return self.walk(_at_call_sizes(nested, args), args, scope=f"{name}/", loose=loose)
-        traced = _traced_call(op, node)
+        try:
+            traced = _traced_call(op, node)
+        except _Untraced as err:  # stays opaque, and the import says its MACs are missing
+            traced, untraced = None, str(err)
+        else:
+            untraced = None
         if traced is not None:  # a composite layer: walk its call
             graph, firsts = traced
             held = {id(v) for inner in graph.operations for v in getattr(inner, "weights", [])}
@@ -360,7 +389,13 @@ class _Walker:
         products = _composite_products(op, _signature_shapes(node, args))
         if products:
             attrs["matmuls"] = products
+        elif kind == Kind.OPAQUE:
+            reason = untraced or (None if _walks_inside(op) else _uncounted_reason(op))
+            if reason:
+                attrs["uncounted"] = reason
         node = self.add(name, kind, args, **attrs)
+        if "uncounted" in attrs:
+            self.uncounted[node] = f"{type(op).__name__}: {attrs['uncounted']}"
         return [_Val(node, shape, out.axis) for shape in out_shapes]
 
     def separable(self, layer: Any, x: _Val, out: tuple, name: str) -> _Val:
@@ -385,18 +420,38 @@ class _Walker:
 
 
 def _walks_inside(op: Any) -> bool:
-    """A layer with sublayers that no registry knows (keras_hub's encoders and blocks)."""
+    """A layer that no registry knows (keras_hub's encoders, blocks, custom layers)."""
     name = type(op).__name__
-    return (name not in KERAS_TO_KIND and name not in COMPOSITE_PRODUCTS
-            and hasattr(op, "_flatten_layers")
-            and any(True for _ in op._flatten_layers(include_self=False, recursive=False)))
+    return (name not in KERAS_TO_KIND and _composite_rule(op) is None
+            and hasattr(op, "_flatten_layers") and not name.startswith("SeparableConv"))
+
+
+def _has_sublayers(op: Any) -> bool:
+    return any(True for _ in op._flatten_layers(include_self=False, recursive=False))
+
+
+# keras.ops products with no formula here: an op of these stays opaque and is reported
+UNCOUNTED_PRODUCT_OPS = frozenset(("Conv", "ConvTranspose", "DepthwiseConv", "SeparableConv",
+                                   "Dot", "Tensordot", "Inner", "Vdot"))
+
+
+def _holds_products(graph: Any) -> bool:
+    """Whether a traced call runs a matrix product (``ops.matmul``, ``ops.einsum``, ...)."""
+    return any(_composite_rule(op) is not None or type(op).__name__ in UNCOUNTED_PRODUCT_OPS
+               for op in graph.operations)
+
+
+class _Untraced(Exception):
+    """A layer's call that cannot run on symbolic inputs; the message says why."""
 
 
 def _traced_call(op: Any, node: Any) -> tuple[Any, list[int]] | None:
-    """A composite layer's call run on fresh symbolic inputs (batch 1, the node's other
-    arguments as given): a functional graph of its sublayers and raw ops, and for each of
-    its inputs the index of the node input it stands for. None for layers not walked and
-    for calls that cannot run symbolically (they stay opaque and are reported)."""
+    """A layer's call run on fresh symbolic inputs (batch 1, the node's other arguments as
+    given): a functional graph of its sublayers and raw ops, and for each of its inputs the
+    index of the node input it stands for. Walked: layers with sublayers, and leaf layers
+    whose call runs a matrix product (a custom layer's ``ops.einsum`` with its own kernel);
+    None for the rest (one opaque op, as before). Raises :class:`_Untraced` for a call that
+    cannot run symbolically: it stays opaque and is reported."""
     if not _walks_inside(op):
         return None
     keras = import_keras()
@@ -408,14 +463,103 @@ def _traced_call(op: Any, node: Any) -> tuple[Any, list[int]] | None:
             fresh[id(tensor)] = keras.Input(batch_shape=shape, dtype=tensor.dtype)
             firsts.append(index)
     args, kwargs = node.arguments.fill_in(fresh)
+    kwargs = _accepted(op.call, kwargs)
     try:
-        outputs = [t for t in keras.tree.flatten(op.call(*args, **kwargs)) if t is not None]
+        with _specs_from_call(op):
+            outputs = [t for t in keras.tree.flatten(op.call(*args, **kwargs)) if t is not None]
         if len(outputs) != len(node.outputs):
-            return None
+            raise _Untraced(f"its call on symbolic inputs gave {len(outputs)} outputs, the "
+                            f"model's call {len(node.outputs)}")
+        if not all(isinstance(t, keras.KerasTensor) for t in outputs):
+            return _constant_output(op)
         graph = keras.Model([fresh[id(node.input_tensors[i])] for i in firsts], outputs)
-    except Exception:  # noqa: BLE001 - a user's call() can raise anything on symbolic inputs
-        return None
+    except _Untraced:
+        raise
+    except Exception as err:  # noqa: BLE001 - a user's call() can raise anything on symbolic inputs
+        raise _Untraced(f"its call() cannot run on symbolic inputs ({type(err).__name__}: "
+                        f"{first_line(err)[:200]})") from err
+    if not _has_sublayers(op) and not _holds_products(graph):
+        return None  # a leaf layer of elementwise ops and lookups: no products to count
     return graph, firsts
+
+
+def _constant_output(op: Any) -> None:
+    """A call whose output does not depend on its symbolic inputs but on their static sizes
+    (keras_hub's ``PositionEmbedding`` slices its table to the input's length): it ran
+    eagerly, so no graph records its products. A lookup table (an ``Embedding`` or
+    ``PositionEmbedding``) or a leaf layer without weight matrices has none (one opaque op, as
+    before); any other is reported."""
+    lookup = any(c.__name__ in ("Embedding", "PositionEmbedding") for c in type(op).__mro__)
+    if lookup or (not _has_sublayers(op) and all(len(w.shape) < 2 for w in op.weights)):
+        return None
+    raise _Untraced("its call computes its output from its weights alone, outside the graph")
+
+
+def _accepted(call: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``call`` takes: a node records ``training`` (and ``mask``) even
+    for a call without them, which ``Layer.__call__`` passes only to calls that take them."""
+    import inspect
+
+    try:
+        params = inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _uncounted_reason(op: Any) -> str | None:
+    """Why the MACs of an opaque op that is not walked are missing, or None: a matrix product
+    with no formula (``ops.tensordot``, ``ops.conv``), or a composite whose formula found no
+    products for its operands (a ``Bidirectional`` around an unknown layer)."""
+    if type(op).__name__ in UNCOUNTED_PRODUCT_OPS or _composite_rule(op) is not None:
+        return "a matrix product with no formula for these operands"
+    return None
+
+
+_ABSENT = object()
+
+
+@contextmanager
+def _specs_from_call(op: Any) -> Iterator[None]:
+    """While ``op``'s call runs on symbolic inputs, a sublayer whose ``compute_output_spec``
+    does not take the call's arguments gets its output spec from running its ``call`` on the
+    backend's placeholders, as Keras does when it builds the model on real tensors.
+
+    keras_hub's ``CachedMultiHeadAttention`` inherits ``MultiHeadAttention``'s
+    ``compute_output_spec``, which has no ``cache`` argument: without this, the decoder
+    calling it cannot be traced (GPT2's decoder stayed opaque)."""
+    import inspect
+
+    from keras.src.backend import compute_output_spec
+
+    patched = []
+    for layer in op._flatten_layers(include_self=False, recursive=True):
+        own = layer.compute_output_spec
+        try:
+            signature = inspect.signature(own)
+        except (TypeError, ValueError):
+            continue
+
+        def spec(*args: Any, _own: Any = own, _sig: Any = signature, _layer: Any = layer,
+                 **kwargs: Any) -> Any:
+            try:
+                _sig.bind(*args, **kwargs)
+            except TypeError:
+                return compute_output_spec(_layer.call, *args, **kwargs)
+            return _own(*args, **kwargs)
+
+        patched.append((layer, layer.__dict__.get("compute_output_spec", _ABSENT)))
+        object.__setattr__(layer, "compute_output_spec", spec)
+    try:
+        yield
+    finally:
+        for layer, before in patched:
+            if before is _ABSENT:
+                object.__delattr__(layer, "compute_output_spec")
+            else:
+                object.__setattr__(layer, "compute_output_spec", before)
 
 
 def _at_call_sizes(graph: Any, args: list[_Val]) -> Any:
@@ -478,7 +622,23 @@ def load_keras_model(model: Any, name: str | None = None) -> ChannelGraph:
         walker.add("output" if index == 0 else f"output_{index}", Kind.OUTPUT, [out],
                    in_channels=out.channels)
     graph.detached_params = _unwalked_params(model, walker.counted)
+    if walker.uncounted:
+        note = _uncounted_note(walker.uncounted)
+        graph.notes.append(note)
+        warnings.warn(f"{name}: {note}", UncountedMacsWarning, stacklevel=2)
     return graph
+
+
+class UncountedMacsWarning(UserWarning):
+    """An import whose MAC total misses the products of opaque ops (named in the message and
+    in the graph's ``notes``; each such op carries an ``uncounted`` field saying why)."""
+
+
+def _uncounted_note(uncounted: Mapping[str, str]) -> str:
+    shown = "; ".join(f"{op} ({why})" for op, why in list(uncounted.items())[:5])
+    more = f"; and {len(uncounted) - 5} more" if len(uncounted) > 5 else ""
+    return (f"MACs short: {len(uncounted)} opaque op{'s' if len(uncounted) > 1 else ''} "
+            f"whose products are not counted: {shown}{more}")
 
 
 def _no_graph_advice(model: Any, name: str) -> str:

@@ -7,6 +7,7 @@ Sizes: 29 time steps or tokens, 13 input features, 23 units, 24 model width, 4 h
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
 from morphscope.errors import GraphError
 from morphscope.graph import Kind
-from morphscope.importers.keras_importer import import_keras, load_keras_model
+from morphscope.importers.keras_importer import UncountedMacsWarning, import_keras, load_keras_model
 
 keras = import_keras()
 layers = keras.layers
@@ -58,6 +59,86 @@ def test_nested_model_called_twice_counts_params_once():
     assert graph.detached_params == {}
 
 
+# -- 3. raw products and custom layers --------------------------------------------------------------
+
+def test_matmul_between_activations_counts_its_product():
+    x = keras.Input((29, 13))
+    q, k = layers.Dense(24)(x), layers.Dense(24)(x)
+    model = keras.Model(x, keras.ops.matmul(q, keras.ops.transpose(k, (0, 2, 1))))
+    graph, params, macs = counted(model)
+    # two projections 29 x 13 -> 24, then scores (29 x 24) @ (24 x 29)
+    assert macs == 2 * 29 * 13 * 24 + 29 * 24 * 29
+    assert params == model.count_params() == 2 * (13 * 24 + 24)
+
+
+class Project(layers.Layer):
+    """A custom layer multiplying by its own kernel with ``ops.einsum`` (no sublayers)."""
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(shape[-1], 4, 6))
+
+    def call(self, x):
+        return keras.ops.einsum("btd,dhk->bthk", x, self.kernel)
+
+
+def test_einsum_with_a_weight_operand_counts_every_index():
+    x = keras.Input((29, 13))
+    model = keras.Model(x, layers.Dense(7)(layers.Reshape((29, 24))(Project()(x))))
+    graph, params, macs = counted(model)
+    # einsum: b=1, t=29, d=13, h=4, k=6; then Dense 24 -> 7 on 29 tokens
+    assert macs == 29 * 13 * 4 * 6 + 29 * 24 * 7
+    assert params == model.count_params() == 13 * 4 * 6 + 24 * 7 + 7
+    assert graph.detached_params == {}
+
+
+class ClassToken(layers.Layer):
+    """A learned token put in front of the sequence (ViT's class token)."""
+
+    def build(self, shape):
+        self.token = self.add_weight(shape=(1, 1, shape[-1]))
+
+    def call(self, x):
+        shape = keras.ops.shape(x)
+        return keras.ops.concatenate([keras.ops.broadcast_to(self.token, (shape[0], 1, shape[2])), x],
+                                     axis=1)
+
+
+def test_class_token_is_counted_once_and_lengthens_the_sequence():
+    x = keras.Input((29, 24))
+    model = keras.Model(x, layers.Dense(7)(ClassToken()(x)))
+    graph, params, macs = counted(model)
+    assert params == model.count_params() == 24 + (24 * 7 + 7)
+    assert macs == (29 + 1) * 24 * 7
+    assert graph.detached_params == {}
+
+
+class TensorFlowProject(layers.Layer):
+    """A custom layer written with TensorFlow ops: Keras builds it on TensorFlow tensors, but
+    its call cannot run on symbolic Keras inputs, so its product is not seen."""
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(shape[-1], 7))
+
+    def call(self, x):
+        import tensorflow as tf
+
+        return tf.matmul(x, self.kernel)
+
+
+def test_layer_that_cannot_be_traced_is_reported_not_silently_short():
+    x = keras.Input((29, 13))
+    model = keras.Model(x, TensorFlowProject(name="tf_project")(layers.Dense(13)(x)))
+    with pytest.warns(UncountedMacsWarning, match=r"MACs short: 1 opaque op .*tf_project "
+                                                  r"\(TensorFlowProject: its call\(\) cannot run"):
+        graph = load_keras_model(model)
+    assert graph["tf_project"]["kind"] == Kind.OPAQUE and "uncounted" in graph["tf_project"]
+    assert any("tf_project" in note for note in graph.notes)
+    costs = compile_costs(graph)
+    totals = totals_of(costs, seed_costs(costs))
+    assert totals["params"] == model.count_params() == (13 * 13 + 13) + 13 * 7
+    assert totals["macs"] == 29 * 13 * 13  # the Dense only: the note says what is missing
+
+
 # -- 2. composite layers: walked by formula, params counted once ----------------------------------
 
 def test_multi_head_attention_counts_projections_and_attention():
@@ -91,6 +172,37 @@ def test_bidirectional_counts_both_directions():
     graph, params, macs = counted(model)
     assert macs == 2 * 29 * 4 * 23 * (13 + 23)
     assert params == model.count_params() == 2 * 4 * (13 * 23 + 23 * 23 + 23)
+
+
+class CachedAttention(layers.MultiHeadAttention):
+    """keras_hub's CachedMultiHeadAttention in small: a call taking ``cache``, which the
+    inherited ``compute_output_spec`` does not."""
+
+    def call(self, query, value, key=None, cache=None, training=None):
+        return super().call(query, value, key, training=training)
+
+
+class AttentionBlock(layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = CachedAttention(num_heads=4, key_dim=6, name="attention")
+
+    def build(self, shape):
+        self.attention.build(shape, shape)
+
+    def call(self, x):
+        return x + self.attention(x, x, cache=None)
+
+
+def test_subclass_of_attention_in_a_walked_block_gets_the_attention_formula():
+    x = keras.Input((29, 24))
+    model = keras.Model(x, AttentionBlock(name="block")(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedMacsWarning)
+        graph, params, macs = counted(model)
+    assert macs == 3 * 29 * 24 * 24 + 2 * 4 * 29 * 29 * 6 + 29 * 24 * 24
+    assert params == model.count_params() == 4 * (24 * 24 + 24)
+    assert graph["block/attention"]["op"] == "CachedAttention"
 
 
 def test_dense_inside_a_composite_is_not_counted_again():
