@@ -7,7 +7,6 @@ loaded with ``safe_mode=True``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +20,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 # Bundled examples: the explorer's default. example:digits is made by examples/train_digits.py.
 EXAMPLES = {"digits": {"model": "digits/seed.pt2", "script": "train_digits.py",
                        "checkpoints": {"FLOPs-regularized": "digits/flops_gammas.pt",
-                                       "size-regularized": "digits/size_gammas.pt"},
-                       "cost_logs": {"FLOPs-regularized": "digits/flops_structure/cost.jsonl",
-                                     "size-regularized": "digits/size_structure/cost.jsonl"}}}
+                                       "size-regularized": "digits/size_gammas.pt"}}}
 MODEL_SUFFIXES = (".pt2", ".keras", ".h5", ".hdf5", ".json")
-
-
-def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
-    """``"3,224,224"`` -> ``(3, 224, 224)``; None passes through.
-
-    Raises
-    ------
-    UnsupportedFileError
-        If the text is not comma-separated positive integers.
-    """
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) <= 0:
-        raise UnsupportedFileError(f"--input-shape {text!r}: expected positive integers C,H,W "
-                                   "such as 3,224,224")
-    return shape
 
 
 def check_file(path: Path, max_bytes: int = MAX_MODEL_FILE_BYTES, name: str | None = None) -> None:
@@ -155,12 +132,6 @@ def _example(spec: str) -> dict[str, Any]:
 def example_checkpoints(spec: str) -> dict[str, Path]:
     """Label -> checkpoint path of a bundled example."""
     return {label: EXAMPLES_DIR / rel for label, rel in _example(spec)["checkpoints"].items()}
-
-
-def example_cost_logs(spec: str) -> dict[str, list[dict[str, Any]]]:
-    """Label -> the regularizer's ``cost.jsonl`` lines (step, cost, loss) of a bundled example."""
-    return {label: [json.loads(line) for line in (EXAMPLES_DIR / rel).read_text().splitlines() if line]
-            for label, rel in _example(spec).get("cost_logs", {}).items()}
 
 
 def _load_graph_json(path: Path, name: str, limits: Limits) -> ChannelGraph:
