@@ -38,8 +38,9 @@ def test_flop_targeting_keeps_far_fewer_early_channels(shares):
 
 
 def test_size_targeting_keeps_fewer_late_channels(shares):
-    # Reached: 11 points (README: both keep the tied 4x4 residual stream whole); the issue asks 20.
-    assert shares["FLOPs-regularized"]["late"] - shares["size-regularized"]["late"] >= 0.10
+    # The issue's bar: at least 20 points less of the 4x4 layers (size targeting also cuts the
+    # tied 150-wide residual stream, pointwise.0 / res2.conv2.0, which FLOP targeting keeps whole).
+    assert shares["FLOPs-regularized"]["late"] - shares["size-regularized"]["late"] >= 0.20
 
 
 def test_the_structures_differ_on_several_layers():
@@ -50,7 +51,7 @@ def test_the_structures_differ_on_several_layers():
                    for path in example_checkpoints("example:digits").values())
     prunable = [n for n in seed if n != "fc"]  # the logits are pinned
     differ = [n for n in prunable if abs(flops[n] - size[n]) >= 0.15 * seed[n]]
-    assert len(prunable) == 11 and len(differ) >= 5
+    assert len(prunable) == 11 and len(differ) >= 6  # the issue's bar: at least half
 
 
 def test_committed_results_table():
