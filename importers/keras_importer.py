@@ -13,12 +13,18 @@ on bn's own axis). Each variable is owned by the first op that reads it: a share
 nested model called twice costs MACs at every call and params once. Composite layers
 (MultiHeadAttention, LSTM, GRU, SimpleRNN, Bidirectional, EinsumDense) stay opaque and
 count their matrix products by formula (:data:`COMPOSITE_PRODUCTS`), as do the raw
-``ops.matmul`` / ``ops.einsum`` calls. Any other layer with sublayers (keras_hub's encoders,
-blocks and embeddings) is walked: its ``call`` is run on symbolic inputs of batch 1, which
-records its sublayers and raw ops as a functional graph, flattened like a nested model. A
-nested model built for any length (keras_hub's text backbones) is run again at the sizes it
-is called with. Composite formulas read their operands by the call's signature (query,
-value, key), not by the order of the node's tensors, which sorts keyword arguments by name.
+``ops.matmul`` / ``ops.einsum`` calls; a subclass of a composite (keras_hub's
+``CachedMultiHeadAttention``) gets its ancestor's formula. Any other layer with sublayers
+(keras_hub's encoders, blocks and embeddings), or whose call runs a matrix product, is walked:
+its ``call`` is run on symbolic inputs of batch 1, which records its sublayers and raw ops as
+a functional graph, flattened like a nested model. A model built for any length (keras_hub's
+text backbones), called on a batch-folded tensor, or running raw ops or unknown layers (which
+can fold patches or windows into the batch axis) is run again at the sizes it is called with,
+so folded batches have their sizes. Composite formulas read their operands by the call's
+signature (query, value, key), not by the order of the node's tensors, which sorts keyword
+arguments by name. An opaque op whose products are not counted (a call that cannot be traced,
+a product with no formula) is never silent: it is named in an :class:`UncountedMacsWarning`,
+in the graph's ``notes`` and in its node's ``uncounted`` field.
 """
 
 from __future__ import annotations
@@ -63,7 +69,8 @@ KERAS_TO_KIND: Mapping[str, Kind] = {
     **dict.fromkeys(("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
                      "Rescaling", "Normalization", "Identity", "GaussianNoise",
                      "ActivityRegularization", "StochasticDepth",
-                     "DropPath"),  # keras_hub's stochastic depth
+                     "DropPath",  # keras_hub's stochastic depth
+                     "ConvertToTensor"),  # a functional model's call converting its inputs
                     Kind.IDENTITY),
     "InputLayer": Kind.INPUT,
 }
@@ -562,17 +569,44 @@ def _specs_from_call(op: Any) -> Iterator[None]:
                 object.__setattr__(layer, "compute_output_spec", before)
 
 
-def _at_call_sizes(graph: Any, args: list[_Val]) -> Any:
-    """A nested model built for unknown sizes (keras_hub's text backbones take any sequence
-    length) run again on symbolic inputs of the sizes it is called with (batch 1), so its ops
-    have the sizes their products need; the same layers, so weights are still shared."""
-    if all(None not in _shape(t)[1:] for t in graph.inputs):
+def _at_call_sizes(graph: Any, args: list[_Val], keep_names: bool = False) -> Any:
+    """A model run again on symbolic inputs of the sizes it is called with (batch 1, or the
+    folded batch it is given), so its ops have the sizes their products need; the same
+    layers, so weights are still shared. Only where a size would otherwise be unknown: a
+    model built for any length (keras_hub's text backbones), called on a batch-folded tensor,
+    or running ops that can fold positions into the batch axis (:func:`_may_fold_batch`),
+    whose output batch a graph built for any batch leaves unknown (counted as 1).
+
+    ``keep_names``: the fresh inputs take the names of the model's own (its input ops)."""
+    sizes_known = all(None not in _shape(t)[1:] for t in graph.inputs)
+    batch_known = all(_shape(t)[0] == _folded(a.shape) for t, a in zip(graph.inputs, args))
+    if sizes_known and (batch_known or _folded_at_most_one(args)) and not _may_fold_batch(graph):
         return graph
     keras = import_keras()
-    fresh = [keras.Input(batch_shape=(_folded(a.shape), *a.shape[1:]), dtype=t.dtype)
+    fresh = [keras.Input(batch_shape=(_folded(a.shape), *a.shape[1:]), dtype=t.dtype,
+                         name=t._keras_history.operation.name if keep_names else None)
              for t, a in zip(graph.inputs, args)]
     outputs = graph.call(keras.tree.pack_sequence_as(graph._inputs_struct, fresh), training=False)
     return keras.Model(fresh, keras.tree.flatten(outputs))
+
+
+def _folded_at_most_one(args: list[_Val]) -> bool:
+    return all(_folded(a.shape) == 1 for a in args)
+
+
+def _may_fold_batch(graph: Any) -> bool:
+    """Whether a graph runs an op outside the registries: a raw ``keras.ops`` call (a
+    ``reshape`` putting patches or windows into the batch axis) or an unknown layer. Keras
+    layers of the registries keep the batch axis; nested models are checked when walked."""
+    keras = import_keras()
+    for nodes in graph._nodes_by_depth.values():
+        for node in nodes:
+            op = node.operation
+            if op is None or node.is_input or _functional_graph(op) is not None:
+                continue
+            if not isinstance(op, keras.layers.Layer) or _walks_inside(op):
+                return True
+    return False
 
 
 def _reads_constant(node: Any) -> bool:
@@ -603,10 +637,12 @@ def load_keras_model(model: Any, name: str | None = None) -> ChannelGraph:
         raise GraphError(_no_graph_advice(model, name))
     model = functional
     input_shape = _shape(model.inputs[0])[1:]
-    if None in input_shape:
-        raise GraphError(f"{name}: input shape {input_shape} has unknown sizes; give "
-                         "keras.Input every size (for a sequence model, a fixed length, e.g. "
-                         "keras.Input(shape=(128, 16))) and save the model again")
+    if any(None in _shape(t)[1:] for t in model.inputs):
+        raise GraphError(_unknown_sizes_advice(model, name))
+    try:  # at batch 1 where a batch-folding op would leave sizes unknown
+        model = _at_call_sizes(model, [_Val("", _shape(t)) for t in model.inputs], keep_names=True)
+    except Exception:  # noqa: BLE001 - keep the graph as built; its folded batches count as 1
+        model = functional
     first_axes = _input_axes(model)
     graph = ChannelGraph(name, "keras", _channels_first_shape(input_shape, first_axes[0]))
     walker = _Walker(graph)
@@ -621,7 +657,7 @@ def load_keras_model(model: Any, name: str | None = None) -> ChannelGraph:
     for index, out in enumerate(walker.walk(model, inputs, scope="")):
         walker.add("output" if index == 0 else f"output_{index}", Kind.OUTPUT, [out],
                    in_channels=out.channels)
-    graph.detached_params = _unwalked_params(model, walker.counted)
+    graph.detached_params = _unwalked_params(functional, walker.counted)
     if walker.uncounted:
         note = _uncounted_note(walker.uncounted)
         graph.notes.append(note)
@@ -639,6 +675,34 @@ def _uncounted_note(uncounted: Mapping[str, str]) -> str:
     more = f"; and {len(uncounted) - 5} more" if len(uncounted) > 5 else ""
     return (f"MACs short: {len(uncounted)} opaque op{'s' if len(uncounted) > 1 else ''} "
             f"whose products are not counted: {shown}{more}")
+
+
+EXAMPLE_LENGTH = 128  # stands for an unknown size in the advice's code
+
+
+def _unknown_sizes_advice(model: Any, name: str) -> str:
+    """The refusal for a model built for any size: wrap it at the sizes to count, as code
+    that runs (a ``keras.Input`` per input, in the structure the model takes)."""
+    keras = import_keras()
+
+    def example(tensor: Any, key: str | None = None) -> str:
+        shape = tuple(EXAMPLE_LENGTH if s is None else s for s in _shape(tensor)[1:])
+        dtype = "" if tensor.dtype == "float32" else f", dtype={str(tensor.dtype)!r}"
+        named = "" if key is None else f", name={key!r}"  # a dict's keys name its inputs
+        return f"keras.Input(shape={shape}{dtype}{named})"
+
+    struct = getattr(model, "_inputs_struct", model.inputs[0])
+    if isinstance(struct, dict):
+        inputs = "{" + ", ".join(f"{k!r}: {example(t, k)}" for k, t in struct.items()) + "}"
+    elif isinstance(struct, (list, tuple)):
+        inputs = "[" + ", ".join(example(t) for t in keras.tree.flatten(struct)) + "]"
+    else:
+        inputs = example(struct)
+    unknown = [_shape(t)[1:] for t in model.inputs if None in _shape(t)[1:]]
+    return (f"{name}: input shape {unknown[0]} has unknown sizes; give keras.Input every "
+            f"size: call the model on inputs of the sizes to count, `inputs = {inputs}; "
+            "model = keras.Model(inputs, model(inputs))` (a sequence model: a fixed length; "
+            f"{EXAMPLE_LENGTH} stands for the unknown sizes), and load that model or save it")
 
 
 def _no_graph_advice(model: Any, name: str) -> str:

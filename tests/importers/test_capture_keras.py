@@ -112,6 +112,33 @@ def test_class_token_is_counted_once_and_lengthens_the_sequence():
     assert graph.detached_params == {}
 
 
+def four_patches(x):
+    """(1, 8, 8, 3) -> (4, 4, 4, 3): the 4 patches of 4 x 4 put into the batch axis."""
+    ops = keras.ops
+    x = ops.transpose(ops.reshape(x, (-1, 2, 4, 2, 4, 3)), (0, 1, 3, 2, 4, 5))
+    return ops.reshape(x, (-1, 4, 4, 3))
+
+
+def test_conv_and_dense_on_patches_folded_into_the_batch_count_every_patch():
+    x = keras.Input((8, 8, 3))
+    y = layers.Conv2D(8, 3, padding="same")(four_patches(x))
+    model = keras.Model(x, layers.Dense(5)(y))
+    graph, params, macs = counted(model)
+    # 4 patches, each: conv 3x3, 3 -> 8 on 4x4 pixels; dense 8 -> 5 on 4x4 pixels
+    assert macs == 4 * (4 * 4 * 3 * 3 * 3 * 8) + 4 * (4 * 4 * 8 * 5)
+    assert params == model.count_params() == (3 * 3 * 3 * 8 + 8) + (8 * 5 + 5)
+
+
+def test_nested_model_on_patches_folded_into_the_batch_counts_every_patch():
+    inner = keras.Sequential([keras.Input((4, 4, 3)), layers.Conv2D(8, 3, padding="same")],
+                             name="inner")
+    x = keras.Input((8, 8, 3))
+    model = keras.Model(x, inner(four_patches(x)))
+    graph, params, macs = counted(model)
+    assert macs == 4 * (4 * 4 * 3 * 3 * 3 * 8)
+    assert params == model.count_params() == 3 * 3 * 3 * 8 + 8
+
+
 class TensorFlowProject(layers.Layer):
     """A custom layer written with TensorFlow ops: Keras builds it on TensorFlow tensors, but
     its call cannot run on symbolic Keras inputs, so its product is not seen."""
@@ -259,6 +286,38 @@ def test_sequence_model_without_a_length_is_told_to_fix_it_in_keras_input():
                                          r"give keras.Input every size") as info:
         load_keras_model(model, name="seq.keras")
     assert "--input-shape" not in str(info.value)
+
+
+def advised_model(model, name):
+    """The model the refusal's advice builds: its code run as written."""
+    with pytest.raises(GraphError, match=r"keras\.Model\(inputs, model\(inputs\)\)") as info:
+        load_keras_model(model, name=name)
+    code = str(info.value).split("`")[1]
+    scope = {"keras": keras, "model": model}
+    exec(code, scope)  # noqa: S102 - the message's own code, on the test's model
+    return scope["model"], code
+
+
+def test_advice_for_unknown_sizes_wraps_the_model_and_then_counts():
+    x = keras.Input((None, 13))
+    model, code = advised_model(keras.Model(x, layers.LSTM(23)(x)), "seq.keras")
+    assert code == ("inputs = keras.Input(shape=(128, 13)); "
+                    "model = keras.Model(inputs, model(inputs))")
+    graph, params, macs = counted(model)
+    assert macs == 128 * 4 * 23 * (13 + 23)  # 128 steps of 4 gates, input and state products
+    assert params == model.count_params() == 4 * (13 * 23 + 23 * 23 + 23)
+
+
+def test_advice_for_unknown_sizes_keeps_named_integer_inputs():
+    tokens = keras.Input((None,), dtype="int32", name="token_ids")
+    mask = keras.Input((None,), dtype="int32", name="padding_mask")
+    x = layers.Embedding(50, 24)(tokens) * keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    model, code = advised_model(keras.Model({"token_ids": tokens, "padding_mask": mask},
+                                            layers.Dense(7)(x)), "text.keras")
+    assert "'token_ids': keras.Input(shape=(128,), dtype='int32', name='token_ids')" in code
+    graph, params, macs = counted(model)
+    assert macs == 128 * 24 * 7
+    assert params == model.count_params() == 50 * 24 + 24 * 7 + 7
 
 
 def test_unbuilt_sequential_is_told_to_start_with_an_input():
