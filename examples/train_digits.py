@@ -41,7 +41,7 @@ BATCH = 16
 # bn scales learn faster under a regularizer, so a short run can prune. The size run's scales
 # move faster still: the model size of one channel of the tied 4x4 residual stream (pointwise.0 /
 # res2.conv2.0) is large only while res2.conv1 is wide (about 3,150 params per channel with
-# 170 inner channels, about 500 once it is cut to ~25), so only a fast start cuts the stream.
+# 170 inner channels, about 650 once it is cut to 31), so only a fast start cuts the stream.
 GAMMA_LR_GAIN = {"flops": 3, "size": 20}
 LOG_EVERY = 20  # steps between logged structures
 FLOPS_STRENGTH, SIZE_STRENGTH = 7e-8, 5e-6
