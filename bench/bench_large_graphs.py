@@ -24,48 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-CHANNELS = 16
-SPATIAL = (8, 8)
-
-
-def conv_attrs(cin: int, cout: int) -> dict:
-    return dict(in_channels=cin, out_channels=cout, groups=1, kernel=(3, 3), stride=(1, 1),
-                in_spatial=SPATIAL, out_spatial=SPATIAL, bias=False, params=9 * cin * cout,
-                trainable_params=9 * cin * cout)
 
 
 def build(shape: str, n_ops: int):
-    """A chain (conv -> bn -> relu, repeated) or a residual stack (conv -> bn -> relu -> conv
-    -> bn -> add, repeated) of about ``n_ops`` ops."""
-    from morphscope.graph import ChannelGraph, Kind
+    """A chain or residual stack of about ``n_ops`` ops (:func:`morphscope.synthetic.conv_stack`,
+    the builder the tests use too)."""
+    from morphscope.synthetic import conv_stack
 
-    graph = ChannelGraph(f"{shape}{n_ops}", "torch", (3, *SPATIAL))
-    order = iter(range(10 ** 9))
-
-    def add(name, kind, inputs, **attrs):
-        graph.add_op(name, kind, order=next(order), **attrs)
-        for port, src in enumerate(inputs):
-            graph.connect(src, name, port)
-        return name
-
-    def conv_bn(prefix, x, relu=True):
-        x = add(f"{prefix}.conv", Kind.CONV, [x], **conv_attrs(CHANNELS, CHANNELS))
-        x = add(f"{prefix}.bn", Kind.BN, [x], out_channels=CHANNELS, gamma_key=f"{prefix}.bn.weight",
-                params=2 * CHANNELS, trainable_params=2 * CHANNELS,
-                param_keys=tuple(f"{prefix}.bn.{p}" for p in ("weight", "bias", "running_mean", "running_var")))
-        return add(f"{prefix}.relu", Kind.ACT, [x], out_channels=CHANNELS) if relu else x
-
-    x = add("x", Kind.INPUT, [], out_channels=3, out_spatial=SPATIAL)
-    x = add("stem", Kind.CONV, [x], **conv_attrs(3, CHANNELS))
-    per_unit = 3 if shape == "chain" else 6
-    for i in range(max(1, (n_ops - 3) // per_unit)):
-        if shape == "chain":
-            x = conv_bn(f"u{i}", x)
-        else:
-            y = conv_bn(f"u{i}.b", conv_bn(f"u{i}.a", x), relu=False)
-            x = add(f"u{i}.add", Kind.ADD, [y, x], out_channels=CHANNELS)
-    add("out", Kind.OUTPUT, [x])
-    return graph
+    return conv_stack(shape, n_ops)
 
 
 def run_one(path: Path) -> dict:
@@ -122,22 +88,13 @@ def run_pt2(n_ops: int, path: Path) -> dict:
 
 def run_checkpoint(n_keys: int) -> dict:
     """Match a 10^6-key checkpoint (4 tensors per bn) against its graph's bn ops."""
-    from morphscope.graph import ChannelGraph, Kind
     from morphscope.importers.checkpoints import match_gammas
+    from morphscope.synthetic import bn_chain, bn_chain_keys
 
     n_bn = n_keys // 4
-    graph = ChannelGraph("bn_chain", "torch", (CHANNELS, 1, 1))
-    graph.add_op("x", Kind.INPUT, out_channels=4)
-    prev = "x"
-    for i in range(n_bn):
-        name = f"b{i}"
-        graph.add_op(name, Kind.BN, order=i, out_channels=4, gamma_key=f"{name}.weight",
-                     param_keys=tuple(f"{name}.{p}" for p in ("weight", "bias", "running_mean", "running_var")))
-        graph.connect(prev, name)
-        prev = name
+    graph = bn_chain(n_bn)  # sorted once when built, as the CLI and app do when loading
     vector = np.ones(4, dtype=np.float32)
-    tensors = {f"b{i}.{p}": vector for i in range(n_bn) for p in ("weight", "bias", "running_mean", "running_var")}
-    graph.order()  # sorted once when loaded, as in the CLI and app
+    tensors = dict.fromkeys(bn_chain_keys(n_bn), vector)
     t0, c0 = time.perf_counter(), time.process_time()
     structure = match_gammas(graph, tensors, "big.pt")
     t1, c1 = time.perf_counter(), time.process_time()
@@ -151,21 +108,14 @@ def run_checkpoint_file(n_keys: int, folder: Path, isolate: bool) -> dict:
     read (in this process, or in the isolated worker) and the match, as the CLI and app do."""
     import torch
 
-    from morphscope.graph import ChannelGraph, Kind
     from morphscope.importers.checkpoints import load_structure
     from morphscope.importers.limits import Limits
+    from morphscope.synthetic import bn_chain, bn_chain_keys
 
-    params = ("weight", "bias", "running_mean", "running_var")
     n_bn = n_keys // 4
     path = folder / "big.pt"
-    torch.save({f"b{i}.{p}": torch.ones(4) for i in range(n_bn) for p in params}, path)
-    graph = ChannelGraph("bn_chain", "torch", (4, 1, 1))
-    graph.add_op("x", Kind.INPUT, out_channels=4)
-    for i in range(n_bn):
-        graph.add_op(f"b{i}", Kind.BN, order=i, out_channels=4, gamma_key=f"b{i}.weight",
-                     param_keys=tuple(f"b{i}.{p}" for p in params))
-        graph.connect(f"b{i - 1}" if i else "x", f"b{i}")
-    graph.order()
+    torch.save({key: torch.ones(4) for key in bn_chain_keys(n_bn)}, path)
+    graph = bn_chain(n_bn)
     roomy = Limits(max_cpu_s=600, max_wall_s=600, max_memory_bytes=8 * 2**30)  # measure, not refuse
     t0, c0 = time.perf_counter(), time.process_time()
     structure = load_structure(graph, path, isolate=isolate, limits=roomy)
