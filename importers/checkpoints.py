@@ -28,7 +28,7 @@ from morphscope.importers.h5safe import open_h5
 from morphscope.importers.limits import (DEFAULT_LIMITS, Limits, check_tensor_shape, describe_error,
                                          loads_json, open_zip, read_member)
 from morphscope.importers.load import check_file, read_torch_pickle
-from morphscope.importers.torch_zip import paused_gc
+from morphscope.importers.torch_zip import STATE_DICT_WRAPPERS, paused_gc
 
 MAX_CHECKPOINT_BYTES = DEFAULT_LIMITS.max_file_bytes
 MAX_ALIVE_JSON_BYTES = 64 * 2**20
@@ -158,7 +158,7 @@ def read_checkpoint(path: str | Path, name: str | None = None, limits: Limits = 
 
 
 def _state_dict_of(name: str, obj: Any) -> dict[Any, Any]:
-    for wrapper in ("state_dict", "model", "model_state_dict"):
+    for wrapper in STATE_DICT_WRAPPERS:
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict):

@@ -132,7 +132,8 @@ def _check_member_names(name: str, members: list[str]) -> None:
     archives where some name could point outside (a leading slash or drive, a ``..``) are
     checked name by name (10^6 members: a regex per name took seconds)."""
     joined = "\n".join(members)
-    if ".." in joined or re.search(r"(^|\n)([/\\]|[A-Za-z]:)", joined):
+    if ".." in joined or "\n/" in joined or "\n\\" in joined or joined[:1] in ("/", "\\") or (
+            ":" in joined and re.search(r"(^|\n)[A-Za-z]:", joined)):
         for member in members:
             check_member_name(name, member)
 

@@ -27,6 +27,8 @@ import itertools
 import math
 import os
 import pickle
+import pickletools
+import secrets
 import struct
 import zipfile
 import zlib
@@ -219,16 +221,70 @@ def _names(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray, encoding: s
 
 @dataclass(frozen=True)
 class TensorTable:
-    """The floating point tensors of a state_dict as the pickle declares them (nothing read):
-    keys in file order, and per key the rebuild arguments (storage id, offset, shape,
-    stride, ...), every one checked well-formed."""
+    """The floating point tensors of a state_dict as the pickle declares them (nothing read),
+    as columns in file order: keys, shapes and strides (``ndim`` axes of the rows of ``dims``
+    and ``steps``, padded with 1 and 0), storage kinds, storage keys, offsets and the storage
+    sizes the persistent ids declare; every record checked well-formed."""
 
     keys: list[str]
-    args: list[tuple]
+    ndim: np.ndarray  # int64 (n,)
+    dims: np.ndarray  # int64 (n, axes), 1 past ndim
+    stride_ndim: np.ndarray  # int64 (n,)
+    steps: np.ndarray  # int64 (n, axes), 0 past stride_ndim
+    kinds: list[_StorageType]
+    storages: list[str]
+    offsets: np.ndarray  # int64 (n,)
+    storage_numels: np.ndarray  # int64 (n,)
 
     @property
     def shapes(self) -> list[tuple[int, ...]]:
-        return list(map(itemgetter(2), self.args))
+        return shape_tuples(self.ndim, self.dims)
+
+    @classmethod
+    def empty(cls) -> "TensorTable":
+        none = np.zeros(0, np.int64)
+        return cls([], none, np.ones((0, 1), np.int64), none, np.zeros((0, 1), np.int64), [], [], none, none)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["TensorTable"]) -> "TensorTable":
+        if len(parts) == 1:
+            return parts[0]
+        axes = max(p.dims.shape[1] for p in parts)
+
+        def padded(array: np.ndarray, fill: int) -> np.ndarray:
+            extra = axes - array.shape[1]
+            return np.pad(array, ((0, 0), (0, extra)), constant_values=fill) if extra else array
+
+        return cls(list(itertools.chain.from_iterable(p.keys for p in parts)),
+                   np.concatenate([p.ndim for p in parts]), np.concatenate([padded(p.dims, 1) for p in parts]),
+                   np.concatenate([p.stride_ndim for p in parts]),
+                   np.concatenate([padded(p.steps, 0) for p in parts]),
+                   list(itertools.chain.from_iterable(p.kinds for p in parts)),
+                   list(itertools.chain.from_iterable(p.storages for p in parts)),
+                   np.concatenate([p.offsets for p in parts]), np.concatenate([p.storage_numels for p in parts]))
+
+
+def shape_tuples(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
+    """Shape tuples from their lengths and the rows of ``dims`` (2-d, or 1-d: every shape's
+    dims one after another); shapes of one length are made together (``zip`` over columns:
+    no Python call per shape)."""
+    ndim = np.asarray(ndim, np.int64)
+    if dims.ndim == 1:
+        starts = np.concatenate(([0], np.cumsum(ndim)[:-1])) if ndim.size else ndim
+        column = lambda where, axis: dims[starts[where] + axis]  # noqa: E731
+    else:
+        column = lambda where, axis: dims[where, axis]  # noqa: E731
+    shapes: list[Any] = [()] * ndim.size
+    for length in np.flatnonzero(np.bincount(ndim)).tolist() if ndim.size else []:
+        if length == 0:
+            continue
+        where = np.flatnonzero(ndim == length)
+        made = list(zip(*(column(where, axis).tolist() for axis in range(length))))
+        if where.size == ndim.size:
+            return made
+        for i, shape in zip(where.tolist(), made):
+            shapes[i] = shape
+    return shapes
 
 
 def read_torch_zip(path: Path, name: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, "StorageReader"] | None:
@@ -255,7 +311,11 @@ def read_torch_zip(path: Path, name: str, limits: Limits = DEFAULT_LIMITS) -> tu
         del text
         try:
             with paused_gc():
-                obj = _StateDictUnpickler(io.BytesIO(data)).load()
+                spliced = _spliced_load(data, name, limits)
+                if spliced is not None:
+                    obj, reader.spliced, reader.runs = spliced
+                else:
+                    obj = _StateDictUnpickler(io.BytesIO(data)).load()
         except _NotPlain:
             reader.close()
             return None
@@ -268,11 +328,377 @@ def read_torch_zip(path: Path, name: str, limits: Limits = DEFAULT_LIMITS) -> tu
         raise
 
 
+# -- the record scanner: torch.save's per-tensor pickle pattern, read with numpy ----------------
+#
+# torch.save writes each tensor of a state_dict as the same opcodes (after the first, which
+# defines the globals and strings the rest fetch from the memo):
+#     key:    BINUNICODE key, PUT
+#     value:  GET _rebuild_tensor_v2, MARK, MARK, GET 'storage', GET <kind>Storage,
+#             BINUNICODE storage key, PUT, GET location, INT numel, TUPLE, PUT, BINPERSID,
+#             INT offset, <shape tuple>, <stride tuple>, NEWFALSE|NEWTRUE,
+#             GET OrderedDict, EMPTY_TUPLE, REDUCE, PUT, TUPLE, PUT, REDUCE, PUT
+# with SETITEMS, MARK between batches of 1000. scan_records finds runs of such records and
+# parses them all together; the C unpickler (the same restricted one) reads the rest, the
+# runs replaced by one placeholder each; see _spliced_load for why the two readings agree.
+
+_OP = {name: code for name, code in dict(
+    MARK=b"(", TUPLE=b"t", TUPLE1=b"\x85", TUPLE2=b"\x86", TUPLE3=b"\x87", EMPTY_TUPLE=b")",
+    BINPUT=b"q", LONG_BINPUT=b"r", BINGET=b"h", LONG_BINGET=b"j", BINUNICODE=b"X", BININT1=b"K",
+    BININT2=b"M", BININT=b"J", BINPERSID=b"Q", NEWTRUE=b"\x88", NEWFALSE=b"\x89", REDUCE=b"R",
+    SETITEMS=b"u", STOP=b".").items() for code in [code[0]]}
+_MAX_SCANNED_AXES = 8
+_PAD = 1024  # bytes the scanner may read past the end between two clips (< 80 opcodes of 5 + 5)
+_MIN_RUN = 64  # records: shorter runs are left to the unpickler
+_MAX_WALKED_OPS = 200_000  # opcodes outside the runs checked one by one; more: no scan
+
+
+STATE_DICT_WRAPPERS = ("state_dict", "model", "model_state_dict")  # keys a checkpoint nests it under
+
+
+class _RunMarker:
+    """The key a run's placeholder puts into the dict (value None); one object per run."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class _Cursor:
+    """One parse position per candidate record, advanced opcode by opcode with numpy;
+    ``ok`` drops the candidates whose bytes do not follow the pattern. ``padded`` is the
+    pickle and ``_PAD`` zero bytes (no opcode of the pattern), so reads just past the end
+    need no bounds check; positions are clipped to the end after every string."""
+
+    def __init__(self, padded: np.ndarray, size: int, pos: np.ndarray) -> None:
+        self.buf, self.n, self.pos = padded, size, pos.astype(np.int64)
+        # Little-endian 4-byte words at every byte offset (unaligned, overlapping views).
+        self.u32 = np.ndarray((padded.size - 3,), "<u4", padded, 0, (1,))
+        self.i32 = np.ndarray((padded.size - 3,), "<i4", padded, 0, (1,))
+        self.ok = np.ones(pos.size, bool)
+
+    def byte(self, k: int = 0) -> np.ndarray:
+        return self.buf[self.pos + k] if k else self.buf[self.pos]
+
+    def uint(self, k: int, width: int) -> np.ndarray:
+        assert width == 4
+        return self.u32[self.pos + k].astype(np.int64)
+
+    def expect(self, op: str) -> None:
+        self.ok &= self.byte() == _OP[op]
+        self.pos += 1
+
+    def memo(self, short: str, long: str, required: np.ndarray | None = None) -> np.ndarray:
+        """A BINGET/LONG_BINGET (or BINPUT/LONG_BINPUT) and its memo index; -1 where absent
+        and not ``required``."""
+        op = self.byte()
+        is_short, is_long = op == _OP[short], op == _OP[long]
+        present = is_short | is_long
+        self.ok &= present if required is None else (present | ~required)
+        index = np.where(is_short, self.buf[self.pos + 1], self.u32[self.pos + 1])
+        self.pos += np.where(is_short, 2, np.where(is_long, 5, 0))
+        return np.where(present, index, -1)
+
+    def integer_at(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(is an int opcode, its value, its width) at each position; nothing advanced."""
+        op = self.byte()
+        k, m, j = op == _OP["BININT1"], op == _OP["BININT2"], op == _OP["BININT"]
+        value = np.where(k, self.buf[self.pos + 1], np.where(m, self.u32[self.pos + 1] & 0xFFFF,
+                                                              self.i32[self.pos + 1].astype(np.int64)))
+        return k | m | j, value, np.where(k, 2, np.where(m, 3, 5))
+
+    def integer(self) -> np.ndarray:
+        is_int, value, width = self.integer_at()
+        self.ok &= is_int
+        self.pos += width
+        return value
+
+    def unicode(self) -> tuple[np.ndarray, np.ndarray]:
+        """A BINUNICODE: where its bytes start and how many."""
+        self.expect("BINUNICODE")
+        length = self.uint(0, 4)
+        start = self.pos + 4
+        self.pos = start + length
+        self.ok &= self.pos <= self.n
+        np.minimum(self.pos, self.n, out=self.pos)
+        return start, length
+
+    def int_tuple(self) -> tuple[np.ndarray, np.ndarray]:
+        """A tuple of ints as the pickler writes one (EMPTY_TUPLE; 1 to 3 ints and TUPLE1-3;
+        MARK, ints, TUPLE), memoized unless empty: (length, dims padded with 1)."""
+        marked = self.byte() == _OP["MARK"]
+        self.pos += marked
+        dims = np.ones((self.pos.size, _MAX_SCANNED_AXES), np.int64)
+        count = np.zeros(self.pos.size, np.int64)
+        for axis in range(_MAX_SCANNED_AXES + 1):
+            is_int, value, width = self.integer_at()
+            going = is_int & (count == axis)
+            if not going.any():
+                break
+            if axis == _MAX_SCANNED_AXES:
+                self.ok &= ~going
+                break
+            dims[:, axis] = np.where(going, value, 1)
+            self.pos += np.where(going, width, 0)
+            count += going
+        op = self.byte()
+        closing = np.where(marked, _OP["TUPLE"], np.where(count == 0, _OP["EMPTY_TUPLE"], _OP["TUPLE1"] - 1 + count))
+        self.ok &= (op == closing) & (marked | (count <= 3))
+        self.pos += 1
+        self.memo("BINPUT", "LONG_BINPUT", required=marked | (count > 0))
+        return count, dims
+
+
+@dataclass
+class _Run:
+    """Records read by the scanner: the bytes ``[start, end)`` of the pickle hold their keys
+    and values (first key to last value), columns in file order."""
+
+    start: int
+    end: int
+    key_start: np.ndarray
+    key_length: np.ndarray
+    storage_start: np.ndarray
+    storage_length: np.ndarray
+    gets: np.ndarray  # (records, 5): memo indices of rebuild, 'storage', kind, location, OrderedDict
+    puts: np.ndarray  # every memo index the run's PUTs write
+    numel: np.ndarray
+    offset: np.ndarray
+    ndim: np.ndarray
+    dims: np.ndarray
+    stride_ndim: np.ndarray
+    steps: np.ndarray
+
+
+def scan_records(data: bytes) -> list[_Run]:
+    """Runs of at least ``_MIN_RUN`` consecutive tensor records of torch.save's pattern, each
+    from the key after a pattern value to the end of the last pattern value of the chain.
+    Only the bytes are read; what the memo fetches is checked once the unpickler has read the
+    rest (:func:`_spliced_load`)."""
+    buf = np.frombuffer(data, np.uint8)
+    if buf.size < 64:
+        return []
+    pairs = np.flatnonzero((buf[:-1] == _OP["MARK"]) & (buf[1:] == _OP["MARK"]))
+    starts = np.union1d(pairs[(pairs >= 2) & (buf[np.maximum(pairs - 2, 0)] == _OP["BINGET"])] - 2,
+                        pairs[(pairs >= 5) & (buf[np.maximum(pairs - 5, 0)] == _OP["LONG_BINGET"])] - 5)
+    del pairs
+    if starts.size < _MIN_RUN:
+        return []
+    padded = np.zeros(buf.size + _PAD, np.uint8)
+    padded[:buf.size] = buf
+    c = _Cursor(padded, buf.size, starts)
+    rebuild = c.memo("BINGET", "LONG_BINGET")
+    c.expect("MARK")
+    c.expect("MARK")
+    storage = c.memo("BINGET", "LONG_BINGET")
+    kind = c.memo("BINGET", "LONG_BINGET")
+    storage_start, storage_length = c.unicode()
+    puts = [c.memo("BINPUT", "LONG_BINPUT")]
+    location = c.memo("BINGET", "LONG_BINGET")
+    numel = c.integer()
+    c.expect("TUPLE")
+    puts.append(c.memo("BINPUT", "LONG_BINPUT"))
+    c.expect("BINPERSID")
+    offset = c.integer()
+    ndim, dims = c.int_tuple()
+    stride_ndim, steps = c.int_tuple()
+    flag = c.byte()
+    c.ok &= (flag == _OP["NEWFALSE"]) | (flag == _OP["NEWTRUE"])
+    c.pos += 1
+    hooks = c.memo("BINGET", "LONG_BINGET")
+    c.expect("EMPTY_TUPLE")
+    c.expect("REDUCE")
+    puts.append(c.memo("BINPUT", "LONG_BINPUT"))
+    c.expect("TUPLE")
+    puts.append(c.memo("BINPUT", "LONG_BINPUT"))
+    c.expect("REDUCE")
+    puts.append(c.memo("BINPUT", "LONG_BINPUT"))
+    c.ok &= c.pos <= c.n
+    value_ok, value_end = c.ok.copy(), c.pos.copy()
+    # What follows a value: (SETITEMS, MARK,) the next key; it links to the next value.
+    batch = (c.byte() == _OP["SETITEMS"]) & (c.byte(1) == _OP["MARK"])
+    c.pos += 2 * batch
+    key_start, key_length = c.unicode()
+    key_put = c.memo("BINPUT", "LONG_BINPUT")
+    c.ok &= c.pos <= c.n
+    following = np.searchsorted(starts, c.pos)
+    following_ok = following < starts.size
+    following = np.minimum(following, starts.size - 1)
+    linked = c.ok & value_ok & following_ok & (starts[following] == c.pos) & value_ok[following]
+    nxt = np.where(linked, following, -1).tolist()
+    targeted = np.zeros(starts.size, bool)
+    targeted[following[linked]] = True
+    runs, taken_end, visited = [], -1, np.zeros(starts.size, bool)
+    # A false start (a GET's opcode byte inside the memo index before a real value) parses
+    # like the real one and links to the same next value: heads inside a taken run, or whose
+    # chain meets one already walked, are skipped.
+    for head in np.flatnonzero(linked & ~targeted).tolist():
+        if starts[head] < taken_end or visited[nxt[head]]:
+            continue
+        chain = [head]
+        while nxt[chain[-1]] >= 0 and not visited[nxt[chain[-1]]]:
+            chain.append(nxt[chain[-1]])
+        visited[chain] = True
+        if len(chain) <= _MIN_RUN:
+            continue
+        first, values = chain[:-1], np.array(chain[1:], np.int64)
+        run_start, run_end = int(value_end[head]), int(value_end[chain[-1]])
+        if run_start < taken_end:
+            return []  # chains that overlap: not torch.save's
+        taken_end = run_end
+        keys = np.array(first, np.int64)
+        runs.append(_Run(run_start, run_end, key_start[keys], key_length[keys], storage_start[values],
+                         storage_length[values],
+                         np.stack([rebuild[values], storage[values], kind[values], location[values],
+                                   hooks[values]], axis=1),
+                         np.concatenate([key_put[keys]] + [p[values] for p in puts]), numel[values], offset[values],
+                         ndim[values], dims[values], stride_ndim[values], steps[values]))
+    return runs
+
+
+def _ops_reach(data: bytes, start: int, end: int, budget: list[int]) -> bool:
+    """Whether the opcodes from ``start`` (an opcode boundary) end exactly at ``end`` with no
+    STOP among them; ``budget[0]`` opcodes at most, over all calls."""
+    stream = io.BytesIO(memoryview(data)[start:end])
+    size = end - start
+    try:
+        while stream.tell() < size:
+            op = pickletools.code2op.get(stream.read(1).decode("latin-1"))
+            budget[0] -= 1
+            if op is None or op.name in ("STOP", "FRAME") or budget[0] < 0:
+                return False
+            if op.arg is not None:
+                op.arg.reader(stream)
+    except (ValueError, UnicodeDecodeError, struct.error):
+        return False
+    return stream.tell() == size
+
+
+class _SplicingUnpickler(_StateDictUnpickler):
+    """The restricted unpickler, over a pickle whose scanned runs are placeholders: each is a
+    global of a module named with a fresh random nonce (nothing in a file can name it), which
+    becomes a :class:`_RunMarker` key; the memo at that point is kept (what the run's fetches
+    meant)."""
+
+    def __init__(self, file: Any, nonce: str, count: int) -> None:
+        super().__init__(file)
+        self.nonce = nonce
+        self.markers = [_RunMarker(i) for i in range(count)]
+        self.memos: list[dict[int, Any]] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == self.nonce:
+            if name != str(len(self.memos)) or len(self.memos) >= len(self.markers):
+                raise _NotPlain("placeholder out of order")
+            self.memos.append(self.memo.copy())
+            return self.markers[len(self.memos) - 1]
+        return super().find_class(module, name)
+
+
+def _memo_codes(memo: dict[int, Any], indices: np.ndarray) -> np.ndarray:
+    """Per memo index in ``indices``: 1 _rebuild_tensor_v2, 2 'storage', 3 another str,
+    4 OrderedDict, 10 + i the i-th storage kind, 0 anything else or nothing."""
+    kinds = list(_STORAGE_TYPES.values())
+    known = np.array(sorted(memo), np.int64)
+    codes = np.array([1 if memo[i] is _TensorArgs else 4 if memo[i] is collections.OrderedDict else
+                      (2 if memo[i] == "storage" else 3) if type(memo[i]) is str else
+                      10 + kinds.index(memo[i]) if type(memo[i]) is _StorageType and memo[i] in kinds else 0
+                      for i in known.tolist()] + [0], np.int64)
+    at = np.searchsorted(known, indices)
+    found = (at < known.size) & (known[np.minimum(at, max(known.size - 1, 0))] == indices) if known.size else \
+        np.zeros(indices.shape, bool)
+    return np.where(found, codes[np.where(found, at, known.size)], 0)
+
+
+def _decoded(data: bytes, buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> list[str] | None:
+    """The BINUNICODE strings at ``start`` (decoded as the unpickler does), or None where one
+    holds a newline (they are decoded together, newline-separated)."""
+    total = int(length.sum())
+    joined = np.full(total + length.size, ord("\n"), np.uint8)
+    before = np.cumsum(length + 1) - length - 1
+    joined[_ranges(before, length)] = buf[_ranges(start, length)]
+    text = joined.tobytes()
+    if text.count(b"\n") != length.size:
+        return None
+    return text.decode("utf-8", "surrogatepass").split("\n")[:-1]
+
+
+def _spliced_load(data: bytes, name: str, limits: Limits) -> tuple[Any, Any, dict[_RunMarker, TensorTable]] | None:
+    """The unpickled object with the scanned runs in place, or None (read it all with the
+    unpickler) where there are no runs or anything does not check out.
+
+    The two readings agree because: the bytes before, between and after the runs are walked
+    opcode by opcode from the start, so every run begins and ends on an opcode boundary of
+    the real reading; a run's opcodes only push key, value pairs onto the batch being set
+    into one dict (the placeholder puts one pair there instead; the markers must all be keys
+    of the state dict); what a run fetches from the memo is checked against the memo as the
+    unpickler had it at that point (_rebuild_tensor_v2, 'storage', a storage type, a string,
+    OrderedDict); no memo index a run writes is one the rest of the pickle wrote (so nothing
+    outside a run could read a run's object or the other way round: a fetch of a run's object
+    fails, and then the whole file goes to the unpickler); and no key occurs twice.
+    """
+    runs = scan_records(data)
+    if not runs:
+        return None
+    budget, at = [_MAX_WALKED_OPS], 0
+    nonce = f"morphscope-splice-{secrets.token_hex(16)}"
+    if nonce.encode() in data:
+        return None
+    pieces = []
+    for i, run in enumerate(runs):
+        if not _ops_reach(data, at, run.start, budget):
+            return None
+        pieces += [data[at:run.start], f"c{nonce}\n{i}\nN".encode()]
+        at = run.end
+    pieces.append(data[at:])
+    unpickler = _SplicingUnpickler(io.BytesIO(b"".join(pieces)), nonce, len(runs))
+    del pieces
+    try:
+        obj = unpickler.load()
+    except Exception:  # noqa: BLE001 - anything odd: the unpickler reads the original instead
+        return None
+    if len(unpickler.memos) != len(runs):
+        return None
+    final_memo = np.fromiter(unpickler.memo.copy().keys(), np.int64)
+    state = obj
+    for wrapper in STATE_DICT_WRAPPERS:
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or sum(type(k) is _RunMarker for k in state) != len(runs) \
+            or not all(m in state for m in unpickler.markers):
+        return None
+    buf = np.frombuffer(data, np.uint8)
+    kinds = list(_STORAGE_TYPES.values())
+    tables, all_keys = {}, [k for k in state if type(k) is not _RunMarker]
+    for run, memo, marker in zip(runs, unpickler.memos, unpickler.markers):
+        got = _memo_codes(memo, run.gets)
+        if not ((got[:, 0] == 1).all() and (got[:, 1] == 2).all() and (got[:, 2] >= 10).all()
+                and ((got[:, 3] == 2) | (got[:, 3] == 3)).all() and (got[:, 4] == 4).all()):
+            return None
+        low, high = run.puts.min(), run.puts.max()
+        inside = final_memo[(final_memo >= low) & (final_memo <= high)]
+        if run.puts.min() < 0 or (inside.size and np.isin(run.puts, inside).any()):
+            return None
+        keys = _decoded(data, buf, run.key_start, run.key_length)
+        storages = _decoded(data, buf, run.storage_start, run.storage_length)
+        if keys is None or storages is None:
+            return None
+        all_keys += keys
+        tables[marker] = TensorTable(keys, run.ndim, run.dims, run.stride_ndim, run.steps,
+                                     [kinds[i] for i in (got[:, 2] - 10).tolist()], storages,
+                                     run.offset, run.numel)
+    if len(set(all_keys)) != len(all_keys):
+        return None
+    return obj, state, tables
+
+
 class StorageReader:
     """Reads tensor values straight from the zip's stored (uncompressed) members."""
 
     def __init__(self, path: Path, name: str, limits: Limits) -> None:
         self.name, self.limits, self.prefix, self.archive = name, limits, "", None
+        self.spliced: Any = None  # the dict the scanned runs went into, and their columns by marker
+        self.runs: dict[_RunMarker, TensorTable] = {}
         self.fd = os.open(path, os.O_RDONLY)
         try:
             directory = read_zip_directory(self.fd, os.fstat(self.fd).st_size)
@@ -312,31 +738,35 @@ class StorageReader:
     def table(self, state: Mapping[Any, Any]) -> TensorTable | None:
         """The floating point tensors among ``state``'s values (other values and non-string
         keys are skipped), or None where a tensor record is not the plain form (torch.load
-        then decides). All records are checked together (C-level ``map`` over them)."""
-        pairs = [(k, v) for k, v in state.items() if type(k) is str and type(v) is _TensorArgs]
-        keys = list(map(itemgetter(0), pairs))
-        args = list(map(attrgetter("args"), map(itemgetter(1), pairs)))
-        del pairs
-        if not args:
-            return TensorTable([], [])
-        if min(map(len, args)) < 4:
+        then decides). Records the unpickler built are checked together (C-level ``map``
+        over them); runs of records the scanner read (:func:`scan_records`) come as columns
+        already checked, in their place in the dict."""
+        parts, pending = [], []
+        runs = self.runs if state is self.spliced else {}
+        for key, value in state.items():
+            run = runs.get(key) if type(key) is _RunMarker else None
+            if run is None:
+                pending.append((key, value))
+                continue
+            parts.append(_table_from_args(self.name, self.limits, pending))
+            parts.append(run)
+            pending = []
+        parts.append(_table_from_args(self.name, self.limits, pending))
+        if any(part is None for part in parts):
             return None
-        ids, offsets, shapes, strides = (list(map(itemgetter(i), args)) for i in range(4))
-        if not (_types(ids) <= {tuple} and set(map(len, ids)) == {5}):
+        table = TensorTable.concatenate([p for p in parts if p.keys] or [TensorTable.empty()])
+        if not table.keys:
+            return table
+        if table.offsets.min() < 0 or table.dims.min() < 0:
             return None
-        kinds = list(map(itemgetter(1), ids))
-        if not (set(map(itemgetter(0), ids)) == {"storage"} and _types(kinds) <= {_StorageType}
-                and _types(map(itemgetter(2), ids)) <= {str} and _types(map(itemgetter(4), ids)) <= {int}
-                and _types(offsets) <= {int} and _types(shapes) <= {tuple} and _types(strides) <= {tuple}):
-            return None
-        dims = list(itertools.chain.from_iterable(shapes))
-        steps = list(itertools.chain.from_iterable(strides))
-        if not (_types(dims) <= {int} and _types(steps) <= {int} and min(offsets) >= 0 and min(dims, default=0) >= 0):
-            return None
-        floating = list(map(attrgetter("floating"), kinds))
-        if not all(floating):
-            keys, args = list(itertools.compress(keys, floating)), list(itertools.compress(args, floating))
-        return TensorTable(keys, args)
+        floating = np.fromiter(map(attrgetter("floating"), table.kinds), bool, len(table.kinds))
+        if floating.all():
+            return table
+        keep = np.flatnonzero(floating)
+        take = keep.tolist()
+        return TensorTable([table.keys[i] for i in take], table.ndim[keep], table.dims[keep],
+                           table.stride_ndim[keep], table.steps[keep], [table.kinds[i] for i in take],
+                           [table.storages[i] for i in take], table.offsets[keep], table.storage_numels[keep])
 
     def values(self, table: TensorTable, positions: Sequence[int]) -> tuple[np.ndarray, list[int]] | None:
         """The values of the tensors at ``positions`` of ``table``, as float32, one after
@@ -348,29 +778,39 @@ class StorageReader:
         UnsupportedFileError
             A storage the archive lacks, shorter than its tensors, or over ``max_tensor_bytes``.
         """
-        args = [table.args[i] for i in positions]
-        if not args:
+        if not len(positions):
             return np.zeros(0, np.float32), [0]
-        ids, offsets, shapes, strides = (list(map(itemgetter(i), args)) for i in range(4))
-        numels = list(map(math.prod, shapes))
-        if any(n > 1 and (st != (1,) if len(sh) == 1 else st != _contiguous_strides(sh))
-               for sh, st, n in zip(shapes, strides, numels)):
+        at = np.asarray(positions, np.int64)
+        ndim, dims, steps = table.ndim[at], table.dims[at], table.steps[at]
+        kinds = [table.kinds[i] for i in at.tolist()]
+        itemsize = np.fromiter((np.dtype(k.dtype).itemsize for k in kinds), np.int64, len(kinds))
+        # Sizes in float64 first: an int64 product of declared dims could wrap past the limit.
+        approx = np.prod(dims.astype(np.float64), axis=1)
+        big = approx >= 2.0 ** 62
+        numel = np.prod(np.where(big[:, None], 0, dims), axis=1)  # exact where not big (dims >= 0)
+        reversed_steps = np.cumprod(np.concatenate([np.ones((dims.shape[0], 1), np.int64),
+                                                    np.where(big[:, None], 1, dims)[:, :0:-1]], axis=1), axis=1)
+        axes = np.arange(dims.shape[1])
+        strided = (approx > 1) & ((table.stride_ndim[at] != ndim)
+                                  | ((steps != reversed_steps[:, ::-1]) & (axes < ndim[:, None])).any(axis=1))
+        for i in np.flatnonzero(big).tolist():  # exact, in Python integers
+            shape, stride = tuple(dims[i, :ndim[i]].tolist()), tuple(steps[i, :table.stride_ndim[at[i]]].tolist())
+            strided[i] = stride != _contiguous_strides(shape)
+        if strided.any():
             return None
-        itemsizes = [np.dtype(i[1].dtype).itemsize for i in ids]
-        for key, shape, numel, itemsize in zip(map(table.keys.__getitem__, positions), shapes, numels, itemsizes):
-            if numel * itemsize > self.limits.max_tensor_bytes:
-                check_tensor_shape(self.name, key, shape, itemsize, self.limits)
-        members = [f"{self.prefix}data/{i[2]}" for i in ids]
+        over = np.flatnonzero(big | (approx * itemsize > self.limits.max_tensor_bytes))
+        for i in over.tolist():
+            check_tensor_shape(self.name, table.keys[int(at[i])], tuple(dims[i, :ndim[i]].tolist()),
+                               int(itemsize[i]), self.limits)
+        members = [f"{self.prefix}data/{table.storages[i]}" for i in at.tolist()]
         index = self.directory.index
         found = [index.get(m, -1) for m in members]
         if min(found) < 0:
             raise UnsupportedFileError(f"{self.name}: the pickle names a storage "
                                        f"{members[found.index(-1)]} the archive lacks")
         member = np.array(found, np.int64)
-        numel = np.array(numels, np.int64)
-        itemsize = np.array(itemsizes, np.int64)
-        offset = np.array(offsets, np.int64)
-        past = (offset + numel > np.array(list(map(itemgetter(4), ids)), np.int64)) | \
+        offset = table.offsets[at]
+        past = (offset + numel > table.storage_numels[at]) | \
             ((offset + numel) * itemsize > self.directory.file_sizes[member])
         if past.any():
             bad = int(np.flatnonzero(past)[0])
@@ -378,14 +818,15 @@ class StorageReader:
         starts = np.concatenate(([0], np.cumsum(numel)))
         flat = np.empty(int(starts[-1]), np.float32)
         if not self.directory.stored[member].all():  # zipfile inflates them (not torch's own files)
-            for at, m, ident, first, count in zip(starts.tolist(), members, ids, offsets, numels):
+            for at_flat, m, kind, first, count in zip(starts.tolist(), members, kinds, offset.tolist(),
+                                                      numel.tolist()):
                 data = read_member(self.archive, m, self.name, self.limits.max_tensor_bytes)
-                flat[at:at + count] = _widened(np.frombuffer(data, ident[1].dtype, count,
-                                                             first * np.dtype(ident[1].dtype).itemsize), ident[1])
+                flat[at_flat:at_flat + count] = _widened(np.frombuffer(data, kind.dtype, count,
+                                                                       first * np.dtype(kind.dtype).itemsize), kind)
             return flat, starts.tolist()
-        kinds = [i[1].name for i in ids]
-        for kind in set(kinds):
-            group = np.flatnonzero(np.array(kinds) == kind) if len(set(kinds)) > 1 else np.arange(len(kinds))
+        names = [k.name for k in kinds]
+        for kind in set(names):
+            group = np.flatnonzero(np.array(names) == kind) if len(set(names)) > 1 else np.arange(len(names))
             self._gather(flat, starts, _STORAGE_TYPES[kind], member[group], offset[group], numel[group], group)
         return flat, starts.tolist()
 
@@ -448,6 +889,54 @@ class StorageReader:
         if len(raw) != length:
             raise UnsupportedFileError(f"{self.name}: storage {member} is truncated")
         return raw
+
+
+_INT64_SAFE = 2 ** 62
+
+
+def _table_from_args(name: str, limits: Limits, items: list[tuple[Any, Any]]) -> TensorTable | None:
+    """The tensor records among ``items`` (key, value pairs the unpickler built) as a
+    :class:`TensorTable` of every storage kind, or None where one is not the plain form."""
+    pairs = [(k, v) for k, v in items if type(k) is str and type(v) is _TensorArgs]
+    if not pairs:
+        return TensorTable.empty()
+    keys = list(map(itemgetter(0), pairs))
+    args = list(map(attrgetter("args"), map(itemgetter(1), pairs)))
+    del pairs
+    if min(map(len, args)) < 4:
+        return None
+    ids, offsets, shapes, strides = (list(map(itemgetter(i), args)) for i in range(4))
+    if not (_types(ids) <= {tuple} and set(map(len, ids)) == {5}):
+        return None
+    kinds = list(map(itemgetter(1), ids))
+    numels = list(map(itemgetter(4), ids))
+    if not (set(map(itemgetter(0), ids)) == {"storage"} and _types(kinds) <= {_StorageType}
+            and _types(map(itemgetter(2), ids)) <= {str} and _types(numels) <= {int}
+            and _types(offsets) <= {int} and _types(shapes) <= {tuple} and _types(strides) <= {tuple}):
+        return None
+    dims = list(itertools.chain.from_iterable(shapes))
+    steps = list(itertools.chain.from_iterable(strides))
+    if not (_types(dims) <= {int} and _types(steps) <= {int}):
+        return None
+    if max(map(abs, itertools.chain(dims, steps, offsets, numels)), default=0) >= _INT64_SAFE:
+        for key, shape, kind in zip(keys, shapes, kinds):  # a declared size past int64: refused
+            if any(abs(d) >= _INT64_SAFE for d in shape):
+                check_tensor_shape(name, key, shape, np.dtype(kind.dtype).itemsize, limits)
+        raise UnsupportedFileError(f"{name}: not a readable PyTorch file (a tensor's storage offset, "
+                                   "size or stride is out of range)")
+    ndim = np.fromiter(map(len, shapes), np.int64, len(shapes))
+    stride_ndim = np.fromiter(map(len, strides), np.int64, len(strides))
+    axes = max(1, int(ndim.max()), int(stride_ndim.max()))
+    return TensorTable(keys, ndim, _padded(ndim, dims, axes, 1), stride_ndim, _padded(stride_ndim, steps, axes, 0),
+                       kinds, list(map(itemgetter(2), ids)), np.array(offsets, np.int64),
+                       np.array(numels, np.int64))
+
+
+def _padded(lengths: np.ndarray, values: list[int], axes: int, fill: int) -> np.ndarray:
+    """Rows of ``axes`` columns from ragged values (row i: the next ``lengths[i]``), padded."""
+    out = np.full((lengths.size, axes), fill, np.int64)
+    out[np.arange(axes) < lengths[:, None]] = np.array(values, np.int64)
+    return out
 
 
 def _widened(raw: np.ndarray, kind: _StorageType) -> np.ndarray:

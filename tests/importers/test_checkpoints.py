@@ -233,18 +233,13 @@ def test_a_hundred_thousand_key_state_dict_is_read_and_matched_isolated(tmp_path
 
     import torch
 
-    from morphscope.graph import ChannelGraph, Kind
+    from morphscope.synthetic import bn_chain, bn_chain_keys
 
-    n_bn, params = 25_000, ("weight", "bias", "running_mean", "running_var")
-    graph = ChannelGraph("bn_chain", "torch", (4, 1, 1))
-    graph.add_op("x", Kind.INPUT, out_channels=4)
-    for i in range(n_bn):
-        graph.add_op(f"b{i}", Kind.BN, order=i, out_channels=4, gamma_key=f"b{i}.weight",
-                     param_keys=tuple(f"b{i}.{p}" for p in params))
-        graph.connect(f"b{i - 1}" if i else "x", f"b{i}")
+    n_bn = 25_000
+    graph = bn_chain(n_bn)
     values = torch.arange(4 * n_bn, dtype=torch.float32).reshape(n_bn, 4)  # gamma of b_i: 4i .. 4i+3
-    state = {f"b{i}.{p}": values[i].clone() if p == "weight" else torch.full((4,), -1.0)
-             for i in range(n_bn) for p in params}
+    state = {key: values[i // 4].clone() if key.endswith(".weight") else torch.full((4,), -1.0)
+             for i, key in enumerate(bn_chain_keys(n_bn))}
     torch.save(state, tmp_path / "big.pt")
     start = time.perf_counter()
     structure = load_structure(graph, tmp_path / "big.pt")
@@ -253,3 +248,122 @@ def test_a_hundred_thousand_key_state_dict_is_read_and_matched_isolated(tmp_path
     for i in (0, 1, 12_345, n_bn - 1):
         np.testing.assert_array_equal(structure.gammas[f"b{i}"], [4 * i, 4 * i + 1, 4 * i + 2, 4 * i + 3])
     assert elapsed < 30  # a few seconds on a quiet 2-core machine; generous for a loaded CI
+
+
+def _bn_state(n, prefix="", dtype=None):
+    import torch
+
+    state = {}
+    for i in range(n):
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            state[f"{prefix}b{i}.{p}"] = torch.randn(4 + i % 3, dtype=dtype or torch.float32)
+    return state
+
+
+def _odd_state():
+    # Mixed storage kinds (the first of each defines its global mid-file), scalars, 4-d and
+    # 5-d kernels (MARK tuples), a view sharing a storage, a strided-free slice with an
+    # offset, big dims (BININT2/BININT), keys with "((" and non-ASCII text, > 1000 items.
+    import torch
+
+    state = _bn_state(300)
+    base = torch.randn(40)
+    state.update({"conv.weight": torch.randn(8, 3, 3, 3), "conv3d.weight": torch.randn(2, 2, 1, 3, 3),
+                  "count": torch.tensor(7), "half": torch.randn(5).half(), "bf": torch.randn(6).bfloat16(),
+                  "slice": base[10:20], "whole": base, "wide": torch.zeros(70000), "((odd)).weight": torch.ones(3),
+                  "schön.bias": torch.ones(2), "mask": torch.ones(4, dtype=torch.bool)})
+    state.update(_bn_state(50, prefix="late."))
+    return state
+
+
+def _both_ways(path, monkeypatch):
+    """read_checkpoint with the record scanner and with the unpickler alone."""
+    from morphscope.importers import torch_zip
+
+    fast = read_checkpoint(path, full=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch_zip, "_spliced_load", lambda *args: None)
+        slow = read_checkpoint(path, full=True)
+    assert list(fast.shapes.items()) == list(slow.shapes.items())
+    assert list(fast.arrays) == list(slow.arrays)
+    for key, values in slow.arrays.items():
+        np.testing.assert_array_equal(fast.arrays[key], values)
+    return fast
+
+
+@pytest.mark.parametrize("kind", ["plain", "ddp", "nested", "module", "odd"])
+def test_scanned_records_read_exactly_as_the_unpickler_reads_them(tmp_path, monkeypatch, kind):
+    import collections
+
+    import torch
+
+    from morphscope.importers.torch_zip import read_torch_zip
+
+    if kind == "module":  # an OrderedDict with _metadata (a BUILD after the items)
+        layers = [torch.nn.BatchNorm2d(4 + i % 3) for i in range(100)]
+        state = torch.nn.Sequential(*layers).state_dict()
+    else:
+        state = {"plain": _bn_state(100), "ddp": _bn_state(100, "module."), "odd": _odd_state()}.get(kind)
+        if kind == "nested":
+            state = {"epoch": 3, "state_dict": collections.OrderedDict(_bn_state(100)), "note": "x"}
+    path = tmp_path / f"{kind}.pt"
+    torch.save(state, path)
+    obj, reader = read_torch_zip(path, path.name)
+    assert reader.runs, "the scanner takes torch.save's records"
+    reader.close()
+    fast = _both_ways(path, monkeypatch)
+    plain = state["state_dict"] if kind == "nested" else state
+    floating = {k.removeprefix("module."): v for k, v in plain.items() if v.is_floating_point()}
+    assert list(fast.shapes) == list(floating)
+    for key, value in floating.items():
+        np.testing.assert_array_equal(fast.arrays[key], value.float().numpy())
+
+
+def test_scanner_leaves_irregular_records_to_the_unpickler(tmp_path, monkeypatch):
+    import torch
+
+    from morphscope.importers.torch_zip import read_torch_zip
+
+    state = _bn_state(100)
+    state["b5.weight"] = torch.nn.Parameter(torch.randn(4))  # _rebuild_parameter: not the pattern
+    tied = torch.randn(4)
+    state["b7.weight"], state["b70.weight"] = tied, tied  # a storage fetched from the memo
+    state["b9.bias"] = torch.randn(6, 4)[:, 1]  # strided: torch.load rebuilds it
+    path = tmp_path / "irregular.pt"
+    torch.save(state, path)
+    _both_ways(path, monkeypatch)
+    state.pop("b9.bias")
+    torch.save(state, path)
+    assert read_torch_zip(path, path.name) is not None
+    fast = _both_ways(path, monkeypatch)
+    np.testing.assert_array_equal(fast.arrays["b70.weight"], tied.numpy())
+
+
+@pytest.mark.parametrize("damage", ["rebuild", "storage", "truncate"])
+def test_damaged_scanned_records_fall_back_to_the_unpickler(tmp_path, damage):
+    import zipfile
+
+    import torch
+
+    torch.save(_bn_state(100), tmp_path / "ok.pt")
+    with zipfile.ZipFile(tmp_path / "ok.pt") as archive:
+        items = {i.filename: archive.read(i) for i in archive.infolist()}
+    pkl = next(k for k in items if k.endswith("data.pkl"))
+    data = items[pkl]
+    if damage == "rebuild":  # a later record fetches memo 4 (FloatStorage) as its rebuild function
+        at = data.rindex(b"h\x02((")
+        data = data[:at] + b"h\x04" + data[at + 2:]
+    elif damage == "storage":  # a record names a storage kind that is not one
+        at = data.rindex(b"((h\x03h\x04")
+        data = data[:at + 4] + b"h\x02" + data[at + 6:]
+    else:
+        data = data[:len(data) // 2]
+    items[pkl] = data
+    with zipfile.ZipFile(tmp_path / "bad.pt", "w") as archive:
+        for member, content in items.items():
+            archive.writestr(member, content)
+    from morphscope.importers.torch_zip import _spliced_load
+
+    assert _spliced_load(data, "bad.pt", None) is None
+    with pytest.raises(UnsupportedFileError, match="bad.pt: "):
+        read_checkpoint(tmp_path / "bad.pt")
