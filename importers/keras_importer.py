@@ -261,6 +261,15 @@ def _matmul_products(op: Any, inputs: list[tuple]) -> list[tuple[int, int, int, 
     return [matmul_dims(*(tuple(s or 1 for s in shape) for shape in inputs))] if len(inputs) == 2 else []
 
 
+def _dot_product_attention_products(op: Any, inputs: list[tuple]) -> list[tuple[int, int, int, int]]:
+    """``ops.dot_product_attention`` on query (B, T, N, H), key (B, S, N, H) and value
+    (B, S, N, Hv): q k^T and attention x v per batch and head."""
+    if len(inputs) < 3 or any(len(shape) != 4 for shape in inputs[:3]):
+        return []
+    (b, t, n, h), (_, s, _, _), (_, _, _, hv) = (tuple(d or 1 for d in x) for x in inputs[:3])
+    return [(b * n, t, h, s), (b * n, t, s, hv)]
+
+
 COMPOSITE_PRODUCTS: Mapping[str, Callable[[Any, list[tuple]], list[tuple[int, int, int, int]]]] = {
     "MultiHeadAttention": _attention_products,
     **dict.fromkeys(_GATES, _recurrent_products),
@@ -268,6 +277,7 @@ COMPOSITE_PRODUCTS: Mapping[str, Callable[[Any, list[tuple]], list[tuple[int, in
     "EinsumDense": _einsum_dense_products,
     "Einsum": _einsum_products,  # keras.ops.einsum, recorded when a composite is walked
     "Matmul": _matmul_products,  # keras.ops.matmul
+    "DotProductAttention": _dot_product_attention_products,  # keras.ops.dot_product_attention
 }
 
 

@@ -71,6 +71,24 @@ def test_matmul_between_activations_counts_its_product():
     assert params == model.count_params() == 2 * (13 * 24 + 24)
 
 
+def test_dot_product_attention_op_counts_scores_and_weighted_values():
+    x = keras.Input((29, 24))
+    q, k, v = (layers.Reshape((29, 4, 6))(layers.Dense(24)(x)) for _ in range(3))
+    model = keras.Model(x, keras.ops.dot_product_attention(q, k, v))
+    graph, params, macs = counted(model)
+    # q, k, v projections 3 x 29*24*24; q k^T and attn v: 2 x 4 heads * 29*29*6
+    assert macs == 3 * 29 * 24 * 24 + 2 * 4 * 29 * 29 * 6
+    assert params == model.count_params() == 3 * (24 * 24 + 24)
+
+
+def test_keras_attention_layer_is_walked_to_its_two_matmuls():
+    x = keras.Input((29, 24))
+    model = keras.Model(x, layers.Attention()([x, x]))
+    graph, params, macs = counted(model)
+    assert macs == 2 * 29 * 29 * 24  # scores (29 x 24) @ (24 x 29), then (29 x 29) @ (29 x 24)
+    assert params == model.count_params() == 0
+
+
 class Project(layers.Layer):
     """A custom layer multiplying by its own kernel with ``ops.einsum`` (no sublayers)."""
 

@@ -51,6 +51,10 @@ BACKBONES = {
     # GPT2: its decoder's CachedMultiHeadAttention subclasses MultiHeadAttention (same formula)
     # and inherits a compute_output_spec without the `cache` argument its call takes
     "gpt2": lambda: fixed_length(MODELS.GPT2Backbone(**TEXT)),
+    # its logits reuse the token embedding (ReversibleEmbedding, reverse=True): one more
+    # product, on weights already counted
+    "gpt2_causal_lm": lambda: fixed_length(MODELS.GPT2CausalLM(
+        backbone=MODELS.GPT2Backbone(**TEXT), preprocessor=None)),
 }
 
 
