@@ -683,8 +683,8 @@ class UncountedMacsWarning(UserWarning):
 def _uncounted_note(uncounted: Mapping[str, str]) -> str:
     shown = "; ".join(f"{op} ({why})" for op, why in list(uncounted.items())[:5])
     more = f"; and {len(uncounted) - 5} more" if len(uncounted) > 5 else ""
-    return (f"MACs short: {len(uncounted)} opaque op{'s' if len(uncounted) > 1 else ''} "
-            f"whose products are not counted: {shown}{more}")
+    return (f"MACs may be short: {len(uncounted)} opaque op{'s' if len(uncounted) > 1 else ''} "
+            f"whose products, if any, are not in the total: {shown}{more}")
 
 
 EXAMPLE_LENGTH = 128  # stands for an unknown size in the advice's code
