@@ -145,8 +145,12 @@ def main() -> None:
     parser.add_argument("--pt2", action="store_true", help="also export and import .pt2 ReLU chains")
     parser.add_argument("--pt2-sizes", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--checkpoint-keys", type=int, default=10 ** 6)
+    parser.add_argument("--growth-keys", type=int, nargs="+", default=[10 ** 4, 10 ** 5, 10 ** 6],
+                        help=".pt sizes read in process for the growth exponent (the last: --checkpoint-keys)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.checkpoint_keys not in args.growth_keys:
+        args.growth_keys.append(args.checkpoint_keys)
     if args.child:
         what, *rest = args.child
         with tempfile.TemporaryDirectory() as tmp:
@@ -205,14 +209,23 @@ def main() -> None:
     else:
         print(f"checkpoint: {r['keys']:,} keys, {r['matched']:,} bn scales matched (match_gammas) in "
               f"{r['match_s']:.2f} s wall, {r['cpu_s']:.2f} s CPU (aim: < 5 s), peak {r['peak_mb']:.0f} MB")
-    for where in ("in-process", "isolated"):  # each writes its file with torch.save first (minutes at 10^6)
-        r = child(["file", str(args.checkpoint_keys), where])
-        if "error" in r:
-            print(f".pt checkpoint read + match ({where}) failed: {r['error']}")
-            continue
-        print(f".pt checkpoint read + match ({where}): {r['keys']:,} keys, {r['matched']:,} bn scales in "
-              f"{r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU in this process (aim: < 5 s), "
-              f"peak {r['peak_mb']:.0f} MB (includes torch.save's), worker peak {r['worker_peak_mb']:.0f} MB")
+    growth = []
+    for keys in args.growth_keys:  # each writes its file with torch.save first (minutes at 10^6)
+        for where in ("in-process", "isolated") if keys == args.checkpoint_keys else ("in-process",):
+            r = child(["file", str(keys), where])
+            if "error" in r:
+                print(f".pt checkpoint read + match ({where}, {keys:,} keys) failed: {r['error']}")
+                continue
+            if where == "in-process":
+                growth.append(r)
+            print(f".pt checkpoint read + match ({where}): {r['keys']:,} keys, {r['matched']:,} bn scales in "
+                  f"{r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s CPU in this process (aim: < 5 s at 10^6), "
+                  f"peak {r['peak_mb']:.0f} MB (includes torch.save's), worker peak {r['worker_peak_mb']:.0f} MB")
+    if len(growth) >= 2:
+        sizes = [r["keys"] for r in growth]
+        print(f"{'':<16}growth exponent (.pt read + match in process vs keys): wall "
+              f"{growth_exponent(sizes, [r['wall_s'] for r in growth]):.2f}, CPU "
+              f"{growth_exponent(sizes, [r['cpu_s'] for r in growth]):.2f} (1 is linear)")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,11 @@ class CheckpointTensors:
 
     arrays: dict[str, np.ndarray]
     shapes: dict[str, tuple[int, ...]]
+    # From from_flat: the one buffer the arrays view, where each starts (key -> i, and one
+    # more start: the end), so matching gathers all bn scales with one numpy index.
+    flat: np.ndarray | None = field(default=None, repr=False, compare=False)
+    flat_index: dict[str, int] | None = field(default=None, repr=False, compare=False)
+    flat_starts: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, Any]) -> "CheckpointTensors":
@@ -81,7 +86,40 @@ class CheckpointTensors:
         in ``array_shapes[i]`` (no copy; 1-d ones need no reshape)."""
         arrays = {k: flat[a:b] if len(shape) == 1 else flat[a:b].reshape(shape)
                   for k, shape, a, b in zip(keys, array_shapes, starts, starts[1:])}
-        return cls(arrays, shapes)
+        return cls(arrays, shapes, flat, dict(zip(keys, range(len(keys)))), np.asarray(starts, np.int64))
+
+
+class IndexedShapes(Mapping):
+    """key -> shape as ``shapes[index[key]]``: a read-only dict of a 10^6-key checkpoint's
+    shapes without building a second 10^6-key dict (``index`` is the one the reader needs
+    anyway); iterates in ``index``'s order."""
+
+    def __init__(self, index: dict[str, int], shapes: list[tuple[int, ...]]) -> None:
+        self._index, self._shapes = index, shapes
+
+    def __getitem__(self, key: str) -> tuple[int, ...]:
+        return self._shapes[self._index[key]]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def keys(self):
+        return self._index.keys()
+
+    def values(self) -> list[tuple[int, ...]]:
+        return list(map(self._shapes.__getitem__, self._index.values()))
+
+    def items(self):
+        return zip(self._index, self.values())
+
+    def __repr__(self) -> str:
+        return f"IndexedShapes({len(self)} keys)"
 
 
 def unwrap_key(key: str) -> str:
@@ -200,10 +238,12 @@ def _plain_state_dict(path: Path, name: str, limits: Limits, full: bool,
         if not table.keys:
             raise UnsupportedFileError(f"{name}: the state_dict holds no floating point tensors")
         keys, table_shapes = unwrap_keys(table.keys), table.shapes
-        shapes = dict(zip(keys, table_shapes))
         last = dict(zip(keys, range(len(keys))))  # a key twice after unwrapping: the last one counts
-        chosen = last.values() if wanted is None or full else [last[k] for k in wanted if k in last]
-        positions = sorted(chosen if full else (i for i in chosen if len(table_shapes[i]) <= 1))
+        shapes = IndexedShapes(last, table_shapes)
+        chosen = np.fromiter(last.values() if wanted is None or full else
+                             map(last.get, wanted, itertools.repeat(-1)), np.int64)
+        chosen = chosen[chosen >= 0]
+        positions = np.sort(chosen if full else chosen[table.ndim[chosen] <= 1]).tolist()
         found_values = reader.values(table, positions)
         if found_values is None:
             return None  # a strided view: torch.load rebuilds it
@@ -384,7 +424,7 @@ def _unknown_layers(graph: ChannelGraph, keys: Collection[str]) -> set[str]:
     """Prefixes of checkpoint keys the model has no weights under. PyTorch: keys the model
     names exactly are set aside first (a set difference), so only the rest are split."""
     if graph.framework != "keras":
-        keys = set(keys) - _param_keys(graph)
+        keys = (keys.keys() if isinstance(keys, Mapping) else set(keys)) - _param_keys(graph)
         if not keys:
             return set()
     return {_prefix(graph, k) for k in keys} - _known_prefixes(graph)
@@ -419,21 +459,24 @@ def _match_gammas(graph: ChannelGraph, tensors: CheckpointTensors, source: str,
         return LearnedStructure(source, kernels=kernels, notes=(
             "no bn scales: alive channels from kernel norms (group lasso)",))
     shapes, arrays = tensors.shapes, tensors.arrays
-    names, vectors, missing, wrong = [], [], [], []
-    for name, attrs in bns:
-        key = next((k for k in _bn_lookup_keys(graph, attrs["gamma_key"]) if k in shapes), None)
-        if key is None:
-            missing.append(attrs["gamma_key"])
-            continue
-        size = math.prod(shapes[key])
-        if size != attrs["out_channels"] or key not in arrays:
-            wrong.append(f"{key} has {size} values, the model has {attrs['out_channels']}")
-            continue
-        names.append(name)
-        vectors.append(arrays[key])
-    sizes = np.fromiter(map(attrgetter("size"), vectors), np.int64, len(vectors))
-    starts = np.concatenate(([0], np.cumsum(sizes))).tolist()
-    flat = np.concatenate([np.ravel(v) for v in vectors], dtype=np.float64) if vectors else np.zeros(0)
+    if tensors.flat is not None and graph.framework != "keras" and len(tensors.flat_index) == len(arrays):
+        names, sizes, starts, flat, missing, wrong = _gather_scales(tensors, bns)
+    else:
+        names, vectors, missing, wrong = [], [], [], []
+        for name, attrs in bns:
+            key = next((k for k in _bn_lookup_keys(graph, attrs["gamma_key"]) if k in shapes), None)
+            if key is None:
+                missing.append(attrs["gamma_key"])
+                continue
+            size = math.prod(shapes[key])
+            if size != attrs["out_channels"] or key not in arrays:
+                wrong.append(f"{key} has {size} values, the model has {attrs['out_channels']}")
+                continue
+            names.append(name)
+            vectors.append(arrays[key])
+        sizes = np.fromiter(map(attrgetter("size"), vectors), np.int64, len(vectors))
+        starts = np.concatenate(([0], np.cumsum(sizes))).tolist()
+        flat = np.concatenate([np.ravel(v) for v in vectors], dtype=np.float64) if vectors else np.zeros(0)
     not_finite = []
     if not np.isfinite(flat).all():
         bad = np.concatenate(([0], np.cumsum(~np.isfinite(flat))))[starts]
@@ -455,6 +498,37 @@ def _match_gammas(graph: ChannelGraph, tensors: CheckpointTensors, source: str,
     if problems:
         raise CheckpointMismatchError(f"{source}: does not fit {graph.name}: {'; '.join(problems)}")
     return LearnedStructure(source, gammas=gammas)
+
+
+def _gather_scales(tensors: CheckpointTensors, bns: list[tuple[str, dict[str, Any]]]):
+    """The loop of :func:`_match_gammas` for PyTorch keys over a :meth:`CheckpointTensors.from_flat`
+    buffer, in bulk: lookups with C-level ``map``, sizes and the gather with numpy; the same
+    names, sizes, starts, float64 values, missing and wrong lists (in bn order)."""
+    from operator import contains
+
+    shapes = tensors.shapes
+    attrs = list(map(itemgetter(1), bns))
+    keys = list(map(itemgetter("gamma_key"), attrs))
+    channels = np.fromiter(map(itemgetter("out_channels"), attrs), np.int64, len(attrs))
+    present = np.fromiter(map(contains, itertools.repeat(shapes), keys), bool, len(keys))
+    at = np.fromiter(map(tensors.flat_index.get, keys, itertools.repeat(-1)), np.int64, len(keys))
+    bounds = tensors.flat_starts
+    size = np.where(at >= 0, bounds[at + 1] - bounds[np.maximum(at, 0)], -1)
+    good = present & (at >= 0) & (size == channels)
+    missing = [keys[i] for i in np.flatnonzero(~present).tolist()]
+    wrong = [f"{keys[i]} has {math.prod(shapes[keys[i]])} values, the model has {int(channels[i])}"
+             for i in np.flatnonzero(present & ~good).tolist()]
+    chosen = np.flatnonzero(good)
+    sizes = size[chosen]
+    flat = tensors.flat[_index_ranges(bounds[at[chosen]], sizes)].astype(np.float64)
+    names = [bns[i][0] for i in chosen.tolist()]
+    return names, sizes, np.concatenate(([0], np.cumsum(sizes))).tolist(), flat, missing, wrong
+
+
+def _index_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``starts[0] .. starts[0] + lengths[0] - 1, starts[1] ..``, concatenated."""
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, np.int64) - before, lengths) + np.arange(int(lengths.sum()))
 
 
 def match_alive_counts(graph: ChannelGraph, counts: dict[str, int], source: str) -> LearnedStructure:

@@ -203,14 +203,11 @@ def read_zip_directory(fd: int, size: int) -> ZipDirectory | None:
 
 
 def _names(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray, encoding: str) -> list[str] | None:
-    """Every member name, gathered with one mask and decoded once (a newline after each)."""
-    marked = np.empty(raw.size + 1, np.uint8)
-    marked[:-1] = raw
-    marked[starts + lengths] = ord("\n")  # the byte after each name: the next field or entry
-    step = np.zeros(raw.size + 2, np.int8)
-    step[starts] = 1  # names never overlap, nor does one's end touch another's start
-    step[starts + lengths + 1] = -1
-    text = marked[np.cumsum(step[:-1], dtype=np.int8).astype(bool)].tobytes()
+    """Every member name, gathered with one index and decoded once (a newline after each:
+    the byte after a name, the next field or entry, is overwritten in the gathered copy)."""
+    gathered = np.append(raw, np.uint8(0))[_ranges(starts, lengths + 1)]  # the last may end the directory
+    gathered[np.cumsum(lengths + 1) - 1] = ord("\n")
+    text = gathered.tobytes()
     if text.count(b"\n") != starts.size or b"\x00" in text:
         return None
     try:
@@ -311,7 +308,12 @@ def read_torch_zip(path: Path, name: str, limits: Limits = DEFAULT_LIMITS) -> tu
         del text
         try:
             with paused_gc():
-                spliced = _spliced_load(data, name, limits)
+                try:
+                    spliced = _spliced_load(data, name, limits)
+                except MemoryError:
+                    raise
+                except Exception:  # noqa: BLE001 - a scanner bug must not change what a file reads as
+                    spliced = None
                 if spliced is not None:
                     obj, reader.spliced, reader.runs = spliced
                 else:
@@ -478,12 +480,13 @@ def scan_records(data: bytes) -> list[_Run]:
     buf = np.frombuffer(data, np.uint8)
     if buf.size < 64:
         return []
-    pairs = np.flatnonzero((buf[:-1] == _OP["MARK"]) & (buf[1:] == _OP["MARK"]))
-    starts = np.union1d(pairs[(pairs >= 2) & (buf[np.maximum(pairs - 2, 0)] == _OP["BINGET"])] - 2,
-                        pairs[(pairs >= 5) & (buf[np.maximum(pairs - 5, 0)] == _OP["LONG_BINGET"])] - 5)
+    pairs = _pair_positions(data, _OP["MARK"])
+    starts = np.sort(np.concatenate([pairs[(pairs >= 2) & (buf[np.maximum(pairs - 2, 0)] == _OP["BINGET"])] - 2,
+                                     pairs[(pairs >= 5) & (buf[np.maximum(pairs - 5, 0)] == _OP["LONG_BINGET"])] - 5]))
     del pairs
     if starts.size < _MIN_RUN:
         return []
+    starts = starts[np.concatenate(([True], starts[1:] != starts[:-1]))]
     padded = np.zeros(buf.size + _PAD, np.uint8)
     padded[:buf.size] = buf
     c = _Cursor(padded, buf.size, starts)
@@ -528,7 +531,7 @@ def scan_records(data: bytes) -> list[_Run]:
     nxt = np.where(linked, following, -1).tolist()
     targeted = np.zeros(starts.size, bool)
     targeted[following[linked]] = True
-    runs, taken_end, visited = [], -1, np.zeros(starts.size, bool)
+    runs, taken_end, visited = [], -1, bytearray(starts.size)
     # A false start (a GET's opcode byte inside the memo index before a real value) parses
     # like the real one and links to the same next value: heads inside a taken run, or whose
     # chain meets one already walked, are skipped.
@@ -538,7 +541,8 @@ def scan_records(data: bytes) -> list[_Run]:
         chain = [head]
         while nxt[chain[-1]] >= 0 and not visited[nxt[chain[-1]]]:
             chain.append(nxt[chain[-1]])
-        visited[chain] = True
+        for node in chain:
+            visited[node] = 1
         if len(chain) <= _MIN_RUN:
             continue
         first, values = chain[:-1], np.array(chain[1:], np.int64)
@@ -612,15 +616,25 @@ def _memo_codes(memo: dict[int, Any], indices: np.ndarray) -> np.ndarray:
 
 def _decoded(data: bytes, buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> list[str] | None:
     """The BINUNICODE strings at ``start`` (decoded as the unpickler does), or None where one
-    holds a newline (they are decoded together, newline-separated)."""
-    total = int(length.sum())
-    joined = np.full(total + length.size, ord("\n"), np.uint8)
-    before = np.cumsum(length + 1) - length - 1
-    joined[_ranges(before, length)] = buf[_ranges(start, length)]
+    holds a newline (they are decoded together: each string's bytes and the byte after it,
+    which becomes a newline; a string ends before the pickle does)."""
+    joined = buf[_ranges(start, length + 1)]
+    joined[np.cumsum(length + 1) - 1] = ord("\n")
     text = joined.tobytes()
     if text.count(b"\n") != length.size:
         return None
     return text.decode("utf-8", "surrogatepass").split("\n")[:-1]
+
+
+def _pair_positions(data: bytes, code: int) -> np.ndarray:
+    """Sorted positions ``i`` with ``data[i] == data[i + 1] == code``, read as 2-byte words at
+    even and at odd offsets."""
+    pair = code | code << 8
+    even = np.flatnonzero(np.frombuffer(data, "<u2", len(data) // 2) == pair) * 2
+    odd = np.flatnonzero(np.frombuffer(data, "<u2", (len(data) - 1) // 2, 1) == pair) * 2 + 1
+    both = np.concatenate([even, odd])
+    both.sort(kind="stable")
+    return both
 
 
 def _spliced_load(data: bytes, name: str, limits: Limits) -> tuple[Any, Any, dict[_RunMarker, TensorTable]] | None:
