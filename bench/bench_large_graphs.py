@@ -27,9 +27,9 @@ import numpy as np
 
 
 def build(shape: str, n_ops: int):
-    """A chain or residual stack of about ``n_ops`` ops (:func:`morphscope.synthetic.conv_stack`,
+    """A chain or residual stack of about ``n_ops`` ops (:func:`morphscope.analyzers.synthetic.conv_stack`,
     the builder the tests use too)."""
-    from morphscope.synthetic import conv_stack
+    from morphscope.analyzers.synthetic import conv_stack
 
     return conv_stack(shape, n_ops)
 
@@ -89,7 +89,7 @@ def run_pt2(n_ops: int, path: Path) -> dict:
 def run_checkpoint(n_keys: int) -> dict:
     """Match a 10^6-key checkpoint (4 tensors per bn) against its graph's bn ops."""
     from morphscope.importers.checkpoints import match_gammas
-    from morphscope.synthetic import bn_chain, bn_chain_keys
+    from morphscope.analyzers.synthetic import bn_chain, bn_chain_keys
 
     n_bn = n_keys // 4
     graph = bn_chain(n_bn)  # sorted once when built, as the CLI and app do when loading
@@ -110,7 +110,7 @@ def run_checkpoint_file(n_keys: int, folder: Path, isolate: bool) -> dict:
 
     from morphscope.importers.checkpoints import load_structure
     from morphscope.importers.limits import Limits
-    from morphscope.synthetic import bn_chain, bn_chain_keys
+    from morphscope.analyzers.synthetic import bn_chain, bn_chain_keys
 
     n_bn = n_keys // 4
     path = folder / "big.pt"

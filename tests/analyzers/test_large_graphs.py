@@ -8,7 +8,7 @@ import numpy as np
 from morphscope.analyzers.alive import topology_report
 from morphscope.analyzers.widths import compile_width_model, multiplier_curve
 from morphscope.graph import ChannelGraph
-from morphscope.synthetic import conv_stack
+from morphscope.analyzers.synthetic import conv_stack
 
 BLOCKS = 3333  # 6 ops each, + input, stem, output: 20,001 ops
 

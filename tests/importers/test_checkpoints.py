@@ -233,7 +233,7 @@ def test_a_hundred_thousand_key_state_dict_is_read_and_matched_isolated(tmp_path
 
     import torch
 
-    from morphscope.synthetic import bn_chain, bn_chain_keys
+    from morphscope.analyzers.synthetic import bn_chain, bn_chain_keys
 
     n_bn = 25_000
     graph = bn_chain(n_bn)
