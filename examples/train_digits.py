@@ -44,7 +44,7 @@ BATCH = 16
 # 170 inner channels, about 650 once it is cut to 31), so only a fast start cuts the stream.
 GAMMA_LR_GAIN = {"flops": 3, "size": 20}
 LOG_EVERY = 20  # steps between logged structures
-FLOPS_STRENGTH, SIZE_STRENGTH = 7e-8, 5e-6
+FLOPS_STRENGTH, SIZE_STRENGTH = 1.1e-7, 5e-6
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
