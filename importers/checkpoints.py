@@ -28,7 +28,8 @@ from morphscope.importers.h5safe import open_h5
 from morphscope.importers.limits import (DEFAULT_LIMITS, Limits, check_tensor_shape, describe_error,
                                          loads_json, open_zip, read_member)
 from morphscope.importers.load import check_file, read_torch_pickle
-from morphscope.importers.torch_zip import STATE_DICT_WRAPPERS, paused_gc
+from morphscope.importers.torch_zip import (STATE_DICT_WRAPPERS, index_ranges, padded_rows, paused_gc,
+                                            shape_tuples)
 
 MAX_CHECKPOINT_BYTES = DEFAULT_LIMITS.max_file_bytes
 MAX_ALIVE_JSON_BYTES = 64 * 2**20
@@ -63,15 +64,11 @@ class CheckpointTensors:
     """What matching needs from a checkpoint, as plain data: every floating point tensor's
     shape by key, and the values of those with at most one axis (bn scales are among them),
     or of every tensor when read with ``full=True`` (group lasso needs the kernels).
-    Keys carry no training-wrapper segments (``module.``, ``_orig_mod.``, FSDP's)."""
+    Keys carry no training-wrapper segments (``module.``, ``_orig_mod.``, FSDP's).
+    A plain PyTorch state_dict's come as :class:`FlatArrays` and :class:`IndexedShapes`."""
 
-    arrays: dict[str, np.ndarray]
-    shapes: dict[str, tuple[int, ...]]
-    # From from_flat: the one buffer the arrays view, where each starts (key -> i, and one
-    # more start: the end), so matching gathers all bn scales with one numpy index.
-    flat: np.ndarray | None = field(default=None, repr=False, compare=False)
-    flat_index: dict[str, int] | None = field(default=None, repr=False, compare=False)
-    flat_starts: np.ndarray | None = field(default=None, repr=False, compare=False)
+    arrays: Mapping[str, np.ndarray]
+    shapes: Mapping[str, tuple[int, ...]]
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, Any]) -> "CheckpointTensors":
@@ -79,47 +76,95 @@ class CheckpointTensors:
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
         return cls(arrays, {k: tuple(v.shape) for k, v in arrays.items()})
 
-    @classmethod
-    def from_flat(cls, flat: np.ndarray, keys: list[str], array_shapes: list[tuple[int, ...]],
-                  starts: list[int], shapes: dict[str, tuple[int, ...]]) -> "CheckpointTensors":
-        """Arrays as views of one flat buffer: ``keys[i]``'s values are ``flat[starts[i]:starts[i + 1]]``
-        in ``array_shapes[i]`` (no copy; 1-d ones need no reshape)."""
-        arrays = {k: flat[a:b] if len(shape) == 1 else flat[a:b].reshape(shape)
-                  for k, shape, a, b in zip(keys, array_shapes, starts, starts[1:])}
-        return cls(arrays, shapes, flat, dict(zip(keys, range(len(keys)))), np.asarray(starts, np.int64))
-
 
 class IndexedShapes(Mapping):
-    """key -> shape as ``shapes[index[key]]``: a read-only dict of a 10^6-key checkpoint's
-    shapes without building a second 10^6-key dict (``index`` is the one the reader needs
-    anyway); iterates in ``index``'s order."""
+    """key -> shape, the first ``ndim[i]`` entries of row ``i = index[key]`` of ``dims``: a
+    10^6-key checkpoint's shapes as two arrays, a tuple made only when one is asked for
+    (``index`` is the dict the reader builds anyway); iterates in ``index``'s order."""
 
-    def __init__(self, index: dict[str, int], shapes: list[tuple[int, ...]]) -> None:
-        self._index, self._shapes = index, shapes
+    def __init__(self, index: dict[str, int], ndim: np.ndarray, dims: np.ndarray) -> None:
+        self.index, self.ndim, self.dims = index, ndim, dims
+
+    @classmethod
+    def of(cls, shapes: Mapping[str, tuple[int, ...]]) -> "IndexedShapes":
+        """``shapes`` as an IndexedShapes (itself if it is one)."""
+        if isinstance(shapes, IndexedShapes):
+            return shapes
+        keys, tuples = list(shapes), list(shapes.values())
+        ndim = np.fromiter(map(len, tuples), np.int64, len(tuples))
+        return cls(dict(zip(keys, range(len(keys)))), ndim,
+                   padded_rows(ndim, list(itertools.chain.from_iterable(tuples)), 1))
+
+    def columns(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Keys, ndim and dims rows in iteration order (rows renumbered 0, 1, ...)."""
+        rows = np.fromiter(self.index.values(), np.int64, len(self.index))
+        return list(self.index), self.ndim[rows], self.dims[rows]
 
     def __getitem__(self, key: str) -> tuple[int, ...]:
-        return self._shapes[self._index[key]]
+        i = self.index[key]
+        return tuple(self.dims[i, :self.ndim[i]].tolist())
 
     def __contains__(self, key: object) -> bool:
-        return key in self._index
+        return key in self.index
 
     def __iter__(self):
-        return iter(self._index)
+        return iter(self.index)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self.index)
 
     def keys(self):
-        return self._index.keys()
+        return self.index.keys()
 
     def values(self) -> list[tuple[int, ...]]:
-        return list(map(self._shapes.__getitem__, self._index.values()))
+        _, ndim, dims = self.columns()
+        return shape_tuples(ndim, dims)
 
     def items(self):
-        return zip(self._index, self.values())
+        return zip(self.index, self.values())
 
     def __repr__(self) -> str:
         return f"IndexedShapes({len(self)} keys)"
+
+
+class FlatArrays(Mapping):
+    """key -> float32 array, a view of one flat buffer: the values of ``shapes.index[key] = i``
+    are ``flat[starts[i]:starts[i + 1]]`` in ``shapes[key]`` (no array object until asked
+    for); matching gathers all bn scales from ``flat`` with one numpy index."""
+
+    def __init__(self, flat: np.ndarray, starts: np.ndarray, shapes: IndexedShapes) -> None:
+        self.flat, self.starts, self.shapes = flat, starts, shapes
+
+    @classmethod
+    def of(cls, arrays: Mapping[str, np.ndarray]) -> "FlatArrays":
+        """``arrays`` as FlatArrays (itself if it is one; else copied, as float32)."""
+        if isinstance(arrays, FlatArrays):
+            return arrays
+        values = list(arrays.values())
+        sizes = np.fromiter(map(attrgetter("size"), values), np.int64, len(values))
+        flat = np.concatenate([np.ravel(v) for v in values], dtype=np.float32) if values else np.zeros(0, np.float32)
+        return cls(flat, np.concatenate(([0], np.cumsum(sizes))),
+                   IndexedShapes.of({k: v.shape for k, v in arrays.items()}))
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        i = self.shapes.index[key]
+        values = self.flat[self.starts[i]:self.starts[i + 1]]
+        return values if self.shapes.ndim[i] == 1 else values.reshape(self.shapes[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.shapes.index
+
+    def __iter__(self):
+        return iter(self.shapes.index)
+
+    def __len__(self) -> int:
+        return len(self.shapes.index)
+
+    def keys(self):
+        return self.shapes.index.keys()
+
+    def __repr__(self) -> str:
+        return f"FlatArrays({len(self)} keys, {self.flat.size} values)"
 
 
 def unwrap_key(key: str) -> str:
@@ -237,21 +282,22 @@ def _plain_state_dict(path: Path, name: str, limits: Limits, full: bool,
             return None
         if not table.keys:
             raise UnsupportedFileError(f"{name}: the state_dict holds no floating point tensors")
-        keys, table_shapes = unwrap_keys(table.keys), table.shapes
+        keys = unwrap_keys(table.keys)
         last = dict(zip(keys, range(len(keys))))  # a key twice after unwrapping: the last one counts
-        shapes = IndexedShapes(last, table_shapes)
         chosen = np.fromiter(last.values() if wanted is None or full else
                              map(last.get, wanted, itertools.repeat(-1)), np.int64)
         chosen = chosen[chosen >= 0]
-        positions = np.sort(chosen if full else chosen[table.ndim[chosen] <= 1]).tolist()
+        positions = np.unique(chosen if full else chosen[table.ndim[chosen] <= 1])  # sorted, once each
         found_values = reader.values(table, positions)
         if found_values is None:
             return None  # a strided view: torch.load rebuilds it
         flat, starts = found_values
     finally:
         reader.close()
-    return CheckpointTensors.from_flat(flat, [keys[i] for i in positions], [table_shapes[i] for i in positions],
-                                       starts, shapes)
+    chosen_keys = list(map(keys.__getitem__, positions.tolist()))
+    return CheckpointTensors(FlatArrays(flat, starts, IndexedShapes(dict(zip(chosen_keys, range(len(chosen_keys)))),
+                                                                    table.ndim[positions], table.dims[positions])),
+                             IndexedShapes(last, table.ndim, table.dims))
 
 
 _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
@@ -422,9 +468,9 @@ def _prefix(graph: ChannelGraph, key: str) -> str:
 
 def _unknown_layers(graph: ChannelGraph, keys: Collection[str]) -> set[str]:
     """Prefixes of checkpoint keys the model has no weights under. PyTorch: keys the model
-    names exactly are set aside first (a set difference), so only the rest are split."""
+    names exactly are set aside first (one C-level filter over them), so only the rest are split."""
     if graph.framework != "keras":
-        keys = (keys.keys() if isinstance(keys, Mapping) else set(keys)) - _param_keys(graph)
+        keys = list(itertools.filterfalse(_param_keys(graph).__contains__, keys))
         if not keys:
             return set()
     return {_prefix(graph, k) for k in keys} - _known_prefixes(graph)
@@ -459,7 +505,7 @@ def _match_gammas(graph: ChannelGraph, tensors: CheckpointTensors, source: str,
         return LearnedStructure(source, kernels=kernels, notes=(
             "no bn scales: alive channels from kernel norms (group lasso)",))
     shapes, arrays = tensors.shapes, tensors.arrays
-    if tensors.flat is not None and graph.framework != "keras" and len(tensors.flat_index) == len(arrays):
+    if isinstance(arrays, FlatArrays) and graph.framework != "keras":
         names, sizes, starts, flat, missing, wrong = _gather_scales(tensors, bns)
     else:
         names, vectors, missing, wrong = [], [], [], []
@@ -501,18 +547,18 @@ def _match_gammas(graph: ChannelGraph, tensors: CheckpointTensors, source: str,
 
 
 def _gather_scales(tensors: CheckpointTensors, bns: list[tuple[str, dict[str, Any]]]):
-    """The loop of :func:`_match_gammas` for PyTorch keys over a :meth:`CheckpointTensors.from_flat`
-    buffer, in bulk: lookups with C-level ``map``, sizes and the gather with numpy; the same
-    names, sizes, starts, float64 values, missing and wrong lists (in bn order)."""
+    """The loop of :func:`_match_gammas` for PyTorch keys over :class:`FlatArrays`, in bulk:
+    lookups with C-level ``map``, sizes and the gather with numpy; the same names, sizes,
+    starts, float64 values, missing and wrong lists (in bn order)."""
     from operator import contains
 
-    shapes = tensors.shapes
+    shapes, arrays = tensors.shapes, tensors.arrays
     attrs = list(map(itemgetter(1), bns))
     keys = list(map(itemgetter("gamma_key"), attrs))
     channels = np.fromiter(map(itemgetter("out_channels"), attrs), np.int64, len(attrs))
-    present = np.fromiter(map(contains, itertools.repeat(shapes), keys), bool, len(keys))
-    at = np.fromiter(map(tensors.flat_index.get, keys, itertools.repeat(-1)), np.int64, len(keys))
-    bounds = tensors.flat_starts
+    present = np.fromiter(map(contains, itertools.repeat(shapes.keys()), keys), bool, len(keys))
+    at = np.fromiter(map(arrays.shapes.index.get, keys, itertools.repeat(-1)), np.int64, len(keys))
+    bounds = arrays.starts
     size = np.where(at >= 0, bounds[at + 1] - bounds[np.maximum(at, 0)], -1)
     good = present & (at >= 0) & (size == channels)
     missing = [keys[i] for i in np.flatnonzero(~present).tolist()]
@@ -520,15 +566,9 @@ def _gather_scales(tensors: CheckpointTensors, bns: list[tuple[str, dict[str, An
              for i in np.flatnonzero(present & ~good).tolist()]
     chosen = np.flatnonzero(good)
     sizes = size[chosen]
-    flat = tensors.flat[_index_ranges(bounds[at[chosen]], sizes)].astype(np.float64)
+    flat = arrays.flat[index_ranges(bounds[at[chosen]], sizes)].astype(np.float64)
     names = [bns[i][0] for i in chosen.tolist()]
     return names, sizes, np.concatenate(([0], np.cumsum(sizes))).tolist(), flat, missing, wrong
-
-
-def _index_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``starts[0] .. starts[0] + lengths[0] - 1, starts[1] ..``, concatenated."""
-    before = np.cumsum(lengths) - lengths
-    return np.repeat(np.asarray(starts, np.int64) - before, lengths) + np.arange(int(lengths.sum()))
 
 
 def match_alive_counts(graph: ChannelGraph, counts: dict[str, int], source: str) -> LearnedStructure:

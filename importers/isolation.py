@@ -18,9 +18,7 @@ file. Zoo names (``torchvision:``, ``keras:``, ``example:``) are ours and stay i
 from __future__ import annotations
 
 import atexit
-import itertools
 import json
-import math
 import os
 import select
 import shutil
@@ -65,37 +63,33 @@ def _task_model(path: Path, name: str, limits: Limits, out: Path, full: bool) ->
 
 
 def _task_checkpoint(path: Path, name: str, limits: Limits, out: Path, full: bool) -> None:
-    from morphscope.importers.checkpoints import read_checkpoint
+    from morphscope.importers.checkpoints import FlatArrays, IndexedShapes, read_checkpoint
 
-    wanted_file = out / "wanted.json"
-    wanted = set(json.loads(wanted_file.read_text())) if wanted_file.exists() else None
+    wanted = _load_keys(out, "wanted") if (out / "wanted_text.npy").exists() else None
     contents = read_checkpoint(path, name, limits, full, wanted)
-    arrays = list(contents.arrays.items())
-    np.save(out / "arrays.npy", np.concatenate([np.ravel(v) for _, v in arrays], dtype=np.float32)
-            if arrays else np.zeros(0, np.float32))
-    shapes = list(contents.shapes.values())
-    np.save(out / "ndims.npy", np.fromiter(map(len, shapes), np.int64, len(shapes)))
-    np.save(out / "dims.npy", np.fromiter(itertools.chain.from_iterable(shapes), np.int64))
-    (out / "tensors.json").write_text(json.dumps({
-        "keys": [k for k, _ in arrays], "array_shapes": [list(v.shape) for _, v in arrays],
-        "shape_keys": list(contents.shapes)}))
+    arrays = FlatArrays.of(contents.arrays)
+    np.save(out / "flat.npy", arrays.flat)
+    np.save(out / "starts.npy", arrays.starts)
+    for stem, shapes in (("arrays", arrays.shapes), ("shapes", IndexedShapes.of(contents.shapes))):
+        keys, ndim, dims = shapes.columns()
+        _save_keys(out, stem, keys)
+        np.save(out / f"{stem}_ndim.npy", ndim)
+        np.save(out / f"{stem}_dims.npy", dims)
 
 
-def _unpack_shapes(ndims: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
-    """Shape tuples from their lengths and their dims concatenated; shapes of one length
-    are made together (``zip`` over columns: no Python call per shape)."""
-    shapes: list[Any] = [()] * ndims.size
-    starts = np.concatenate(([0], np.cumsum(ndims)[:-1])) if ndims.size else ndims
-    for ndim in np.unique(ndims).tolist():
-        where = np.flatnonzero(ndims == ndim)
-        if ndim == 0:
-            continue
-        made = list(zip(*(dims[starts[where] + axis].tolist() for axis in range(ndim))))
-        if where.size == ndims.size:
-            return made
-        for i, shape in zip(where.tolist(), made):
-            shapes[i] = shape
-    return shapes
+def _save_keys(out: Path, stem: str, keys: list[str]) -> None:
+    """Strings as two arrays (no per-key object in the file): their text, UTF-8 (lone
+    surrogates kept, as a pickle may hold them), and where each ends in it."""
+    text = "".join(keys)
+    np.save(out / f"{stem}_text.npy", np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8))
+    np.save(out / f"{stem}_ends.npy", np.cumsum(np.fromiter(map(len, keys), np.int64, len(keys))))
+
+
+def _load_keys(out: Path, stem: str) -> list[str]:
+    """The strings :func:`_save_keys` wrote."""
+    text = np.load(out / f"{stem}_text.npy", allow_pickle=False).tobytes().decode("utf-8", "surrogatepass")
+    ends = np.load(out / f"{stem}_ends.npy", allow_pickle=False).tolist()
+    return list(map(text.__getitem__, map(slice, [0] + ends[:-1], ends)))
 
 
 def _task_alive(path: Path, name: str, limits: Limits, out: Path, full: bool) -> None:
@@ -271,12 +265,12 @@ def _run_isolated(task: str, kind: str, path: Path, name: str, what: str, limits
                   full: bool = False, wanted: Any = None) -> Path:
     """Run ``task`` on ``path`` in a limited child; return the folder holding its result.
 
-    ``wanted`` (plain data) goes to the child as ``wanted.json`` in that folder. The caller
-    removes the folder. Raises the child's one-line error, or names the limit hit.
+    ``wanted`` (strings) goes to the child as two arrays in that folder (:func:`_save_keys`).
+    The caller removes the folder. Raises the child's one-line error, or names the limit hit.
     """
     out = Path(tempfile.mkdtemp(prefix="morphscope_parse_"))
     if wanted is not None:
-        (out / "wanted.json").write_text(json.dumps(sorted(wanted)))
+        _save_keys(out, "wanted", list(wanted))
     request = {"task": task, "path": str(path), "name": name, "what": what, "out": str(out),
                "limits": limits.to_dict(), "full": full}
     try:
@@ -363,7 +357,7 @@ def read_checkpoint_isolated(path: str | Path, name: str | None = None,
     limited child process (see :func:`parse_model_isolated`); every tensor's values if
     ``full``, else those with at most one axis (of a plain state_dict: only the keys in
     ``wanted``, where given; see :func:`~morphscope.importers.checkpoints.read_checkpoint`)."""
-    from morphscope.importers.checkpoints import CheckpointTensors, checkpoint_suffix
+    from morphscope.importers.checkpoints import CheckpointTensors, FlatArrays, IndexedShapes, checkpoint_suffix
     from morphscope.importers.load import check_file
 
     path = Path(path)
@@ -372,16 +366,15 @@ def read_checkpoint_isolated(path: str | Path, name: str | None = None,
     kind = CHECKPOINT_WORKERS.get(checkpoint_suffix(path, name), "plain")
     out = _run_isolated("checkpoint", kind, path, name, "checkpoint", limits, full, wanted)
     try:
-        meta = json.loads((out / "tensors.json").read_text())
-        flat = np.load(out / "arrays.npy", allow_pickle=False)
-        ndims, dims = (np.load(out / f"{part}.npy", allow_pickle=False) for part in ("ndims", "dims"))
+        found = {stem: _load_keys(out, stem) for stem in ("arrays", "shapes")}
+        shapes = {stem: IndexedShapes(dict(zip(keys, range(len(keys)))),
+                                      np.load(out / f"{stem}_ndim.npy", allow_pickle=False),
+                                      np.load(out / f"{stem}_dims.npy", allow_pickle=False))
+                  for stem, keys in found.items()}
+        flat, starts = (np.load(out / f"{part}.npy", allow_pickle=False) for part in ("flat", "starts"))
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    sizes = [math.prod(shape) for shape in meta["array_shapes"]]
-    starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64))).tolist()
-    shapes = dict(zip(meta["shape_keys"], _unpack_shapes(ndims, dims)))
-    return CheckpointTensors.from_flat(flat, meta["keys"], [tuple(s) for s in meta["array_shapes"]],
-                                       starts, shapes)
+    return CheckpointTensors(FlatArrays(flat, starts, shapes["arrays"]), shapes["shapes"])
 
 
 def read_alive_isolated(path: str | Path, name: str | None = None,

@@ -24,7 +24,6 @@ import contextlib
 import gc
 import io
 import itertools
-import math
 import os
 import pickle
 import pickletools
@@ -49,6 +48,7 @@ class _StorageType(NamedTuple):
     name: str
     dtype: str  # numpy dtype of the stored bytes; bf16 is read as uint16 and widened
     floating: bool
+    itemsize: int
 
 
 # typed storage class -> (numpy dtype, is floating point)
@@ -56,7 +56,8 @@ STORAGE_DTYPES = {"FloatStorage": ("<f4", True), "DoubleStorage": ("<f8", True),
                   "BFloat16Storage": ("<u2", True), "LongStorage": ("<i8", False), "IntStorage": ("<i4", False),
                   "ShortStorage": ("<i2", False), "CharStorage": ("i1", False), "ByteStorage": ("u1", False),
                   "BoolStorage": ("?", False)}
-_STORAGE_TYPES = {kind: _StorageType(kind, dtype, floating) for kind, (dtype, floating) in STORAGE_DTYPES.items()}
+_STORAGE_TYPES = {kind: _StorageType(kind, dtype, floating, np.dtype(dtype).itemsize)
+                  for kind, (dtype, floating) in STORAGE_DTYPES.items()}
 _LOCAL_HEADER_BYTES = 30  # zip local file header before the name and extra field
 _EXTRA_GUESS_BYTES = 128  # torch pads the extra field to align data to 64 bytes
 _CENTRAL_HEADER_BYTES = 46  # zip central directory entry before its name, extra field and comment
@@ -174,16 +175,13 @@ def read_zip_directory(fd: int, size: int) -> ZipDirectory | None:
     if len(directory) != cd_size:
         return None
     raw = np.frombuffer(directory, np.uint8)
-    starts = np.flatnonzero(raw[:-3] == 0x50)
-    starts = starts[(raw[starts + 1] == 0x4B) & (raw[starts + 2] == 1) & (raw[starts + 3] == 2)]
+    words = _words(raw, "<u4")
+    starts = np.flatnonzero(words == 0x02014B50)
     if starts.size != entries or starts[0] != 0 or starts[-1] + _CENTRAL_HEADER_BYTES > cd_size:
         return None
 
-    def field(offset: int, width: int) -> np.ndarray:
-        value = np.zeros(starts.size, np.int64)
-        for byte in range(width):
-            value |= raw[starts + offset + byte].astype(np.int64) << (8 * byte)
-        return value
+    def field(offset: int, width: int) -> np.ndarray:  # every field ends inside its 46-byte header
+        return (words[starts + offset] & (2 ** (8 * width) - 1)).astype(np.int64)
 
     flags, method, name_bytes = field(8, 2), field(10, 2), field(28, 2)
     ends = starts + _CENTRAL_HEADER_BYTES + name_bytes + field(30, 2) + field(32, 2)
@@ -195,25 +193,40 @@ def read_zip_directory(fd: int, size: int) -> ZipDirectory | None:
     if ((flags & _ENCRYPTED_FLAGS).any() or method.any() or first_disk.any() or utf8.any() != utf8.all()
             or (np.maximum(compress_sizes, file_sizes).max() == 0xFFFFFFFF) or header_offsets.max() == 0xFFFFFFFF):
         return None
-    names = _names(raw, starts + _CENTRAL_HEADER_BYTES, name_bytes, "utf-8" if utf8.all() else "cp437")
+    names = _strings(raw, starts + _CENTRAL_HEADER_BYTES, name_bytes, "utf-8" if utf8.all() else "cp437",
+                     forbidden=b"\x00")
     if names is None:
         return None
     return ZipDirectory(names, dict(zip(names, range(len(names)))), header_offsets, file_sizes,
                         compress_sizes, name_bytes, np.ones(len(names), bool), crcs.astype(np.uint32))
 
 
-def _names(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray, encoding: str) -> list[str] | None:
-    """Every member name, gathered with one index and decoded once (a newline after each:
-    the byte after a name, the next field or entry, is overwritten in the gathered copy)."""
-    gathered = np.append(raw, np.uint8(0))[_ranges(starts, lengths + 1)]  # the last may end the directory
-    gathered[np.cumsum(lengths + 1) - 1] = ord("\n")
+def _strings(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray, encoding: str, errors: str = "strict",
+             forbidden: bytes = b"") -> list[str] | None:
+    """The strings of ``lengths[i]`` bytes at ``starts[i]`` of ``raw``, gathered with one index
+    and decoded once (a newline after each: the byte after a string, perhaps one past the end,
+    is overwritten in the gathered copy); None where one holds a newline or a byte of
+    ``forbidden``, or does not decode."""
+    if not starts.size:
+        return []
+    index = index_ranges(starts, lengths + 1)
+    after = np.cumsum(lengths + 1) - 1
+    index[after] = np.minimum(index[after], raw.size - 1)
+    gathered = raw[index]
+    del index
+    gathered[after] = ord("\n")
     text = gathered.tobytes()
-    if text.count(b"\n") != starts.size or b"\x00" in text:
+    if text.count(b"\n") != starts.size or any(byte in text for byte in forbidden):
         return None
     try:
-        return text.decode(encoding).split("\n")[:-1]
+        return text.decode(encoding, errors).split("\n")[:-1]
     except UnicodeDecodeError:
         return None
+
+
+def _words(buf: np.ndarray, dtype: str) -> np.ndarray:
+    """``buf``'s 4-byte words at every byte offset (unaligned, overlapping: a view, no copy)."""
+    return np.ndarray((buf.size - 3,), dtype, buf, 0, (1,))
 
 
 @dataclass(frozen=True)
@@ -232,10 +245,6 @@ class TensorTable:
     storages: list[str]
     offsets: np.ndarray  # int64 (n,)
     storage_numels: np.ndarray  # int64 (n,)
-
-    @property
-    def shapes(self) -> list[tuple[int, ...]]:
-        return shape_tuples(self.ndim, self.dims)
 
     @classmethod
     def empty(cls) -> "TensorTable":
@@ -262,21 +271,15 @@ class TensorTable:
 
 
 def shape_tuples(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
-    """Shape tuples from their lengths and the rows of ``dims`` (2-d, or 1-d: every shape's
-    dims one after another); shapes of one length are made together (``zip`` over columns:
-    no Python call per shape)."""
+    """Shape tuples from their lengths and the rows of ``dims``; shapes of one length are
+    made together (``zip`` over columns: no Python call per shape)."""
     ndim = np.asarray(ndim, np.int64)
-    if dims.ndim == 1:
-        starts = np.concatenate(([0], np.cumsum(ndim)[:-1])) if ndim.size else ndim
-        column = lambda where, axis: dims[starts[where] + axis]  # noqa: E731
-    else:
-        column = lambda where, axis: dims[where, axis]  # noqa: E731
     shapes: list[Any] = [()] * ndim.size
     for length in np.flatnonzero(np.bincount(ndim)).tolist() if ndim.size else []:
         if length == 0:
             continue
         where = np.flatnonzero(ndim == length)
-        made = list(zip(*(column(where, axis).tolist() for axis in range(length))))
+        made = list(zip(*(dims[where, axis].tolist() for axis in range(length))))
         if where.size == ndim.size:
             return made
         for i, shape in zip(where.tolist(), made):
@@ -375,8 +378,7 @@ class _Cursor:
     def __init__(self, padded: np.ndarray, size: int, pos: np.ndarray) -> None:
         self.buf, self.n, self.pos = padded, size, pos.astype(np.int64)
         # Little-endian 4-byte words at every byte offset (unaligned, overlapping views).
-        self.u32 = np.ndarray((padded.size - 3,), "<u4", padded, 0, (1,))
-        self.i32 = np.ndarray((padded.size - 3,), "<i4", padded, 0, (1,))
+        self.u32, self.i32 = _words(padded, "<u4"), _words(padded, "<i4")
         self.ok = np.ones(pos.size, bool)
 
     def byte(self, k: int = 0) -> np.ndarray:
@@ -614,18 +616,6 @@ def _memo_codes(memo: dict[int, Any], indices: np.ndarray) -> np.ndarray:
     return np.where(found, codes[np.where(found, at, known.size)], 0)
 
 
-def _decoded(data: bytes, buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> list[str] | None:
-    """The BINUNICODE strings at ``start`` (decoded as the unpickler does), or None where one
-    holds a newline (they are decoded together: each string's bytes and the byte after it,
-    which becomes a newline; a string ends before the pickle does)."""
-    joined = buf[_ranges(start, length + 1)]
-    joined[np.cumsum(length + 1) - 1] = ord("\n")
-    text = joined.tobytes()
-    if text.count(b"\n") != length.size:
-        return None
-    return text.decode("utf-8", "surrogatepass").split("\n")[:-1]
-
-
 def _pair_positions(data: bytes, code: int) -> np.ndarray:
     """Sorted positions ``i`` with ``data[i] == data[i + 1] == code``, read as 2-byte words at
     even and at odd offsets."""
@@ -693,8 +683,8 @@ def _spliced_load(data: bytes, name: str, limits: Limits) -> tuple[Any, Any, dic
         inside = final_memo[(final_memo >= low) & (final_memo <= high)]
         if run.puts.min() < 0 or (inside.size and np.isin(run.puts, inside).any()):
             return None
-        keys = _decoded(data, buf, run.key_start, run.key_length)
-        storages = _decoded(data, buf, run.storage_start, run.storage_length)
+        keys = _strings(buf, run.key_start, run.key_length, "utf-8", "surrogatepass")  # as the unpickler decodes
+        storages = _strings(buf, run.storage_start, run.storage_length, "utf-8", "surrogatepass")
         if keys is None or storages is None:
             return None
         all_keys += keys
@@ -782,7 +772,7 @@ class StorageReader:
                            table.stride_ndim[keep], table.steps[keep], [table.kinds[i] for i in take],
                            [table.storages[i] for i in take], table.offsets[keep], table.storage_numels[keep])
 
-    def values(self, table: TensorTable, positions: Sequence[int]) -> tuple[np.ndarray, list[int]] | None:
+    def values(self, table: TensorTable, positions: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
         """The values of the tensors at ``positions`` of ``table``, as float32, one after
         another in one flat array, and where each starts in it (one more: the end); None if
         one of them is not contiguous (a strided view: torch.load rebuilds it).
@@ -793,11 +783,11 @@ class StorageReader:
             A storage the archive lacks, shorter than its tensors, or over ``max_tensor_bytes``.
         """
         if not len(positions):
-            return np.zeros(0, np.float32), [0]
+            return np.zeros(0, np.float32), np.zeros(1, np.int64)
         at = np.asarray(positions, np.int64)
         ndim, dims, steps = table.ndim[at], table.dims[at], table.steps[at]
         kinds = [table.kinds[i] for i in at.tolist()]
-        itemsize = np.fromiter((np.dtype(k.dtype).itemsize for k in kinds), np.int64, len(kinds))
+        itemsize = np.fromiter(map(attrgetter("itemsize"), kinds), np.int64, len(kinds))
         # Sizes in float64 first: an int64 product of declared dims could wrap past the limit.
         approx = np.prod(dims.astype(np.float64), axis=1)
         big = approx >= 2.0 ** 62
@@ -836,18 +826,18 @@ class StorageReader:
                                                       numel.tolist()):
                 data = read_member(self.archive, m, self.name, self.limits.max_tensor_bytes)
                 flat[at_flat:at_flat + count] = _widened(np.frombuffer(data, kind.dtype, count,
-                                                                       first * np.dtype(kind.dtype).itemsize), kind)
-            return flat, starts.tolist()
+                                                                       first * kind.itemsize), kind)
+            return flat, starts
         names = [k.name for k in kinds]
         for kind in set(names):
             group = np.flatnonzero(np.array(names) == kind) if len(set(names)) > 1 else np.arange(len(names))
             self._gather(flat, starts, _STORAGE_TYPES[kind], member[group], offset[group], numel[group], group)
-        return flat, starts.tolist()
+        return flat, starts
 
     def _gather(self, flat: np.ndarray, starts: np.ndarray, kind: _StorageType, member: np.ndarray,
                 offset: np.ndarray, numel: np.ndarray, group: np.ndarray) -> None:
         """Read one storage type's tensors into ``flat``, a few large preads at a time."""
-        itemsize = np.dtype(kind.dtype).itemsize
+        itemsize = kind.itemsize
         header = self.directory.header_offsets[member]
         order = np.argsort(header, kind="stable")
         header, member, offset, numel, group = header[order], member[order], offset[order], numel[order], group[order]
@@ -863,8 +853,8 @@ class StorageReader:
             size = numel[first:last] * itemsize
             if (begin + size > window.size).any():  # a longer extra field than guessed: one by one
                 window, begin = self._one_by_one(member[first:last], offset[first:last] * itemsize, size)
-            raw = window[_ranges(begin, size)].view(kind.dtype)
-            flat[_ranges(starts[group[first:last]], numel[first:last])] = _widened(raw, kind)
+            raw = window[index_ranges(begin, size)].view(kind.dtype)
+            flat[index_ranges(starts[group[first:last]], numel[first:last])] = _widened(raw, kind)
             first = last
 
     def _data_starts(self, window: np.ndarray, where: np.ndarray, member: np.ndarray) -> np.ndarray:
@@ -935,19 +925,22 @@ def _table_from_args(name: str, limits: Limits, items: list[tuple[Any, Any]]) ->
     if max(map(abs, itertools.chain(dims, steps, offsets, numels)), default=0) >= _INT64_SAFE:
         for key, shape, kind in zip(keys, shapes, kinds):  # a declared size past int64: refused
             if any(abs(d) >= _INT64_SAFE for d in shape):
-                check_tensor_shape(name, key, shape, np.dtype(kind.dtype).itemsize, limits)
+                check_tensor_shape(name, key, shape, kind.itemsize, limits)
         raise UnsupportedFileError(f"{name}: not a readable PyTorch file (a tensor's storage offset, "
                                    "size or stride is out of range)")
     ndim = np.fromiter(map(len, shapes), np.int64, len(shapes))
     stride_ndim = np.fromiter(map(len, strides), np.int64, len(strides))
     axes = max(1, int(ndim.max()), int(stride_ndim.max()))
-    return TensorTable(keys, ndim, _padded(ndim, dims, axes, 1), stride_ndim, _padded(stride_ndim, steps, axes, 0),
+    return TensorTable(keys, ndim, padded_rows(ndim, dims, 1, axes), stride_ndim,
+                       padded_rows(stride_ndim, steps, 0, axes),
                        kinds, list(map(itemgetter(2), ids)), np.array(offsets, np.int64),
                        np.array(numels, np.int64))
 
 
-def _padded(lengths: np.ndarray, values: list[int], axes: int, fill: int) -> np.ndarray:
-    """Rows of ``axes`` columns from ragged values (row i: the next ``lengths[i]``), padded."""
+def padded_rows(lengths: np.ndarray, values: list[int], fill: int, axes: int | None = None) -> np.ndarray:
+    """Rows of ``axes`` columns (default: the longest, at least 1) from ragged values (row i:
+    the next ``lengths[i]``), padded with ``fill``."""
+    axes = max(1, int(lengths.max(initial=0))) if axes is None else axes
     out = np.full((lengths.size, axes), fill, np.int64)
     out[np.arange(axes) < lengths[:, None]] = np.array(values, np.int64)
     return out
@@ -963,19 +956,16 @@ def _types(values: Any) -> set[type]:
 
 
 def _windows(header: np.ndarray, reach: np.ndarray) -> list[int]:
-    """Ends of runs of sorted members read with one pread each: a run skips no gap over
-    ``_GAP_BYTES`` and spans at most ``_WINDOW_BYTES`` (or one member, if larger)."""
-    ends, start, top = [], int(header[0]), int(reach[0])
-    for i, (at, end) in enumerate(zip(header[1:].tolist(), reach[1:].tolist()), start=1):
-        if at - top > _GAP_BYTES or max(top, end) - start > _WINDOW_BYTES:
-            ends.append(i)
-            start, top = at, end
-        else:
-            top = max(top, end)
-    return ends + [len(header)]
+    """Ends of runs of sorted members read with one pread each: a run ends before a member
+    that begins over ``_GAP_BYTES`` past where all before it reach, and its members' headers
+    span less than ``_WINDOW_BYTES`` (a read: that and its last member's reach)."""
+    gap = np.concatenate(([True], header[1:] - np.maximum.accumulate(reach)[:-1] > _GAP_BYTES))
+    chunk = (header - header[gap][np.cumsum(gap) - 1]) // _WINDOW_BYTES
+    gap[1:] |= chunk[1:] != chunk[:-1]
+    return np.flatnonzero(gap)[1:].tolist() + [len(header)]
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def index_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The indices ``starts[0] .. starts[0] + lengths[0] - 1, starts[1] ..``, concatenated."""
     total = int(lengths.sum())
     before = np.cumsum(lengths) - lengths
