@@ -62,9 +62,10 @@ def _capture(model: Any, input_shape: tuple[int, ...], name: str) -> tuple[Progr
     import torch
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    example = torch.zeros((1, *input_shape), device=device)
     failures = []
     for on_meta in (True, False) if device.type != "meta" else (True,):
+        # made where it runs: a CPU zero image costs more than a meta pass's ops (thread pool)
+        example = torch.zeros((1, *input_shape), device="meta" if on_meta else device)
         try:
             program, reads_data = program_from_dispatch(model, example, on_meta)
         except CaptureError as err:
@@ -72,6 +73,7 @@ def _capture(model: Any, input_shape: tuple[int, ...], name: str) -> tuple[Progr
             continue
         notes = ["captured on a zero input: data-dependent branches follow that input"] if reads_data else []
         return program, notes
+    example = torch.zeros((1, *input_shape), device=device)
     try:
         exported = torch.export.export(model, (example,))
     except Exception as err:  # noqa: BLE001 - torch.export raises many types on user models

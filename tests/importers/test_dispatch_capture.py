@@ -1,7 +1,7 @@
 """The dispatch capture's shape-only meta kernels (eval batch norm, ``mean.dim``, activations,
-binary arithmetic) return what
-torch's own meta kernels return, fall back to them wherever their preconditions fail, and leave
-the captured program and its counts unchanged.
+binary arithmetic in and out of place, convolution, addmm) return what torch's own meta kernels
+return, fall back to them wherever their preconditions fail, and leave the captured program and
+its counts unchanged. The pass leaves no hook and no attribute behind.
 
 Channel counts 13 and 23, maps 17 x 19 (and 5 x 7 x 3 volumes) so that a swapped axis fails.
 """
@@ -15,8 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from morphscope.analyzers.cost import compile_costs, seed_costs, totals_of
 from morphscope.importers import dispatch_capture
-from morphscope.importers.dispatch_capture import (_ACTIVATIONS, _ARITHMETIC, _activation_inplace_meta,
-                                                   _activation_meta, _arithmetic_meta,
+from morphscope.importers.dispatch_capture import (_ACTIVATIONS, _ARITHMETIC, CaptureError,
+                                                   _activation_inplace_meta, _activation_meta,
+                                                   _addmm_meta, _arithmetic_inplace_meta,
+                                                   _arithmetic_meta, _conv_meta,
                                                    _eval_batch_norm_meta, _mean_meta,
                                                    program_from_dispatch)
 from morphscope.importers.torch_importer import load_module
@@ -248,6 +250,132 @@ def test_arithmetic_outside_the_simple_case_falls_back_to_torch():
         aten.mul.Tensor(x, wrong)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shapes", [s for s in BROADCASTS if s[0] != () and s[1] != ()], ids=str)
+@pytest.mark.parametrize("op", _ARITHMETIC)
+def test_inplace_arithmetic_shortcut_matches_torch_where_other_broadcasts_to_self(op, shapes, dtype):
+    x, y = (torch.empty(shape, device="meta", dtype=dtype) for shape in shapes)
+    kernel = getattr(aten, f"{op}_").Tensor
+    out = _arithmetic_inplace_meta(x, y)
+    if torch.broadcast_shapes(x.shape, y.shape) == x.shape:
+        assert out is x and kernel(x, y) is x
+    else:  # the result would not fit in self: torch raises
+        assert out is None
+        with pytest.raises(RuntimeError):
+            kernel(x, y)
+
+
+def test_inplace_arithmetic_on_channels_last_and_expanded_self_returns_self():
+    for x in (layouts()["channels_last"], layouts()["expanded"]):
+        y = meta(1, C, 1, 1)
+        assert _arithmetic_inplace_meta(x, y) is x and aten.add_.Tensor(x, y) is x
+
+
+def test_inplace_arithmetic_outside_the_simple_case_falls_back_to_torch():
+    x = meta(2, C, 17, 19)
+    assert _arithmetic_inplace_meta(x, meta(C, 1, 1, dtype=torch.float16)) is None  # promotion
+    assert _arithmetic_inplace_meta(x, 2.0) is None
+    assert _arithmetic_inplace_meta(torch.zeros(2, C), torch.zeros(2, C)) is None  # off meta
+    assert _arithmetic_inplace_meta(meta(2, C, dtype=torch.int64), meta(2, C, dtype=torch.int64)) is None
+
+
+# -- convolution ----------------------------------------------------------------------------------
+
+# (input, weight, stride, padding, dilation, groups): C = 13 input channels, 23 outputs
+CONVS = {
+    "3x3_same": ((2, C, 17, 19), (23, C, 3, 3), [1, 1], [1, 1], [1, 1], 1),
+    "strided_uneven": ((2, C, 17, 19), (23, C, 3, 5), [2, 3], [0, 2], [1, 1], 1),
+    "depthwise_strided": ((2, C, 17, 19), (C, 1, 3, 3), [2, 2], [1, 1], [1, 1], C),
+    "grouped": ((2, 2 * C, 17, 19), (46, C, 1, 1), [1, 1], [0, 0], [1, 1], 2),
+    "one_value_dilated": ((2, C, 17, 19), (23, C, 3, 3), [1], [2], [2], 1),
+    "kernel_is_the_map": ((2, C, 17, 19), (23, C, 17, 19), [1, 1], [0, 0], [1, 1], 1),
+    "map_1x1": ((1, C, 1, 1), (23, C, 1, 1), [1, 1], [0, 0], [1, 1], 1),
+    "conv1d": ((2, C, 17), (23, C, 5), [3], [0], [1], 1),
+    "conv3d": ((2, C, 5, 7, 3), (23, C, 3, 3, 1), [1, 2, 1], [1, 1, 0], [1, 1, 1], 1),
+    "empty_batch": ((0, C, 17, 19), (23, C, 3, 3), [1, 1], [1, 1], [1, 1], 1),
+}
+
+
+def conv_args(case, dtype=torch.float32, bias=True, channels_last=False):
+    x_shape, w_shape, stride, padding, dilation, groups = CONVS[case]
+    x = meta(*x_shape, dtype=dtype)
+    if channels_last and x.dim() == 4:
+        x = x.to(memory_format=torch.channels_last)
+    b = meta(w_shape[0], dtype=dtype) if bias else None
+    return (x, meta(*w_shape, dtype=dtype), b, stride, padding, dilation, False,
+            [0] * (x.dim() - 2), groups)
+
+
+@pytest.mark.parametrize("case", list(CONVS))
+def test_conv_shortcut_matches_torch_meta_kernel(case):
+    for dtype, bias, channels_last in itertools.product(
+            [torch.float32, torch.float16, torch.bfloat16], [True, False], [False, True]):
+        args = conv_args(case, dtype, bias, channels_last)
+        shortcut = _conv_meta(*args)
+        assert shortcut is not None, (dtype, bias, channels_last)
+        assert signature(shortcut) == signature(aten.convolution.default(*args)), (dtype, bias, channels_last)
+
+
+def test_conv_shortcut_output_sizes_by_hand():
+    # (17 + 2*0 - 1*(3-1) - 1) // 2 + 1 = 8, (19 + 2*2 - 1*(5-1) - 1) // 3 + 1 = 7
+    assert _conv_meta(*conv_args("strided_uneven")).shape == (2, 23, 8, 7)
+    # dilation 2, padding 2: (17 + 4 - 2*2 - 1) // 1 + 1 = 17, same for 19
+    assert _conv_meta(*conv_args("one_value_dilated")).shape == (2, 23, 17, 19)
+
+
+def test_conv_outside_the_simple_case_falls_back_to_torch():
+    args = list(conv_args("3x3_same"))
+    transposed = meta(C, 23, 3, 3)  # (in, out, kh, kw)
+    assert _conv_meta(args[0], transposed, None, [1, 1], [1, 1], [1, 1], True, [0, 0], 1) is None
+    half_weight = meta(23, C, 3, 3, dtype=torch.float16)  # promotion
+    assert _conv_meta(args[0], half_weight, *args[2:]) is None
+    assert _conv_meta(torch.zeros(1, C, 17, 19), torch.zeros(23, C, 3, 3), *args[2:]) is None  # off meta
+    ints = meta(2, C, 17, 19, dtype=torch.int64), meta(23, C, 3, 3, dtype=torch.int64)
+    assert _conv_meta(*ints, *args[2:]) is None
+    assert _conv_meta(*args[:3], [1, 1, 1], *args[4:]) is None  # three strides for two axes
+
+
+@pytest.mark.parametrize("case", ["wrong_channels", "kernel_past_the_padded_map"])
+def test_conv_that_torch_rejects_falls_back_so_torch_raises(case):
+    x, w, b, stride, padding, dilation, transposed, output_padding, groups = conv_args("3x3_same")
+    if case == "wrong_channels":
+        w = meta(23, 5, 3, 3)  # 5 inputs per group against 13 channels
+    else:
+        w, padding = meta(23, C, 19, 3), [0, 0]  # 19 rows on a 17-row map
+    args = (x, w, b, stride, padding, dilation, transposed, output_padding, groups)
+    assert _conv_meta(*args) is None
+    with pytest.raises(RuntimeError):
+        aten.convolution.default(*args)
+
+
+# -- addmm ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bias_shape", [(23,), (1, 23), (5, 23), (5, 1)], ids=str)
+def test_addmm_shortcut_matches_torch_meta_kernel(bias_shape, dtype):
+    x = meta(5, C, dtype=dtype)
+    for weight_t in (meta(23, C, dtype=dtype).t(), meta(C, 23, dtype=dtype)):  # as F.linear passes it, and plain
+        for scale in ({}, {"beta": 0.5, "alpha": 2.0}):
+            args = (meta(*bias_shape, dtype=dtype), x, weight_t)
+            shortcut = _addmm_meta(*args, **scale)
+            assert shortcut is not None
+            assert signature(shortcut) == signature(aten.addmm.default(*args, **scale))
+
+
+def test_addmm_outside_the_simple_case_falls_back_to_torch():
+    x, w = meta(5, C), meta(C, 23)
+    assert _addmm_meta(meta(23, dtype=torch.float16), x, w) is None  # promotion
+    assert _addmm_meta(torch.zeros(23), torch.zeros(5, C), torch.zeros(C, 23)) is None  # off meta
+    assert _addmm_meta(meta(23), meta(1, 5, C), w) is None  # not a matrix
+    wrong = meta(7)  # 7 against 23 outputs
+    assert _addmm_meta(wrong, x, w) is None
+    with pytest.raises(RuntimeError):
+        aten.addmm.default(wrong, x, w)
+    assert _addmm_meta(meta(23), x, meta(5, 23)) is None  # 13 against 5
+    with pytest.raises(RuntimeError):
+        aten.addmm.default(meta(23), x, meta(5, 23))
+
+
 # -- through the capture ------------------------------------------------------------------------
 
 class Probe(nn.Module):
@@ -314,11 +442,12 @@ def test_shortcuts_run_in_the_meta_capture_and_leave_the_program_unchanged(monke
     monkeypatch.setattr(dispatch_capture, "_meta_shortcuts",
                         lambda: {op: counted(op, kernel) for op, kernel in real.items()})
     fast, _ = program_from_dispatch(model, example, on_meta=True)
-    # 4 batch norms, 3 means, 2 relus, 1 sigmoid, 1 mul, 1 add: every one taken
+    # 4 convs, 4 batch norms, 3 means, 2 relus, 1 sigmoid, 1 mul, 1 add, 1 addmm: every one taken
     assert sorted(calls) == sorted(
-        [("aten.native_batch_norm.default", True)] * 4 + [("aten.mean.dim", True)] * 3
-        + [("aten.relu.default", True)] * 2 + [("aten.sigmoid.default", True)]
-        + [("aten.mul.Tensor", True), ("aten.add.Tensor", True)])
+        [("aten.convolution.default", True)] * 4 + [("aten.native_batch_norm.default", True)] * 4
+        + [("aten.mean.dim", True)] * 3 + [("aten.relu.default", True)] * 2
+        + [("aten.sigmoid.default", True)] + [("aten.mul.Tensor", True), ("aten.add.Tensor", True)]
+        + [("aten.addmm.default", True)])
     monkeypatch.setattr(dispatch_capture, "_meta_shortcuts", lambda: {})
     plain, _ = program_from_dispatch(model, example, on_meta=True)
     real_pass, _ = program_from_dispatch(model, example, on_meta=False)
@@ -332,3 +461,35 @@ def test_shortcuts_run_in_the_meta_capture_and_leave_the_program_unchanged(monke
     assert len(saved) == 4 * 2
     assert {k: v for k, v in fast.shapes.items() if k not in saved} == \
         {k: v for k, v in real_pass.shapes.items() if k not in saved}
+
+
+def test_pass_leaves_no_hook_and_no_attribute_behind():
+    from torch.nn.modules import module as module_globals
+
+    model = Probe().eval()
+    before = [(m, dict(vars(m))) for m in model.modules()]
+    hooks = (module_globals._global_forward_pre_hooks, module_globals._global_forward_hooks)
+    counts = [len(h) for h in hooks]
+    program_from_dispatch(model, torch.zeros(1, 3, 17, 19), on_meta=True)
+    with pytest.raises(CaptureError):
+        program_from_dispatch(model, torch.zeros(1, 5, 17, 19), on_meta=True)  # 5 channels, conv takes 3
+    assert [len(h) for h in hooks] == counts
+    for module, attrs in before:
+        assert vars(module).keys() == attrs.keys()
+        assert all(vars(module)[k] is v for k, v in attrs.items())
+
+
+class Caller(nn.Module):
+    """A conv module, and one built in forward (not a submodule): its op belongs to the caller."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Conv2d(3, C, 1))
+
+    def forward(self, x):
+        return nn.ReLU()(self.inner(x))
+
+
+def test_module_paths_come_from_the_model_and_modules_outside_it_belong_to_their_caller():
+    program, _ = program_from_dispatch(Caller().eval(), torch.zeros(1, 3, 17, 19), on_meta=True)
+    assert [(r.op, r.module_path) for r in program.records] == [("convolution", "inner.0"), ("relu", "")]
