@@ -63,11 +63,7 @@ def program_from_dispatch(model: Any, example: Any, on_meta: bool = True) -> tup
 
     recorder = _Recorder()
     program = Program([], recorder.shapes, {}, set())
-    state = _meta_state(model) if on_meta else {}
-    for key, param in model.named_parameters():  # remove_duplicate: a shared tensor once
-        program.parameters[recorder.bind(state.get(key, param), f"p:{key}")] = key
-    for key, buffer in model.named_buffers():
-        program.constants.add(recorder.bind(state.get(key, buffer), f"b:{key}"))
+    state = _bind_weights(model, recorder, program, on_meta)
     if on_meta:
         example = torch.empty_like(example, device="meta")
     input_name = next(iter(inspect.signature(model.forward).parameters), "x")
@@ -123,17 +119,44 @@ def _restore_attributes(module: Any, attrs: dict[str, Any]) -> None:
             current[key] = value
 
 
-def _meta_state(model: Any) -> dict[str, Any]:
-    """Meta stand-ins for every parameter and buffer name (shared tensors stay shared)."""
+def _bind_weights(model: Any, recorder: "_Recorder", program: Program, on_meta: bool) -> dict[str, Any]:
+    """Name each parameter ``p:<key>`` and each buffer ``b:<key>`` under its first key (a
+    tensor under two keys is one value) in ``program``; return the meta stand-ins a meta pass
+    swaps in for the weights not on the meta device already, under every key (shared tensors
+    stay shared). One walk per kind of tensor; ``empty_like`` of a meta tensor (torch's Python
+    reference, ~14 us) is never needed.
+
+    A stand-in requires grad where its weight does: ``matmul`` picks its decomposition by it
+    (a linear on a non-contiguous 3-D input runs ``mm`` with a weight that requires grad,
+    ``expand`` + ``bmm`` without), so the pass runs the ops the model runs on its own weights.
+    """
     import torch
 
     twins: dict[int, Any] = {}
-    state = {}
-    for key, tensor in [*model.named_parameters(remove_duplicate=False),
-                        *model.named_buffers(remove_duplicate=False)]:
-        if id(tensor) not in twins:
-            twins[id(tensor)] = torch.empty_like(tensor, device="meta")
-        state[key] = twins[id(tensor)]
+    state: dict[str, Any] = {}
+
+    def stand_in(key: str, tensor: Any) -> tuple[Any, bool]:
+        """The tensor the pass reads for ``key``, and whether this is its first key."""
+        twin = twins.get(id(tensor))
+        first = twin is None
+        if first:
+            twin = twins[id(tensor)] = (
+                torch.empty_like(tensor, device="meta", requires_grad=tensor.requires_grad)
+                if on_meta and not tensor.is_meta else tensor)
+        if twin is not tensor:
+            state[key] = twin
+        return twin, first
+
+    for key, param in model.named_parameters(remove_duplicate=False):
+        twin, first = stand_in(key, param)
+        if first:
+            program.parameters[recorder.bind(twin, f"p:{key}")] = key
+    buffers = set()
+    for key, buffer in model.named_buffers(remove_duplicate=False):
+        twin, _ = stand_in(key, buffer)
+        if id(buffer) not in buffers:  # a buffer is never a parameter
+            buffers.add(id(buffer))
+            program.constants.add(recorder.bind(twin, f"b:{key}"))
     return state
 
 

@@ -51,7 +51,9 @@ def load_module(model: Any, input_shape: tuple[int, ...], name: str | None = Non
         If no capture route can run the model at that shape.
     """
     name = name or type(model).__name__
-    program, notes = _capture(model.eval(), tuple(input_shape), name)
+    if any(module.training for module in model.modules()):  # eval() is a __setattr__ per module
+        model.eval()
+    program, notes = _capture(model, tuple(input_shape), name)
     graph = build_graph(program, name)
     graph.notes.extend(notes)
     return graph

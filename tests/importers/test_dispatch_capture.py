@@ -493,3 +493,28 @@ class Caller(nn.Module):
 def test_module_paths_come_from_the_model_and_modules_outside_it_belong_to_their_caller():
     program, _ = program_from_dispatch(Caller().eval(), torch.zeros(1, 3, 17, 19), on_meta=True)
     assert [(r.op, r.module_path) for r in program.records] == [("convolution", "inner.0"), ("relu", "")]
+
+
+class TokenMixer(nn.Module):
+    """A linear on a transposed (non-contiguous) map: x (1, 13, 17, 19) -> (1, 17, 13, 19) ->
+    fc 19->23. matmul copies it and runs ``mm`` when the weight requires grad (as the model's
+    own parameters do), ``expand`` + ``bmm`` when not."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(19, 23, bias=False)
+
+    def forward(self, x):
+        return self.fc(x.transpose(1, 2))
+
+
+def test_meta_pass_runs_the_ops_the_model_runs_on_its_own_weights():
+    model, example = TokenMixer().eval(), torch.zeros(1, C, 17, 19)
+    meta_pass, _ = program_from_dispatch(model, example, on_meta=True)
+    real_pass, _ = program_from_dispatch(model, example, on_meta=False)
+    assert [r.op for r in meta_pass.records] == [r.op for r in real_pass.records]
+    assert "mm" in [r.op for r in meta_pass.records]
+    graph = load_module(model, (C, 17, 19))
+    assert graph["fc"]["kind"] == "linear"
+    costs = compile_costs(graph)
+    assert totals_of(costs, seed_costs(costs))["macs"] == 17 * C * 19 * 23  # 17*13 rows, 19 -> 23
