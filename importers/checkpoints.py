@@ -9,6 +9,7 @@ plain arrays: nothing is deserialized as code); morph-net StructureExporter file
 
 from __future__ import annotations
 
+import functools
 import heapq
 import io
 import itertools
@@ -78,27 +79,27 @@ class CheckpointTensors:
 
 
 class IndexedShapes(Mapping):
-    """key -> shape, the first ``ndim[i]`` entries of row ``i = index[key]`` of ``dims``: a
-    10^6-key checkpoint's shapes as two arrays, a tuple made only when one is asked for
-    (``index`` is the dict the reader builds anyway); iterates in ``index``'s order."""
+    """key -> shape: ``names[i]``'s is the first ``ndim[i]`` entries of row ``i`` of ``dims``
+    (names distinct). A 10^6-key checkpoint's shapes as a list and two arrays: a shape tuple
+    is made only when one is asked for, the name -> row dict (``index``) only at the first
+    lookup (matching a checkpoint that fits needs none: it iterates the names and finds the
+    bn scales among the arrays'); iterates in ``names``' order."""
 
-    def __init__(self, index: dict[str, int], ndim: np.ndarray, dims: np.ndarray) -> None:
-        self.index, self.ndim, self.dims = index, ndim, dims
+    def __init__(self, names: list[str], ndim: np.ndarray, dims: np.ndarray) -> None:
+        self.names, self.ndim, self.dims = names, ndim, dims
 
     @classmethod
     def of(cls, shapes: Mapping[str, tuple[int, ...]]) -> "IndexedShapes":
         """``shapes`` as an IndexedShapes (itself if it is one)."""
         if isinstance(shapes, IndexedShapes):
             return shapes
-        keys, tuples = list(shapes), list(shapes.values())
+        tuples = list(shapes.values())
         ndim = np.fromiter(map(len, tuples), np.int64, len(tuples))
-        return cls(dict(zip(keys, range(len(keys)))), ndim,
-                   padded_rows(ndim, list(itertools.chain.from_iterable(tuples)), 1))
+        return cls(list(shapes), ndim, padded_rows(ndim, list(itertools.chain.from_iterable(tuples)), 1))
 
-    def columns(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Keys, ndim and dims rows in iteration order (rows renumbered 0, 1, ...)."""
-        rows = np.fromiter(self.index.values(), np.int64, len(self.index))
-        return list(self.index), self.ndim[rows], self.dims[rows]
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        return dict(zip(self.names, range(len(self.names))))
 
     def __getitem__(self, key: str) -> tuple[int, ...]:
         i = self.index[key]
@@ -108,20 +109,19 @@ class IndexedShapes(Mapping):
         return key in self.index
 
     def __iter__(self):
-        return iter(self.index)
+        return iter(self.names)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.names)
 
     def keys(self):
         return self.index.keys()
 
     def values(self) -> list[tuple[int, ...]]:
-        _, ndim, dims = self.columns()
-        return shape_tuples(ndim, dims)
+        return shape_tuples(self.ndim, self.dims)
 
     def items(self):
-        return zip(self.index, self.values())
+        return zip(self.names, self.values())
 
     def __repr__(self) -> str:
         return f"IndexedShapes({len(self)} keys)"
@@ -152,16 +152,16 @@ class FlatArrays(Mapping):
         return values if self.shapes.ndim[i] == 1 else values.reshape(self.shapes[key])
 
     def __contains__(self, key: object) -> bool:
-        return key in self.shapes.index
+        return key in self.shapes
 
     def __iter__(self):
-        return iter(self.shapes.index)
+        return iter(self.shapes)
 
     def __len__(self) -> int:
-        return len(self.shapes.index)
+        return len(self.shapes)
 
     def keys(self):
-        return self.shapes.index.keys()
+        return self.shapes.keys()
 
     def __repr__(self) -> str:
         return f"FlatArrays({len(self)} keys, {self.flat.size} values)"
@@ -177,27 +177,28 @@ def unwrap_key(key: str) -> str:
     return ".".join(p for p in parts[start:] if p not in WRAPPER_SEGMENTS)
 
 
-def unwrap_keys(keys: list[str]) -> list[str]:
+def unwrap_keys(keys: list[str]) -> tuple[list[str], bool]:
     """:func:`unwrap_key` on every key, after one scan of all keys together: keys without
     wrappers (the usual case) come back as they are, keys all under one leading ``module.``
-    (DDP) lose it by slicing; only others are split key by key.
+    (DDP) lose it by slicing; only others are split key by key. Also whether distinct keys
+    surely stay distinct (not after key-by-key unwrapping: ``module.x`` and ``x``).
 
     Examples
     --------
     >>> unwrap_keys(["module.conv.weight", "module.bn.bias"])
-    ['conv.weight', 'bn.bias']
+    (['conv.weight', 'bn.bias'], True)
     """
     joined = "\n" + "\n".join(keys) + "\n"
     if joined.count("\n") != len(keys) + 1 or any(
             f"{a}{segment}{b}" in joined for segment in WRAPPER_SEGMENTS for a in ".\n" for b in ".\n"):
-        return [unwrap_key(k) for k in keys]
+        return [unwrap_key(k) for k in keys], False
     heads = [f"\n{wrapper}." for wrapper in LEADING_WRAPPERS]
     if not any(head in joined for head in heads):
-        return keys
+        return keys, True
     for head in heads:  # every key under it once, none under two: strip it by slicing
         if joined.count(head) == len(keys) and not any(f"{head}{h[1:]}" in joined for h in heads):
-            return [k[len(head) - 1:] for k in keys]
-    return [unwrap_key(k) for k in keys]
+            return [k[len(head) - 1:] for k in keys], True
+    return [unwrap_key(k) for k in keys], False
 
 
 def checkpoint_suffix(path: Path, name: str) -> str:
@@ -282,22 +283,26 @@ def _plain_state_dict(path: Path, name: str, limits: Limits, full: bool,
             return None
         if not table.keys:
             raise UnsupportedFileError(f"{name}: the state_dict holds no floating point tensors")
-        keys = unwrap_keys(table.keys)
-        last = dict(zip(keys, range(len(keys))))  # a key twice after unwrapping: the last one counts
-        chosen = np.fromiter(last.values() if wanted is None or full else
-                             map(last.get, wanted, itertools.repeat(-1)), np.int64)
-        chosen = chosen[chosen >= 0]
-        positions = np.unique(chosen if full else chosen[table.ndim[chosen] <= 1])  # sorted, once each
-        found_values = reader.values(table, positions)
+        keys, distinct = unwrap_keys(table.keys)
+        rows = np.arange(len(keys))
+        if not distinct:  # the table's keys are (a dict's, or scanned runs checked for repeats)
+            last = dict(zip(keys, rows.tolist()))  # two made one: the last counts, in the first's place
+            rows = np.fromiter(last.values(), np.int64, len(last))
+            keys = list(last)
+        ndim, dims = table.ndim[rows], table.dims[rows]
+        if wanted is None or full:
+            chosen = np.arange(len(keys))
+        else:  # one C-level scan of the keys for the wanted ones: no dict of every key
+            chosen = np.flatnonzero(np.fromiter(map(set(wanted).__contains__, keys), bool, len(keys)))
+        positions = chosen if full else chosen[ndim[chosen] <= 1]
+        found_values = reader.values(table, rows[positions])
         if found_values is None:
             return None  # a strided view: torch.load rebuilds it
         flat, starts = found_values
     finally:
         reader.close()
-    chosen_keys = list(map(keys.__getitem__, positions.tolist()))
-    return CheckpointTensors(FlatArrays(flat, starts, IndexedShapes(dict(zip(chosen_keys, range(len(chosen_keys)))),
-                                                                    table.ndim[positions], table.dims[positions])),
-                             IndexedShapes(last, table.ndim, table.dims))
+    arrays = IndexedShapes(list(map(keys.__getitem__, positions.tolist())), ndim[positions], dims[positions])
+    return CheckpointTensors(FlatArrays(flat, starts, arrays), IndexedShapes(keys, ndim, dims))
 
 
 _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
@@ -440,7 +445,11 @@ def load_structure(graph: ChannelGraph, path: str | Path, name: str | None = Non
 
 
 def _bn_ops(graph: ChannelGraph) -> list[tuple[str, dict[str, Any]]]:
-    return [(n, a) for n, a in graph.ops() if a["kind"] == Kind.BN and a.get("gamma_key")]
+    """The bn ops with a scale key, as (name, attrs) in :meth:`ChannelGraph.ops` order (read
+    without its generator: half the time at 250,000 ops)."""
+    order = graph.order()
+    return [(n, a) for n, a in zip(order, map(graph.nx._node.__getitem__, order))
+            if a["kind"] == Kind.BN and a.get("gamma_key")]
 
 
 def _bn_lookup_keys(graph: ChannelGraph, gamma_key: str) -> tuple[str, ...]:
@@ -556,8 +565,11 @@ def _gather_scales(tensors: CheckpointTensors, bns: list[tuple[str, dict[str, An
     attrs = list(map(itemgetter(1), bns))
     keys = list(map(itemgetter("gamma_key"), attrs))
     channels = np.fromiter(map(itemgetter("out_channels"), attrs), np.int64, len(attrs))
-    present = np.fromiter(map(contains, itertools.repeat(shapes.keys()), keys), bool, len(keys))
     at = np.fromiter(map(arrays.shapes.index.get, keys, itertools.repeat(-1)), np.int64, len(keys))
+    present = at >= 0  # an array's key is a shape's too; only the others are looked up among the shapes
+    absent = np.flatnonzero(~present).tolist()
+    present[absent] = np.fromiter(map(contains, itertools.repeat(shapes), map(keys.__getitem__, absent)), bool,
+                                  len(absent))
     bounds = arrays.starts
     size = np.where(at >= 0, bounds[at + 1] - bounds[np.maximum(at, 0)], -1)
     good = present & (at >= 0) & (size == channels)

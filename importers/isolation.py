@@ -65,16 +65,15 @@ def _task_model(path: Path, name: str, limits: Limits, out: Path, full: bool) ->
 def _task_checkpoint(path: Path, name: str, limits: Limits, out: Path, full: bool) -> None:
     from morphscope.importers.checkpoints import FlatArrays, IndexedShapes, read_checkpoint
 
-    wanted = _load_keys(out, "wanted") if (out / "wanted_text.npy").exists() else None
+    wanted = set(_load_keys(out, "wanted")) if (out / "wanted_text.npy").exists() else None
     contents = read_checkpoint(path, name, limits, full, wanted)
     arrays = FlatArrays.of(contents.arrays)
     np.save(out / "flat.npy", arrays.flat)
     np.save(out / "starts.npy", arrays.starts)
     for stem, shapes in (("arrays", arrays.shapes), ("shapes", IndexedShapes.of(contents.shapes))):
-        keys, ndim, dims = shapes.columns()
-        _save_keys(out, stem, keys)
-        np.save(out / f"{stem}_ndim.npy", ndim)
-        np.save(out / f"{stem}_dims.npy", dims)
+        _save_keys(out, stem, shapes.names)
+        np.save(out / f"{stem}_ndim.npy", shapes.ndim)
+        np.save(out / f"{stem}_dims.npy", shapes.dims)
 
 
 def _save_keys(out: Path, stem: str, keys: list[str]) -> None:
@@ -366,11 +365,9 @@ def read_checkpoint_isolated(path: str | Path, name: str | None = None,
     kind = CHECKPOINT_WORKERS.get(checkpoint_suffix(path, name), "plain")
     out = _run_isolated("checkpoint", kind, path, name, "checkpoint", limits, full, wanted)
     try:
-        found = {stem: _load_keys(out, stem) for stem in ("arrays", "shapes")}
-        shapes = {stem: IndexedShapes(dict(zip(keys, range(len(keys)))),
-                                      np.load(out / f"{stem}_ndim.npy", allow_pickle=False),
+        shapes = {stem: IndexedShapes(_load_keys(out, stem), np.load(out / f"{stem}_ndim.npy", allow_pickle=False),
                                       np.load(out / f"{stem}_dims.npy", allow_pickle=False))
-                  for stem, keys in found.items()}
+                  for stem in ("arrays", "shapes")}
         flat, starts = (np.load(out / f"{part}.npy", allow_pickle=False) for part in ("flat", "starts"))
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -151,7 +151,7 @@ class ZipDirectory:
 
 def read_zip_directory(fd: int, size: int) -> ZipDirectory | None:
     """A zip file's central directory read with numpy, or None where anything is unusual
-    (zipfile then reads it): a comment or data before the archive, more than one disk,
+    (zipfile then reads it): data before the archive, more than one disk,
     encryption, compressed members, per-member zip64 fields, a directory that does not tile
     exactly into its declared entries, names mixing encodings or holding newlines or NULs.
 

@@ -367,3 +367,25 @@ def test_damaged_scanned_records_fall_back_to_the_unpickler(tmp_path, damage):
     assert _spliced_load(data, "bad.pt", None) is None
     with pytest.raises(UnsupportedFileError, match="bad.pt: "):
         read_checkpoint(tmp_path / "bad.pt")
+
+
+def test_keys_that_unwrap_to_one_keep_the_last_tensor_in_the_first_place(tmp_path):
+    import torch
+
+    # module.b.weight and b.weight are both b.weight unwrapped: as in a dict, the later
+    # value (5 twos) in the earlier place.
+    torch.save({"module.b.weight": torch.ones(3), "a.bias": torch.zeros(2), "b.weight": torch.full((5,), 2.0)},
+               tmp_path / "twice.pt")
+    fast = read_checkpoint(tmp_path / "twice.pt")
+    assert list(fast.shapes.items()) == [("b.weight", (5,)), ("a.bias", (2,))]
+    np.testing.assert_array_equal(fast.arrays["b.weight"], [2.0] * 5)
+
+
+def test_keys_come_back_from_the_parsing_child_as_they_were(tmp_path):
+    from morphscope.importers.isolation import _load_keys, _save_keys
+
+    keys = ["b0.weight", "", "a\nb", "schön", "\ud800lone", "x" * 300]  # a lone surrogate: pickles may hold one
+    _save_keys(tmp_path, "some", keys)
+    _save_keys(tmp_path, "none", [])
+    assert _load_keys(tmp_path, "some") == keys
+    assert _load_keys(tmp_path, "none") == []
