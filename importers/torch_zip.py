@@ -66,6 +66,7 @@ _MAX_COMMENT_BYTES = 65535
 _WINDOW_BYTES = 16 * 2**20  # one pread of wanted storages spans at most this much ...
 _GAP_BYTES = 256 * 2**10  # ... and skips no gap larger than this between two of them
 _UTF8_FLAG, _ENCRYPTED_FLAGS = 0x800, 0x41  # general purpose bits: utf-8 names; (strong) encryption
+_STRINGS_AT_ONCE = 2 ** 16  # strings gathered together by _strings
 
 
 @contextlib.contextmanager
@@ -141,7 +142,8 @@ class ZipDirectory:
     def from_zipfile(cls, archive: zipfile.ZipFile) -> "ZipDirectory":
         """The same arrays from a :class:`zipfile.ZipFile` (archives numpy does not read)."""
         infos = archive.infolist()
-        return cls([info.filename for info in infos], np.array([i.header_offset for i in infos], np.int64), np.array([i.file_size for i in infos], np.int64),
+        return cls([info.filename for info in infos], np.array([i.header_offset for i in infos], np.int64),
+                   np.array([i.file_size for i in infos], np.int64),
                    np.array([i.compress_size for i in infos], np.int64),
                    np.array([len(i.orig_filename.encode("utf-8" if i.flag_bits & _UTF8_FLAG else "cp437"))
                              for i in infos], np.int64),
@@ -212,19 +214,21 @@ def read_zip_directory(fd: int, size: int) -> ZipDirectory | None:
 
 def _strings(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray, encoding: str, errors: str = "strict",
              forbidden: bytes = b"") -> list[str] | None:
-    """The strings of ``lengths[i]`` bytes at ``starts[i]`` of ``raw``, gathered with one index
-    and decoded once (a newline after each: the byte after a string, perhaps one past the end,
-    is overwritten in the gathered copy); None where one holds a newline or a byte of
-    ``forbidden``, or does not decode."""
-    if not starts.size:
-        return []
-    index = index_ranges(starts, lengths + 1)
-    after = np.cumsum(lengths + 1) - 1
-    index[after] = np.minimum(index[after], raw.size - 1)
-    gathered = raw[index]
-    del index
-    gathered[after] = ord("\n")
-    text = gathered.tobytes()
+    """The strings of ``lengths[i]`` bytes at ``starts[i]`` of ``raw``, gathered with numpy
+    indices (``_STRINGS_AT_ONCE`` strings at a time: small index arrays, not one of every
+    byte) and decoded once (a newline after each: the byte after a string, perhaps one past
+    the end, is overwritten in the gathered copy); None where one holds a newline or a byte
+    of ``forbidden``, or does not decode."""
+    parts = []
+    for first in range(0, starts.size, _STRINGS_AT_ONCE):
+        at, length = starts[first:first + _STRINGS_AT_ONCE], lengths[first:first + _STRINGS_AT_ONCE]
+        index = index_ranges(at, length + 1)
+        after = np.cumsum(length + 1) - 1
+        index[after] = np.minimum(index[after], raw.size - 1)
+        gathered = raw[index]
+        gathered[after] = ord("\n")
+        parts.append(gathered.tobytes())
+    text = b"".join(parts)
     if text.count(b"\n") != starts.size or any(byte in text for byte in forbidden):
         return None
     try:
@@ -449,13 +453,13 @@ class _Cursor:
         np.minimum(self.pos, self.n, out=self.pos)
         return start, length
 
-    def int_tuple(self) -> tuple[np.ndarray, np.ndarray]:
+    def int_tuple(self) -> tuple[np.ndarray, list[np.ndarray]]:
         """A tuple of ints as the pickler writes one (EMPTY_TUPLE; 1 to 3 ints and TUPLE1-3;
-        MARK, ints, TUPLE), memoized unless empty: (length, dims padded with 1)."""
+        MARK, ints, TUPLE), memoized unless empty: (length, a column of dims per axis any
+        has, padded with 1)."""
         marked = self.byte() == _OP["MARK"]
         self.pos += marked
-        dims = np.ones((self.pos.size, _MAX_SCANNED_AXES), np.int64)
-        count = np.zeros(self.pos.size, np.int64)
+        columns, count = [], np.zeros(self.pos.size, np.int64)
         for axis in range(_MAX_SCANNED_AXES + 1):
             is_int, value, width = self.integer_at()
             going = is_int & (count == axis)
@@ -464,7 +468,7 @@ class _Cursor:
             if axis == _MAX_SCANNED_AXES:
                 self.ok &= ~going
                 break
-            dims[:, axis] = np.where(going, value, 1)
+            columns.append(np.where(going, value, 1))
             self.pos += np.where(going, width, 0)
             count += going
         op = self.byte()
@@ -472,7 +476,7 @@ class _Cursor:
         self.ok &= (op == closing) & (marked | (count <= 3))
         self.pos += 1
         self.memo(_PUTS, required=marked | (count > 0))
-        return count, dims
+        return count, columns
 
 
 @dataclass
@@ -529,8 +533,8 @@ def scan_records(data: bytes) -> list[_Run]:
     offset = c.integer()
     ndim, dims = c.int_tuple()
     stride_ndim, steps = c.int_tuple()
-    width = max(1, int(ndim.max()), int(stride_ndim.max()))  # the axes any record has
-    dims, steps = dims[:, :width], steps[:, :width]
+    width = max(1, len(dims), len(steps))  # the axes any record has
+    dims, steps = (np.stack(c + [np.ones(ndim.size, np.int64)] * (width - len(c)), axis=1) for c in (dims, steps))
     flag = c.byte()
     c.ok &= (flag == _OP["NEWFALSE"]) | (flag == _OP["NEWTRUE"])
     c.pos += 1
