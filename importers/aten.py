@@ -337,12 +337,15 @@ def _param_owner_name(key: str) -> str:
     return key
 
 
-def _refs_in(value: Any) -> list[Ref]:
-    if isinstance(value, Ref):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [r for v in value for r in _refs_in(v)]
-    return []
+def _refs_in(values: Any) -> list[Ref]:
+    """The Refs among ``values`` and inside their lists, in order."""
+    refs = []
+    for value in values:
+        if isinstance(value, Ref):
+            refs.append(value)
+        elif isinstance(value, (list, tuple)):
+            refs.extend(_refs_in(value))
+    return refs
 
 
 # Kinds whose params the cost rules derive from the weight shape: they always carry the
@@ -409,7 +412,7 @@ class _Builder:
             self.axes[inp] = 1
 
     def add_record(self, order: int, record: OpRecord) -> None:
-        refs = _refs_in(list(record.args.values()))
+        refs = _refs_in(record.args.values())
         act_refs = [r for r in refs if r.name in self.producer]
         param_refs = [r for r in refs if r.name in self.param_sources]
         data = record.args.get(_DATA_ARG.get(record.op, ""))
@@ -424,9 +427,10 @@ class _Builder:
             return
         ctx = _Ctx(record, act_refs, param_refs, self.shapes, self.axes)
         kind = classify_aten(ctx)
-        keys = self._take_params(param_refs)
+        sources = self._sources(param_refs)
+        keys = self._take_params(sources)
         attrs = self._op_attrs(order, record, kind, keys)
-        base = self._base_name(record, kind, self._sources(param_refs))
+        base = self._base_name(record, kind, sources)
         if record.op in MULTI_OUTPUT_SPLITS:
             self._add_split_nodes(base, ctx, kind, attrs)
             return
@@ -449,7 +453,7 @@ class _Builder:
         """A layer run on a constant (Swin V2's position-bias MLP): its MACs count, so the
         constant becomes a pinned source node instead of being folded away."""
         shape = self.shapes[data.name]
-        keys = self._take_params([data])
+        keys = self._take_params(self._sources([data]))
         base = f"{record.module_path}.constant" if record.module_path else "constant"
         self.producer[data.name] = self.graph.add_op(
             self.namer.take(base), Kind.OPAQUE, op="constant", order=order,
@@ -459,12 +463,14 @@ class _Builder:
         return data
 
     def _sources(self, refs: list[Ref]) -> list[str]:
-        """The parameter keys the values ``refs`` are computed from."""
+        """The parameter keys the values ``refs`` are computed from, sorted."""
+        if not refs:
+            return []
         return sorted(frozenset().union(*(self.param_sources[r.name] for r in refs)))
 
-    def _take_params(self, refs: list[Ref]) -> list[str]:
-        """The parameter keys behind ``refs`` that no earlier op owns; now owned."""
-        keys = [k for k in self._sources(refs) if k not in self.owned]
+    def _take_params(self, sources: list[str]) -> list[str]:
+        """The keys among ``sources`` that no earlier op owns; now owned."""
+        keys = [k for k in sources if k not in self.owned]
         self.owned.update(keys)
         return keys
 

@@ -347,6 +347,9 @@ def _mean_meta(self, dim, keepdim=False, *, dtype=None):
     return torch.empty(shape, dtype=self.dtype, device="meta")
 
 
+_PLAIN = frozenset({int, float, bool, str, type(None)})  # argument types recorded as they are
+
+
 class _Recorder:
     """Names tensor values by identity and turns dispatch calls into :class:`OpRecord`."""
 
@@ -378,6 +381,8 @@ class _Recorder:
         return ref
 
     def value(self, value: Any) -> Any:
+        if type(value) in _PLAIN:  # most arguments: ints, bools, None (no isinstance chain)
+            return value
         if isinstance(value, self.tensor_type):
             return self.ref(value)
         if isinstance(value, (list, tuple)):
@@ -404,27 +409,23 @@ class _Recorder:
 
     def record(self, func: Any, args: tuple, kwargs: dict, out: Any, path: str) -> OpRecord | None:
         tensor_type = self.tensor_type
-        outs = list(out) if isinstance(out, (list, tuple)) else [out]
-        if not any(isinstance(t, tensor_type) for t in outs):
+        single = isinstance(out, tensor_type)
+        outs = (out,) if single else out if isinstance(out, (list, tuple)) else ()
+        if not single and not any(isinstance(t, tensor_type) for t in outs):
             return None
         op, arguments = self.schema(func)
-        named = {}
-        given = len(args)
-        for i, (name, has_default, default) in enumerate(arguments):
-            if i < given:
-                named[name] = self.value(args[i])
-            elif name in kwargs:
-                named[name] = self.value(kwargs[name])
+        value = self.value
+        named = {name: value(arg) for (name, _, _), arg in zip(arguments, args)}
+        for name, has_default, default in arguments[len(args):]:
+            if name in kwargs:
+                named[name] = value(kwargs[name])
             elif has_default:
                 named[name] = list(default) if isinstance(default, list) else default
         self.count += 1
-        out_names: list[str | None] = []
-        for index, tensor in enumerate(outs):
-            if isinstance(tensor, tensor_type):
-                out_names.append(self.bind(tensor, f"{op}_{self.count}" + (f"_{index}" if index else "")))
-            else:
-                out_names.append(None)
-        return OpRecord(f"{op}_{self.count}", op, named, out_names, path)
+        name = f"{op}_{self.count}"
+        out_names = [(self.bind(tensor, f"{name}_{index}" if index else name)
+                      if isinstance(tensor, tensor_type) else None) for index, tensor in enumerate(outs)]
+        return OpRecord(name, op, named, out_names, path)
 
 
 def _op_name(func: Any) -> str:

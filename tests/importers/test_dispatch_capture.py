@@ -518,3 +518,21 @@ def test_meta_pass_runs_the_ops_the_model_runs_on_its_own_weights():
     assert graph["fc"]["kind"] == "linear"
     costs = compile_costs(graph)
     assert totals_of(costs, seed_costs(costs))["macs"] == 17 * C * 19 * 23  # 17*13 rows, 19 -> 23
+
+
+def test_import_leaves_the_garbage_collector_as_it_found_it():
+    import gc
+
+    from morphscope.errors import GraphError
+
+    assert gc.isenabled()
+    load_module(Probe(), (3, 17, 19))
+    with pytest.raises(GraphError, match="could not run the model"):
+        load_module(Probe(), (5, 17, 19))  # 5 channels, the conv takes 3: every route fails
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_module(Probe(), (3, 17, 19))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
