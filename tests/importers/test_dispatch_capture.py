@@ -468,6 +468,7 @@ def test_pass_leaves_no_hook_and_no_attribute_behind():
 
     model = Probe().eval()
     before = [(m, dict(vars(m))) for m in model.modules()]
+    weights = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
     hooks = (module_globals._global_forward_pre_hooks, module_globals._global_forward_hooks)
     counts = [len(h) for h in hooks]
     program_from_dispatch(model, torch.zeros(1, 3, 17, 19), on_meta=True)
@@ -477,6 +478,33 @@ def test_pass_leaves_no_hook_and_no_attribute_behind():
     for module, attrs in before:
         assert vars(module).keys() == attrs.keys()
         assert all(vars(module)[k] is v for k, v in attrs.items())
+    for module, params, buffers in weights:  # the pass read meta stand-ins, never these
+        assert all(module._parameters[k] is v and v.device.type == "cpu" for k, v in params.items())
+        assert all(module._buffers[k] is v for k, v in buffers.items())
+
+
+class Tied(nn.Module):
+    """Two linears sharing one weight (13 -> 13), a shared block called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(C, C), nn.Linear(C, C)
+        self.b.weight = self.a.weight
+        self.block = nn.Linear(C, C)
+        self.again = self.block
+
+    def forward(self, x):
+        return self.again(self.block(self.b(self.a(x))))
+
+
+def test_tied_and_shared_weights_get_one_stand_in_read_by_every_user():
+    model, example = Tied().eval(), torch.zeros(1, C)
+    meta_pass, _ = program_from_dispatch(model, example, on_meta=True)
+    real_pass, _ = program_from_dispatch(model, example, on_meta=False)
+    assert meta_pass.parameters == real_pass.parameters == {
+        "p:a.weight": "a.weight", "p:a.bias": "a.bias", "p:b.bias": "b.bias",
+        "p:block.weight": "block.weight", "p:block.bias": "block.bias"}
+    assert [r.args for r in meta_pass.records] == [r.args for r in real_pass.records]
 
 
 class Caller(nn.Module):
