@@ -285,7 +285,7 @@ def _plain_state_dict(path: Path, name: str, limits: Limits, full: bool,
             raise UnsupportedFileError(f"{name}: the state_dict holds no floating point tensors")
         keys, distinct = unwrap_keys(table.keys)
         rows = np.arange(len(keys))
-        if not distinct:  # the table's keys are (a dict's, or scanned runs checked for repeats)
+        if not distinct:  # table keys are distinct (a dict's, or runs checked for repeats); these may not be
             last = dict(zip(keys, rows.tolist()))  # two made one: the last counts, in the first's place
             rows = np.fromiter(last.values(), np.int64, len(last))
             keys = list(last)
