@@ -507,6 +507,16 @@ def test_tied_and_shared_weights_get_one_stand_in_read_by_every_user():
     assert [r.args for r in meta_pass.records] == [r.args for r in real_pass.records]
 
 
+def test_pass_on_a_model_built_on_meta_leaves_its_parameters_as_they_were():
+    with torch.device("meta"):
+        model = Tied().eval()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    program_from_dispatch(model, torch.zeros(1, C), on_meta=True)
+    assert dict(model.named_parameters(remove_duplicate=False)).keys() == params.keys()
+    for key, param in model.named_parameters(remove_duplicate=False):
+        assert param is params[key] and isinstance(param, nn.Parameter), key
+
+
 class Caller(nn.Module):
     """A conv module, and one built in forward (not a submodule): its op belongs to the caller."""
 

@@ -51,10 +51,12 @@ def test_timm_list_is_long_and_known():
     assert not set(TIMM_MODELS) - set(timm.list_models())
 
 
-# Models torch.export cannot export (on the meta device), each with the reason, checked below.
-NOT_EXPORTABLE = {
-    # its meta weights are plain tensors after timm's init: the export checker rejects them
-    "coat_lite_tiny": "is not an instance of torch.nn.Parameter",
+# Models whose .pt2 file counts more parameters than torch (an open bug of the .pt2 route),
+# with the excess, checked below so the entry cannot outlive the bug.
+PT2_MISCOUNTED = {
+    # the file's count exceeds sum(p.numel()) by 62,976, MACs agree; not yet traced (its
+    # cpe/crpe modules are shared between stages, each under two names in the file)
+    "coat_lite_tiny": 62_976,
 }
 
 
@@ -68,9 +70,11 @@ def test_timm_model_counts_match_torch(name, tmp_path):
     assert params == torch_params(model)
     assert macs == flop_counter_macs(model, example)
     assert not graph.detached_params  # every weight is read at inference
-    # the .pt2 route (arguments bound by name, wrapper bodies inlined): file = live
-    if name in NOT_EXPORTABLE:
-        with pytest.raises(Exception, match=NOT_EXPORTABLE[name]):
-            torch.export.export(model, (example,))
+    # the .pt2 route (arguments bound by name, wrapper bodies inlined): file = live; the
+    # import leaves the model exportable (it once left plain tensors in coat_lite_tiny's
+    # parameters, which the export checker rejects)
+    file_counts = pt2_counts(model, example, tmp_path / f"{name}.pt2")
+    if name in PT2_MISCOUNTED:
+        assert file_counts == (params + PT2_MISCOUNTED[name], macs)
     else:
-        assert pt2_counts(model, example, tmp_path / f"{name}.pt2") == (params, macs)
+        assert file_counts == (params, macs)
