@@ -16,6 +16,7 @@ import argparse
 import copy
 import io
 import contextlib
+import os
 import time
 import warnings
 
@@ -89,8 +90,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"best of {args.repeat}, CPU, batch 1")
+          f"best of {args.repeat}, CPU, batch 1, load average {load} on {os.cpu_count()} cores")
     header = f"{'model':<16} {'tool':<26} {'seconds':>9} {'x ours(import+count)':>21} {'x ours(count)':>14} {'MACs':>15}"
     print(header)
     print("-" * len(header))
