@@ -3,7 +3,6 @@ model and checkpoints the user had stay, a bad file that stays listed is parsed 
 temporary folder is left behind."""
 
 import io
-import json
 import tempfile
 from pathlib import Path
 
