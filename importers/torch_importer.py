@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import operator
 import zipfile
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,8 +177,35 @@ def program_from_exported(exported: Any) -> Program:
         exported = exported.run_decompositions({})  # inlines wrap_with_autocast and friends
     signature = exported.graph_signature
     constants = set(signature.inputs_to_buffers) | set(signature.inputs_to_lifted_tensor_constants)
-    return _fx_program(exported.graph, dict(signature.inputs_to_parameters), constants,
+    state = exported.state_dict
+    parameters = first_names(signature.inputs_to_parameters, lambda key: id(state.get(key, key)))
+    return _fx_program(exported.graph, parameters, constants,
                        list(signature.user_inputs), set(signature.user_outputs))
+
+
+def first_names(parameters: Mapping[str, str], identity: Callable[[str], Hashable]) -> dict[str, str]:
+    """``parameters`` (placeholder -> state_dict key) with each key replaced by the first key,
+    in the signature's order, that names the same tensor (same ``identity``). torch.export
+    lifts a tensor shared under several names (a module reachable by two paths) once per name;
+    as one tensor it is one parameter, named as ``named_parameters()`` names it."""
+    first: dict[Hashable, str] = {}
+    return {placeholder: first.setdefault(identity(key), key) for placeholder, key in parameters.items()}
+
+
+def _pt2_weight_identity(config: Mapping[str, Any]) -> Callable[[str], Hashable]:
+    """A ``.pt2`` weight's identity from ``data/weights/model_weights_config.json``: the
+    storage file it is saved in and its view of that storage (torch.export.save writes a
+    storage shared by several names once). Weights saved from the meta device all name one
+    empty file, so they, and any weight the config does not describe, are their own identity."""
+    def identity(key: str) -> Hashable:
+        entry = config.get(key)
+        meta = entry.get("tensor_meta") if isinstance(entry, dict) else None
+        if not isinstance(meta, dict) or entry.get("use_pickle") or \
+                (meta.get("device") or {}).get("type") in (None, "meta"):
+            return key
+        view = {field: meta.get(field) for field in ("dtype", "sizes", "strides", "storage_offset")}
+        return json.dumps([entry.get("path_name"), view], sort_keys=True)
+    return identity
 
 
 def _fx_program(graph: Any, parameters: dict[str, str], constants: set[str], user_inputs: list[str],
@@ -272,16 +300,16 @@ def _clean_path(path: str) -> str:
 
 # -- .pt2 files: JSON and raw bytes only --------------------------------------------------------
 
-def _open_pt2(path: Path) -> tuple[zipfile.ZipFile, str]:
+def _pt2_model_member(path: Path) -> str:
     if not zipfile.is_zipfile(path):
         raise UnsupportedFileError(f"{path}: not a torch.export archive (.pt2 files are zip "
                                    "archives written by torch.export.save)")
-    archive = zipfile.ZipFile(path)
-    names = [n for n in archive.namelist() if n.endswith("models/model.json")]
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.endswith("models/model.json")]
     if not names:
         raise UnsupportedFileError(f"{path}: zip archive without models/model.json; write it "
                                    "with torch.export.save from torch >= 2.8")
-    return archive, names[0]
+    return names[0]
 
 
 def read_pt2_program(path: str | Path) -> Program:
@@ -295,12 +323,16 @@ def read_pt2_program(path: str | Path) -> Program:
     path = Path(path)
     from morphscope.importers.limits import loads_json, open_zip, read_member
 
-    _, member = _open_pt2(path)
+    member = _pt2_model_member(path)
+    weights_member = member.removesuffix("models/model.json") + "data/weights/model_weights_config.json"
     with open_zip(path, str(path)) as archive:  # zip bombs and member names, before reading
         data = read_member(archive, member, str(path), MAX_MODEL_JSON_BYTES)
+        weights = (read_member(archive, weights_member, str(path), MAX_MODEL_JSON_BYTES)
+                   if weights_member in archive.NameToInfo else b"{}")
     doc = loads_json(data, str(path), what="torch.export graph")  # bounded depth and length
+    weights_config = loads_json(weights, str(path), what="torch.export weights config")
     try:
-        return program_from_pt2_json(doc)
+        return program_from_pt2_json(doc, weights_config.get("config") or {})
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         raise UnsupportedFileError(f"{path}: malformed torch.export graph "
                                    f"({type(err).__name__}: {err})") from err
@@ -311,8 +343,9 @@ def load_pt2(path: str | Path) -> ChannelGraph:
     return build_graph(read_pt2_program(path), str(path))
 
 
-def program_from_pt2_json(doc: dict[str, Any]) -> Program:
-    """Turn the ``models/model.json`` document of a ``.pt2`` archive into a :class:`Program`.
+def program_from_pt2_json(doc: dict[str, Any], weights_config: Mapping[str, Any] | None = None) -> Program:
+    """Turn the ``models/model.json`` document of a ``.pt2`` archive into a :class:`Program`;
+    ``weights_config`` (the ``config`` of its weights config) tells shared weights apart.
 
     The bodies of the higher-order ops torch.export wraps regions in (``autocast``,
     ``set_grad_enabled``) are inlined: their ops are counted like any other (DESIGN section 15).
@@ -342,6 +375,7 @@ def program_from_pt2_json(doc: dict[str, Any]) -> Program:
                 user_inputs.append(body["arg"]["as_tensor"]["name"])
         else:
             constants.add(body["arg"]["name"])
+    parameters = first_names(parameters, _pt2_weight_identity(weights_config or {}))
     returned = [body["arg"] for spec in module["signature"]["output_specs"]
                 for spec_kind, body in spec.items() if spec_kind == "user_output"]
     user_outputs = [name for name in _pt2_tensor_names(returned, lambda n: names.get(n, n)) if name]

@@ -71,6 +71,26 @@ def test_conv_under_two_module_names_counts_params_once():
     assert {n for n, a in graph.ops() if a["kind"] == Kind.CONV} == {"a", "a_1"}
 
 
+def test_exported_and_pt2_routes_count_a_module_under_two_names_once(tmp_path):
+    class Aliased(nn.Module):  # coat_lite_tiny's cpe modules: one module kept by two parents
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(13, 23, 3, padding=1)
+            self.stage = nn.ModuleDict({"a": self.a})  # a second name nobody calls it by
+
+        def forward(self, x):
+            return self.a(x)
+
+    params = 3 * 3 * 13 * 23 + 23
+    exported = torch.export.export(Aliased().eval(), (torch.zeros(1, 13, H, W),))
+    assert len(exported.graph_signature.inputs_to_parameters) == 4  # torch lifts each name
+    path = tmp_path / "aliased.pt2"
+    torch.export.save(exported, path)
+    for graph in (build_graph(program_from_exported(exported), "aliased"), load_pt2(path)):
+        assert totals(graph)["params"] == params
+        assert graph.detached_params == {}
+
+
 # -- 8. params from the parameters an op owns: buffers never, gains included ---------------------
 
 def test_conv_with_a_buffer_weight_owns_no_params():
