@@ -11,9 +11,9 @@ DESIGN section 10).
 from __future__ import annotations
 
 import contextlib
+import json
 import operator
 import zipfile
-import json
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -178,12 +178,12 @@ def program_from_exported(exported: Any) -> Program:
     signature = exported.graph_signature
     constants = set(signature.inputs_to_buffers) | set(signature.inputs_to_lifted_tensor_constants)
     state = exported.state_dict
-    parameters = first_names(signature.inputs_to_parameters, lambda key: id(state.get(key, key)))
+    parameters = _first_names(signature.inputs_to_parameters, lambda key: id(state.get(key, key)))
     return _fx_program(exported.graph, parameters, constants,
                        list(signature.user_inputs), set(signature.user_outputs))
 
 
-def first_names(parameters: Mapping[str, str], identity: Callable[[str], Hashable]) -> dict[str, str]:
+def _first_names(parameters: Mapping[str, str], identity: Callable[[str], Hashable]) -> dict[str, str]:
     """``parameters`` (placeholder -> state_dict key) with each key replaced by the first key,
     in the signature's order, that names the same tensor (same ``identity``). torch.export
     lifts a tensor shared under several names (a module reachable by two paths) once per name;
@@ -375,7 +375,7 @@ def program_from_pt2_json(doc: dict[str, Any], weights_config: Mapping[str, Any]
                 user_inputs.append(body["arg"]["as_tensor"]["name"])
         else:
             constants.add(body["arg"]["name"])
-    parameters = first_names(parameters, _pt2_weight_identity(weights_config or {}))
+    parameters = _first_names(parameters, _pt2_weight_identity(weights_config or {}))
     returned = [body["arg"] for spec in module["signature"]["output_specs"]
                 for spec_kind, body in spec.items() if spec_kind == "user_output"]
     user_outputs = [name for name in _pt2_tensor_names(returned, lambda n: names.get(n, n)) if name]
