@@ -10,7 +10,7 @@ import numpy as np
 from morphscope.analyzers.alive import DEFAULT_THRESHOLD
 from morphscope.analyzers.hardware import Hardware
 from morphscope.analyzers.morph import alive_structure, source_op_widths
-from morphscope.analyzers.widths import WidthModel, apply_multiplier, multiplier_curve, solve_multiplier
+from morphscope.analyzers.widths import WidthModel, expanded_widths, multiplier_curve, solve_multiplier
 from morphscope.graph import ChannelGraph
 
 METRICS = ("flops", "params", "size", "latency_s")
@@ -36,9 +36,10 @@ def structure_widths(model: WidthModel, gammas: dict[str, np.ndarray] | None,
 
 
 def view_structure(model: WidthModel, label: str, alive: np.ndarray, factor: float,
-                   hardware: Hardware) -> StructureView:
-    """Totals of a structure as learned and after the width multiplier ``factor``."""
-    expanded = apply_multiplier(model.spaces, alive, factor)
+                   hardware: Hardware, round_to: int = 1) -> StructureView:
+    """Totals of a structure as learned and after the width multiplier ``factor`` (widths
+    then rounded up to multiples of ``round_to``)."""
+    expanded = expanded_widths(model.spaces, alive, factor, round_to)
     return StructureView(label, alive, expanded, model.totals(alive, hardware),
                          model.totals(expanded, hardware))
 
@@ -77,15 +78,16 @@ def gamma_magnitudes(gammas: dict[str, np.ndarray], layer: str | None = None) ->
 
 
 def tradeoff_curves(model: WidthModel, views: list[StructureView], factors: np.ndarray,
-                    hardware: Hardware) -> dict[str, dict[str, np.ndarray]]:
+                    hardware: Hardware, round_to: int = 1) -> dict[str, dict[str, np.ndarray]]:
     """FLOPs, params and latency under a width multiplier: the seed (uniform scaling) and each
-    structure (its own widths scaled)."""
-    curves = {"seed": multiplier_curve(model, model.seed_widths, factors, hardware)}
+    structure (its own widths scaled), widths rounded up to multiples of ``round_to``."""
+    curves = {"seed": multiplier_curve(model, model.seed_widths, factors, hardware, round_to)}
     for view in views:
-        curves[view.label] = multiplier_curve(model, view.alive, factors, hardware)
+        curves[view.label] = multiplier_curve(model, view.alive, factors, hardware, round_to)
     return curves
 
 
-def matching_factor(model: WidthModel, alive: np.ndarray, target: str, hardware: Hardware) -> float:
+def matching_factor(model: WidthModel, alive: np.ndarray, target: str, hardware: Hardware,
+                    round_to: int = 1) -> float:
     """The width factor at which a structure costs what the seed does in ``target``."""
-    return solve_multiplier(model, alive, target, hardware=hardware)
+    return solve_multiplier(model, alive, target, hardware=hardware, round_to=round_to)

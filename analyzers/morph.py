@@ -13,10 +13,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from morphscope.analyzers.alive import DEFAULT_THRESHOLD, Topology, alive_widths, gamma_masks, topology_report
-from morphscope.analyzers.spaces import is_source_kind
+from morphscope.analyzers.alive import (DEFAULT_THRESHOLD, Topology, alive_widths, gamma_masks, group_scores,
+                                        topology_report)
+from morphscope.analyzers.spaces import ChannelSpaces, is_source_kind
 from morphscope.analyzers.group_lasso import group_lasso_masks
-from morphscope.analyzers.widths import WidthModel, apply_multiplier
+from morphscope.analyzers.widths import WidthModel, expanded_widths
 from morphscope.graph import ChannelGraph
 
 
@@ -87,13 +88,20 @@ def source_op_widths(graph: ChannelGraph, model: WidthModel, widths: np.ndarray)
 
 @dataclass(frozen=True)
 class ExportPlan:
-    """Widths a rebuilt model gets, the ops removed with dead residual branches, and notes."""
+    """Widths a rebuilt model gets, the ops removed with dead residual branches, and notes.
+
+    ``kept``: per space, which seed channels the rebuilt model keeps (alive channels first,
+    then the best-scored, so a width rounded up or kept at one channel takes its strongest
+    dead channels), for copying weights; None where a space grows past its seed width or the
+    structure has neither masks nor scores.
+    """
 
     widths: np.ndarray
     removed_ops: frozenset[str]
     removed_blocks: tuple[tuple[str, str, str], ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
     topology: Topology | None = None
+    kept: tuple[np.ndarray, ...] | None = None
 
     def op_keep(self, names: tuple[str, ...]) -> np.ndarray:
         """1.0 for ops the rebuilt model keeps, 0.0 for removed ones (rows of ``names``)."""
@@ -102,16 +110,19 @@ class ExportPlan:
 
 def export_plan(graph: ChannelGraph, model: WidthModel, morphed: Morphed,
                 multiplier: float | None = None, gammas: dict[str, np.ndarray] | None = None,
-                threshold: float = DEFAULT_THRESHOLD) -> ExportPlan:
-    """What to rebuild: ``morphed`` widths, optionally expanded by ``multiplier``.
+                threshold: float = DEFAULT_THRESHOLD, round_to: int = 1,
+                remove_blocks: bool = True) -> ExportPlan:
+    """What to rebuild: ``morphed`` widths, optionally expanded by ``multiplier`` and rounded
+    up to multiples of ``round_to`` (:func:`~morphscope.analyzers.widths.expanded_widths`).
 
     A residual branch with an empty inner space (or whose closing bn has every |gamma| at or
-    under the threshold) is removed; other spaces at zero width keep one channel.
+    under the threshold) is removed (with ``remove_blocks``; a rewritten ``.pt2`` program
+    keeps every op); other spaces at zero width keep one channel.
     """
     widths = morphed.widths.copy()
     topology = topology_report(graph, model.spaces, widths, gammas, threshold)
     removed, blocks = set(), []
-    for add, branch_end, reason in topology.removable_blocks:
+    for add, branch_end, reason in topology.removable_blocks if remove_blocks else ():
         removed.update(model.spaces.residual_branches[add][branch_end])
         blocks.append((add, branch_end, reason))
     removed_spaces = {s.space for op in removed for s in model.spaces.op_out.get(op, ())
@@ -124,11 +135,45 @@ def export_plan(graph: ChannelGraph, model: WidthModel, morphed: Morphed,
             widths[space] = 1
             notes.append(f"{model.spaces.name_of(int(space))}: every channel dead but its "
                          "layer cannot be removed here; kept at 1 channel")
-    if multiplier is not None:
-        widths = apply_multiplier(model.spaces, widths, multiplier)
+    widths = expanded_widths(model.spaces, widths, multiplier, round_to)
     for add, branch_end, reason in blocks:
         notes.append(f"residual branch into {add} (ending at {branch_end}) removed: {reason}")
-    return ExportPlan(widths, frozenset(removed), tuple(blocks), tuple(notes), topology)
+    scores = group_scores(model.spaces, gammas) if gammas else {}
+    kept = kept_channels(model.spaces, widths, morphed.masks, scores) \
+        if morphed.masks is not None or scores else None
+    return ExportPlan(widths, frozenset(removed), tuple(blocks), tuple(notes), topology, kept)
+
+
+def kept_channels(spaces: ChannelSpaces, widths: np.ndarray, masks: tuple[np.ndarray, ...] | None,
+                  scores: Mapping[int, np.ndarray]) -> tuple[np.ndarray, ...] | None:
+    """Per space, a mask of the ``widths[space]`` seed channels to keep: alive channels (by
+    ``masks``) first, then by group score, then by index; spaces with a quantum q keep
+    ``width / q`` channels in each of their q groups. None if a width exceeds its seed's.
+
+    Examples
+    --------
+    Space 0 (5 channels, alive 1 and 3) keeps 3: the alive two and the best-scored dead one.
+
+    >>> s = ChannelSpaces(np.array([5]), np.array([False]), {}, np.array([1]), {}, {}, {}, {})
+    >>> mask = np.array([False, True, False, True, False])
+    >>> kept = kept_channels(s, np.array([3.0]), (mask,), {0: np.array([.5, .9, .1, .8, .3])})
+    >>> np.flatnonzero(kept[0]).tolist()
+    [0, 1, 3]
+    """
+    kept = []
+    for space, size in enumerate(spaces.sizes.tolist()):
+        width = int(widths[space])
+        if width > size:
+            return None
+        q = int(spaces.quantum[space])
+        alive = masks[space] if masks is not None else np.zeros(size, dtype=bool)
+        score = scores.get(space, np.zeros(size))
+        rank = np.lexsort((np.arange(size // q)[None, :].repeat(q, 0), -score.reshape(q, -1),
+                           -alive.reshape(q, -1).astype(np.int8)), axis=-1)
+        chosen = np.zeros((q, size // q), dtype=bool)
+        np.put_along_axis(chosen, rank[:, :width // q], True, axis=1)
+        kept.append(chosen.reshape(-1))
+    return tuple(kept)
 
 
 def plan_totals(model: WidthModel, plan: ExportPlan, hardware=None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from morphscope.analyzers.conventions import DEFAULT_CONVENTION, get_convention
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE, Hardware
 from morphscope.analyzers.resources import RESOURCES, get_resource
 from morphscope.analyzers.morph import Morphed, source_op_widths
-from morphscope.analyzers.widths import WidthModel, apply_multiplier, solve_multiplier
+from morphscope.analyzers.widths import WidthModel, expanded_widths, solve_multiplier
 from morphscope.graph import ChannelGraph, Kind
 
 CONVENTION = ("MACs: multiply-accumulates of conv, linear and matrix products, batch 1; bias, "
@@ -120,16 +120,30 @@ def structure_entry(graph: ChannelGraph, model: WidthModel, structure: Any, morp
 
 
 def expand_entry(graph: ChannelGraph, model: WidthModel, morphed: Morphed, resource: str,
-                 budget: float, hardware: Hardware) -> dict[str, Any]:
+                 budget: float, hardware: Hardware, round_to: int = 1) -> dict[str, Any]:
     """The largest width multiplier within ``budget`` of ``resource`` for one structure, with
-    its alive and expanded totals and widths (the entries of ``morphscope expand --json``)."""
-    factor = solve_multiplier(model, morphed.widths, resource, budget, hardware)
-    expanded = apply_multiplier(model.spaces, morphed.widths, factor)
+    its alive and expanded totals and widths (the entries of ``morphscope expand --json``).
+    With ``round_to`` > 1 the expanded widths are rounded up to its multiples before costing
+    (:func:`~morphscope.analyzers.widths.round_widths`), and ``rounding_added`` says what the
+    rounding adds over the same factor unrounded."""
+    factor = solve_multiplier(model, morphed.widths, resource, budget, hardware, round_to)
+    expanded = expanded_widths(model.spaces, morphed.widths, factor, round_to)
     alive_totals, expanded_totals = model.totals(morphed.widths, hardware), model.totals(expanded, hardware)
     return {
         "checkpoint": morphed.label, "resource": resource, "budget": budget, "factor": factor,
+        "round_to": round_to,
         "cost": expanded_totals[get_resource(resource).key],
         "alive": {k: alive_totals[k] for k in ("flops", "params", "size")},
         "expanded": {k: expanded_totals[k] for k in ("flops", "params", "size")},
+        "rounding_added": rounding_added(model, morphed.widths, factor, round_to, hardware),
         "widths": source_op_widths(graph, model, expanded),
     }
+
+
+def rounding_added(model: WidthModel, widths: np.ndarray, factor: float | None, round_to: int,
+                   hardware: Hardware | None = None) -> dict[str, int]:
+    """``flops``, ``params`` and ``size`` that rounding to multiples of ``round_to`` adds to
+    ``widths`` expanded by ``factor`` (None: not expanded); zeros when ``round_to`` is 1."""
+    plain = model.totals(expanded_widths(model.spaces, widths, factor), hardware)
+    rounded = model.totals(expanded_widths(model.spaces, widths, factor, round_to), hardware)
+    return {k: int(rounded[k] - plain[k]) for k in ("flops", "params", "size")}

@@ -135,11 +135,63 @@ def apply_multiplier(spaces: ChannelSpaces, widths: np.ndarray, factor: float | 
     return np.where(pinned | (w == 0), w, grown)
 
 
-def solve_multiplier(model: WidthModel, widths: np.ndarray, target: str = "flops",
-                     budget: float | None = None, hardware: Hardware | None = None) -> float:
-    """The largest factor w (to 1e-4) with ``cost(apply(widths, w)) <= budget``.
+def expanded_widths(spaces: ChannelSpaces, widths: np.ndarray, factor: float | np.ndarray | None = None,
+                    round_to: int = 1) -> np.ndarray:
+    """``widths`` times ``factor`` (:func:`apply_multiplier`; None: unchanged), then rounded up
+    to multiples of ``round_to`` (:func:`round_widths`): the one way a structure's widths
+    become the widths a rebuilt model gets."""
+    if factor is not None:
+        widths = apply_multiplier(spaces, widths, factor)
+    return round_widths(spaces, widths, round_to)
 
-    The default budget is the seed's own cost of ``target`` (the paper's expand step).
+
+def round_widths(spaces: ChannelSpaces, widths: np.ndarray, round_to: int = 1) -> np.ndarray:
+    """Round every pruned width up to a multiple of ``round_to`` (hardware alignment).
+
+    A space is rounded when it is prunable (not pinned), not dead (width > 0) and its width
+    differs from the seed's; it becomes the next multiple of ``lcm(round_to, quantum)`` (so
+    grouped convs and GroupNorm keep equal groups), but never wider than the seed when it was
+    not (a narrowed space at most returns to its seed width). A space is one tied group, so
+    every layer of a group gets the same width. ``widths`` may have shape (n_spaces, k).
+
+    Raises
+    ------
+    MorphScopeError
+        If ``round_to`` is not a whole number >= 1.
+
+    Examples
+    --------
+    Seed widths 64 and 61, pruned to 43 and 60, rounded to multiples of 8: 43 -> 48, and 60
+    would be 64, over its seed width 61, so it stays at the seed's 61:
+
+    >>> import numpy as np
+    >>> from morphscope.analyzers.spaces import ChannelSpaces
+    >>> s = ChannelSpaces(np.array([64, 61]), np.array([False, False]), {},
+    ...                   np.array([1, 1]), {}, {}, {}, {})
+    >>> round_widths(s, np.array([43.0, 60.0]), 8).tolist()
+    [48.0, 61.0]
+    """
+    if isinstance(round_to, bool) or int(round_to) != round_to or round_to < 1:
+        raise MorphScopeError(f"round_to {round_to!r}: choose a whole number >= 1 (e.g. 8)")
+    widths = np.asarray(widths, dtype=np.float64)
+    if round_to == 1:
+        return widths
+    column = (lambda a: a[:, None]) if widths.ndim == 2 else (lambda a: a)
+    step = column(np.lcm(spaces.quantum.astype(np.int64), int(round_to)).astype(np.float64))
+    seed = column(spaces.sizes.astype(np.float64))
+    rounded = np.ceil(widths / step - 1e-9) * step
+    rounded = np.where(widths <= seed, np.minimum(rounded, seed), rounded)
+    keep = column(spaces.pinned) | (widths == 0) | (widths == seed)
+    return np.where(keep, widths, rounded)
+
+
+def solve_multiplier(model: WidthModel, widths: np.ndarray, target: str = "flops",
+                     budget: float | None = None, hardware: Hardware | None = None,
+                     round_to: int = 1) -> float:
+    """The largest factor w (to 1e-4) with ``cost(round(apply(widths, w))) <= budget``.
+
+    The default budget is the seed's own cost of ``target`` (the paper's expand step);
+    ``round_to`` rounds the expanded widths as :func:`round_widths` does before costing.
     Evaluates 64 factors per step in one vectorized call, so it needs about four steps.
 
     Raises
@@ -152,7 +204,7 @@ def solve_multiplier(model: WidthModel, widths: np.ndarray, target: str = "flops
         budget = model.target_cost(model.seed_widths, target, hardware)
 
     def cost(factors: np.ndarray) -> np.ndarray:
-        return np.asarray(model.target_cost(apply_multiplier(model.spaces, widths, factors),
+        return np.asarray(model.target_cost(expanded_widths(model.spaces, widths, factors, round_to),
                                             target, hardware))
 
     lo, hi = 0.0, 1.0
@@ -177,7 +229,7 @@ def solve_multiplier(model: WidthModel, widths: np.ndarray, target: str = "flops
 
 
 def multiplier_curve(model: WidthModel, widths: np.ndarray, factors: np.ndarray,
-                     hardware: Hardware | None = None) -> dict[str, np.ndarray]:
-    """Totals of ``apply(widths, f)`` for every factor f, in one vectorized evaluation."""
+                     hardware: Hardware | None = None, round_to: int = 1) -> dict[str, np.ndarray]:
+    """Totals of ``round(apply(widths, f))`` for every factor f, in one vectorized evaluation."""
     factors = np.asarray(factors, dtype=np.float64)
-    return model.totals(apply_multiplier(model.spaces, widths, factors), hardware)
+    return model.totals(expanded_widths(model.spaces, widths, factors, round_to), hardware)

@@ -81,6 +81,15 @@ threshold_value = _bounded("a threshold on |gamma|", 0.0, low_inclusive=True)
 _limit_value = _bounded("a parse limit", 0.0, low_inclusive=False)
 multiplier_value = _bounded("a width multiplier", 0.0, low_inclusive=False, high=MAX_MULTIPLIER)
 budget_value = _bounded("a budget", 0.0, low_inclusive=False)
+MAX_ROUND_TO = 1024  # channel alignment: 8 for tensor cores, 16-128 for wider vector units
+
+
+def round_to_value(text: str) -> int:
+    """An argparse type: a whole number of channels in [1, MAX_ROUND_TO]."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_ROUND_TO:
+        raise argparse.ArgumentTypeError(f"{text!r}: round widths to a whole number of channels "
+                                         f"from 1 to {MAX_ROUND_TO} (e.g. 8)")
+    return int(text)
 
 
 def input_shape_value(text: str) -> tuple[int, ...]:

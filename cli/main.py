@@ -17,7 +17,7 @@ from morphscope.analyzers.resources import RESOURCES
 from morphscope.cli.arguments import (EXIT_BAD_INPUT, MAX_MULTIPLIER, OneLineParser,
                                       attach_signed_values, budget_value, check_input_shape,
                                       input_shape_value, limit_arguments, limits_help,
-                                      limits_of, multiplier_value, threshold_value)
+                                      limits_of, multiplier_value, round_to_value, threshold_value)
 from morphscope.cli.scope import scope_arguments, scope_line, scope_of
 from morphscope.errors import MorphScopeError
 
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     expand.add_argument("--budget", type=budget_value, metavar="N",
                         help="cost to meet, finite and > 0 (default: the seed's own)")
     _hardware_arg(expand, "device for --resource latency")
+    _round_to_arg(expand)
 
     export = commands.add_parser("export", help="write widths JSON, a layer table, a model "
                                  "(--json: what was written, as one JSON object)",
@@ -82,8 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"expand the widths by this factor (> 0, at most {MAX_MULTIPLIER:g})")
     export.add_argument("--model-out", metavar="FILE", help="rebuilt model to retrain: .pt2 (PyTorch) or .keras")
     export.add_argument("--copy-weights", action="store_true",
-                        help="copy the alive channels' weights into the rebuilt model")
+                        help="copy the kept channels' weights into the rebuilt model (the alive "
+                        "ones, then the best-scored where --round-to needs more)")
+    _round_to_arg(export)
     return parser
+
+
+def _round_to_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--round-to", type=round_to_value, default=1, metavar="N",
+                        help="round every pruned width up to a multiple of N (8 for tensor cores); "
+                        "tied layers, grouped convs and GroupNorm stay consistent (default 1)")
 
 
 def _checkpoint_args(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -219,7 +228,7 @@ def _run_expand(args: argparse.Namespace) -> int:
     hardware = get_hardware(args.hardware)
     budget = args.budget if args.budget is not None else \
         model.target_cost(model.seed_widths, args.resource, hardware)
-    results = [expand_entry(graph, model, m, args.resource, budget, hardware) for m in morphed]
+    results = [expand_entry(graph, model, m, args.resource, budget, hardware, args.round_to) for m in morphed]
     if args.json:
         json.dump({"model": graph.name, "expanded": results}, sys.stdout)
         print()
@@ -228,14 +237,23 @@ def _run_expand(args: argparse.Namespace) -> int:
         fmt = (lambda v: f"{v:.4g} s") if r["resource"] == "latency" else (lambda v: f"{v:,.0f}")
         print(f"{r['checkpoint']}: width multiplier {r['factor']:.4f} brings {r['resource']} to "
               f"{fmt(r['cost'])} (budget {fmt(r['budget'])})")
+        if r["round_to"] > 1:
+            print(f"  {_rounding_line(r['round_to'], r['rounding_added'])}")
         for name, width in r["widths"].items():
             print(f"  {name:<50} {width:>6}")
     return 0
 
 
+def _rounding_line(round_to: int, added: dict[str, int]) -> str:
+    from morphscope.units import human_count
+
+    return (f"widths rounded up to multiples of {round_to}: +{human_count(added['flops'])} FLOPs, "
+            f"+{human_count(added['params'])} params over the unrounded widths")
+
+
 def _run_export(args: argparse.Namespace) -> int:
     from morphscope.analyzers.morph import export_plan, plan_totals
-    from morphscope.analyzers.widths import apply_multiplier
+    from morphscope.analyzers.report import rounding_added
     from morphscope.exporters.export import MODEL_SUFFIX
     from morphscope.exporters.files import OutputError, check_targets, write_files
     from morphscope.exporters.writers import layer_table, table_csv, widths_json
@@ -245,22 +263,23 @@ def _run_export(args: argparse.Namespace) -> int:
     targets = check_targets(_export_targets(args), _input_files(args))
     graph, model, structures, morphed = _analysis(args)
     structure, m = structures[0], morphed[0]
-    expanded = m.widths if args.multiplier is None else \
-        apply_multiplier(model.spaces, m.widths, args.multiplier)
-    rows = layer_table(graph, model, m.widths, expanded)
+    plan = export_plan(graph, model, m, args.multiplier, structure.gammas, args.threshold, args.round_to,
+                       remove_blocks=not args.model.lower().endswith(".pt2"))
+    rows = layer_table(graph, model, m.widths, plan.widths)
     contents = {targets["--out"]: table_csv(rows) if _is_csv(args.out) else
-                widths_json(graph, model, expanded) + "\n"}
+                widths_json(graph, model, plan.widths) + "\n"}
     if args.table:
         contents[targets["--table"]] = table_csv(rows) if _is_csv(args.table) else \
             json.dumps(rows, indent=2) + "\n"
-    summary: dict[str, Any] = {"wrote": [a for a in (args.out, args.table, args.model_out) if a]}
+    summary: dict[str, Any] = {"wrote": [a for a in (args.out, args.table, args.model_out) if a],
+                               "round_to": args.round_to,
+                               "rounding_added": rounding_added(model, m.widths, args.multiplier, args.round_to)}
     if args.model_out:
         suffix = MODEL_SUFFIX[graph.framework]
         if not args.model_out.lower().endswith(suffix):
             raise OutputError(f"--model-out {args.model_out}: a rebuilt {graph.framework} model is "
                               f"saved as {suffix}; name the file *{suffix}")
-        plan = export_plan(graph, model, m, args.multiplier, structure.gammas, args.threshold)
-        contents[targets["--model-out"]], params = _rebuilt_model(args, graph, model, plan, m)
+        contents[targets["--model-out"]], params = _rebuilt_model(args, graph, model, plan)
         summary.update(model_params=params, predicted_params=plan_totals(model, plan)["params"],
                        notes=list(plan.notes))
     write_files({path: text.encode() if isinstance(text, str) else text
@@ -271,6 +290,8 @@ def _run_export(args: argparse.Namespace) -> int:
     for path in summary["wrote"]:
         print(f"wrote {path}" + (f": {summary['model_params']:,} parameters (predicted "
                                  f"{summary['predicted_params']:,})" if path == args.model_out else ""))
+    if args.round_to > 1:
+        print(f"  {_rounding_line(args.round_to, summary['rounding_added'])}")
     for note in summary.get("notes", []):
         print(f"  note: {note}")
     return 0
@@ -299,13 +320,13 @@ def _input_files(args: argparse.Namespace) -> dict[str, str]:
     return files
 
 
-def _rebuilt_model(args, graph, model, plan, morphed) -> tuple[bytes, int]:
+def _rebuilt_model(args, graph, model, plan) -> tuple[bytes, int]:
+    """The rebuilt model file's bytes and parameter count (the function the app and API use)."""
     from morphscope.exporters.export import rebuilt_model_bytes
-    from morphscope.importers.load import load_framework_model
+    from morphscope.importers.objects import rebuild_source
 
-    framework_model = load_framework_model(args.model, args.input_shape)
-    copy_masks = morphed.masks if args.copy_weights and args.multiplier is None else None
-    return rebuilt_model_bytes(framework_model, graph, model, plan, copy_masks)
+    source = rebuild_source(args.model, args.input_shape, limits=limits_of(args))
+    return rebuilt_model_bytes(source, graph, model, plan, args.copy_weights)
 
 
 COMMANDS = {"report": _run_report, "expand": _run_expand, "export": _run_export}

@@ -180,7 +180,8 @@ def content_key(data: bytes) -> str:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def framework_model(spec: str, side: int | None = None) -> Any:
     """The framework's model object (to rebuild with new widths) for a zoo spec or an
-    ``upload:<content key>`` spec from :func:`model_from_upload`.
+    ``upload:<content key>`` spec from :func:`model_from_upload` (an uploaded ``.pt2``: its
+    bytes as a :class:`~morphscope.importers.objects.Pt2Archive`, rewritten, never loaded).
 
     Raises
     ------
@@ -188,12 +189,15 @@ def framework_model(spec: str, side: int | None = None) -> Any:
         For an upload no longer kept (upload it again) or a spec that is neither.
     """
     from morphscope.importers.load import load_framework_model
+    from morphscope.importers.objects import Pt2Archive
 
     if spec.startswith(UPLOAD_SPEC_PREFIX):
         kept = _KEPT_UPLOADS.get(spec[len(UPLOAD_SPEC_PREFIX):])
         if kept is None:
             raise UnsupportedFileError("the uploaded model is no longer in memory; upload it again")
         name, data = kept
+        if name.lower().endswith(".pt2"):  # rewritten as an archive, never loaded
+            return Pt2Archive(name, data)
         with upload_file(name, data) as path:
             return load_framework_model(str(path), name=name)
     if not spec.startswith(TRUSTED_PREFIXES):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -186,20 +186,96 @@ def _copy_alive(old: Any, new: Any, kind: Kind, attrs: dict[str, Any], in_idx, o
                 if src is not None and dst is not None and src.dim() == 1:
                     dst.copy_(src[out_t])
             return
-        in_t = torch.as_tensor(in_idx, dtype=torch.long)
-        groups = old.groups if kind == Kind.CONV else 1
-        if groups == 1:
-            weight = old.weight[out_t][:, in_t]
-        elif is_depthwise(attrs):  # one input per filter
-            weight = old.weight[out_t]
-        else:  # grouped: filter o keeps the alive inputs of its own group (equal counts)
-            in_per_group, out_per_group = old.in_channels // groups, old.out_channels // groups
-            in_group = in_t // in_per_group
-            weight = torch.stack([old.weight[o][in_t[in_group == o // out_per_group] % in_per_group]
-                                  for o in out_idx.tolist()])
-        new.weight.copy_(weight)
+        new.weight.copy_(sliced_kernel(old.weight, attrs, in_idx, out_idx))
         if getattr(old, "bias", None) is not None:
             new.bias.copy_(old.bias[out_t])
+
+
+def sliced_kernel(weight: Any, attrs: dict[str, Any], in_idx: np.ndarray, out_idx: np.ndarray) -> Any:
+    """A conv or linear kernel (PyTorch layout: (out, in/groups, ...), transposed convs
+    (in, out/groups, ...)) cut to the kept input and output channels. Grouped convs: each
+    filter keeps the kept inputs of its own group (equal counts per group); depthwise: one
+    input per filter."""
+    import torch
+
+    groups = attrs.get("groups") or 1
+    out_t, in_t = (torch.as_tensor(i, dtype=torch.long) for i in (out_idx, in_idx))
+    if is_depthwise(attrs):
+        return weight[in_t if attrs.get("transposed") else out_t]
+    if groups == 1:
+        return weight[in_t][:, out_t] if attrs.get("transposed") else weight[out_t][:, in_t]
+    if attrs.get("transposed"):
+        raise GraphError(f"{attrs.get('op')}: cannot cut the kernel of a grouped transposed conv")
+    in_per_group, out_per_group = weight.shape[1], weight.shape[0] // groups
+    in_group = in_t // in_per_group
+    return torch.stack([weight[o][in_t[in_group == o // out_per_group] % in_per_group]
+                        for o in out_idx.tolist()])
+
+
+def pt2_weight_slicer(graph: ChannelGraph, model: WidthModel, plan: ExportPlan,
+                      masks: tuple[np.ndarray, ...] | None = None) -> Callable[[str, Any], Any]:
+    """For :func:`~morphscope.exporters.pt2_rewrite.rewrite_pt2`: a function from a state_dict
+    key and its seed tensor to the tensor of the plan's widths (None: unchanged). With
+    ``masks`` the kept channels' values are copied; without, a resized tensor is initialized
+    as PyTorch initializes a new module (kernels Kaiming-uniform, biases uniform in
+    +-1/sqrt(fan_in), bn scale 1, shift 0, running mean 0, variance 1).
+
+    Raises
+    ------
+    GraphError
+        If the plan removes blocks (a program's graph cannot drop ops: plan with
+        ``remove_blocks=False``), or an op owning other weights changes width.
+    """
+    spaces = model.spaces
+    if plan.removed_ops:
+        raise GraphError(f"{graph.name}: a .pt2 program keeps every op; plan without removing blocks")
+    _check_other_params(graph, model, plan)
+    cuts: dict[str, tuple[dict[str, Any], np.ndarray, np.ndarray, int, int]] = {}
+    for name, attrs in graph.ops():
+        if not CHANNEL_RULES[attrs["kind"]].channel_weights or not attrs.get("param_keys"):
+            continue
+        layouts = spaces.op_in.get(name, ()), spaces.op_out.get(name, ())
+        widths = [layout_width(layout, plan.widths) for layout in layouts]
+        if widths == [layout_width(layout, spaces.sizes) for layout in layouts]:
+            continue
+        chosen = masks or tuple(np.arange(n) < w for n, w in zip(spaces.sizes, plan.widths))
+        in_idx, out_idx = (layout_indices(layout, chosen, spaces.sizes) for layout in layouts)
+        module = _module_of(attrs, name)
+        buffers = (f"{module}.running_mean", f"{module}.running_var") if attrs["kind"] == Kind.BN else ()
+        for key in (*attrs["param_keys"], *buffers):
+            cuts[key] = (attrs, in_idx, out_idx, *widths)
+
+    def new_weight(key: str, tensor: Any) -> Any:
+        if key not in cuts:
+            return None
+        attrs, in_idx, out_idx, a_in, a_out = cuts[key]
+        if masks is not None:
+            kept = sliced_kernel(tensor, attrs, in_idx, out_idx) if tensor.dim() > 1 else tensor[out_idx]
+            return kept.contiguous().clone()
+        return _fresh_tensor(key, tensor, attrs, a_in, a_out)
+
+    return new_weight
+
+
+def _fresh_tensor(key: str, seed: Any, attrs: dict[str, Any], a_in: int, a_out: int) -> Any:
+    """A new tensor of the new widths, initialized as a new PyTorch module's would be."""
+    import math
+
+    import torch
+
+    if attrs["kind"] == Kind.BN:
+        fill = 1.0 if key.endswith((".weight", ".running_var")) else 0.0
+        return torch.full((a_out,), fill, dtype=seed.dtype)
+    groups = a_in if is_depthwise(attrs) else (attrs.get("groups") or 1)
+    receptive = math.prod(seed.shape[2:]) if seed.dim() > 1 else math.prod(attrs.get("kernel") or ())
+    fan_in = (a_out if attrs.get("transposed") else a_in) // groups * receptive
+    if seed.dim() == 1:  # bias: uniform in +-1/sqrt(fan_in), as nn.Conv2d / nn.Linear
+        bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
+        return torch.empty(a_out, dtype=seed.dtype).uniform_(-bound, bound)
+    first, second = (a_in, a_out // groups) if attrs.get("transposed") else (a_out, a_in // groups)
+    kernel = torch.empty((first, second, *seed.shape[2:]), dtype=seed.dtype)
+    torch.nn.init.kaiming_uniform_(kernel, a=math.sqrt(5))
+    return kernel
 
 
 def count_torch_params(module: Any) -> int:

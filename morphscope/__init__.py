@@ -14,7 +14,7 @@ JSON, tables, rebuilt models), ``morphscope.regularizers`` (training), and the f
 
 from __future__ import annotations
 
-__all__ = ["load_model", "load_structure", "report", "expand", "export"]
+__all__ = ["load_model", "load_structure", "report", "expand", "export", "rebuild"]
 
 
 def __getattr__(name: str):
@@ -23,3 +23,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'morphscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

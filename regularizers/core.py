@@ -237,3 +237,15 @@ def write_structure(out: Path, step: int, widths_text: str, record: dict[str, An
     (out / f"alive_{step}").write_text(widths_text + "\n")
     with open(out / "cost.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def learned_structure(regularizer: Any) -> Any:
+    """A regularizer's structure now, as a checkpoint of its model would give it: the bn
+    scales by bn op name, or (group lasso, whose scores are kernel norms) the alive counts
+    per source op."""
+    from morphscope.importers.checkpoints import LearnedStructure
+
+    source = f"{type(regularizer).__name__} (now)"
+    if regularizer._cover() is None:
+        return LearnedStructure(source, gammas=regularizer.gammas())
+    return LearnedStructure(source, alive_counts=json.loads(regularizer.widths_json()))

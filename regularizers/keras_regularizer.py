@@ -21,7 +21,8 @@ from morphscope.analyzers.alive import DEFAULT_THRESHOLD
 from morphscope.analyzers.conventions import DEFAULT_CONVENTION, Scope
 from morphscope.analyzers.widths import compile_width_model
 from morphscope.exporters.writers import widths_json
-from morphscope.regularizers.core import cost_record, evaluate, regularizer_plan, tensor_threshold, write_structure
+from morphscope.regularizers.core import (cost_record, evaluate, learned_structure, regularizer_plan, tensor_threshold,
+                                          write_structure)
 
 
 class _KerasOps:
@@ -152,6 +153,11 @@ class KerasGammaRegularizer:
 
         model.compute_loss = compute_loss
         model.train_function = model.test_function = None
+
+    def structure(self) -> Any:
+        """The learned structure now (a :class:`~morphscope.importers.checkpoints.LearnedStructure`),
+        for :func:`morphscope.rebuild` and the analyzers."""
+        return learned_structure(self)
 
     def widths_json(self, widths: np.ndarray | None = None) -> str:
         """The alive widths (now, or ``widths``) in morph-net's StructureExporter form."""

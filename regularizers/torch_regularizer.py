@@ -25,7 +25,7 @@ from morphscope.analyzers.widths import compile_width_model
 from morphscope.errors import MorphScopeError
 from morphscope.exporters.writers import widths_json
 from morphscope.graph import ChannelGraph
-from morphscope.regularizers.core import (cost_record, evaluate, regularizer_plan, tensor_threshold,
+from morphscope.regularizers.core import (cost_record, evaluate, learned_structure, regularizer_plan, tensor_threshold,
                                           write_structure)
 
 
@@ -232,6 +232,11 @@ class GammaRegularizer:
     def cost(self) -> float:
         """The alive cost of the target now: equal to the analyzers' count for these gammas."""
         return self.plan.cost(self.alive_widths())
+
+    def structure(self) -> Any:
+        """The learned structure now (a :class:`~morphscope.importers.checkpoints.LearnedStructure`),
+        for :func:`morphscope.rebuild` and the analyzers."""
+        return learned_structure(self)
 
     def widths_json(self, widths: np.ndarray | None = None) -> str:
         """The alive widths (now, or ``widths``) in morph-net's StructureExporter form."""

@@ -19,6 +19,7 @@ ZOO_PREFIXES = ("torchvision:", "keras:")
 BUNDLED = "example:digits"
 THRESHOLDS = [float(f"{t:.1g}") for t in np.geomspace(1e-4, 0.5, 38)]
 FACTORS = np.round(np.linspace(0.25, 3.0, 111), 4)
+ROUND_TO_CHOICES = (1, 8, 16, 32, 64)
 
 
 @dataclass
@@ -48,8 +49,7 @@ def _pick_model() -> LoadedModel | None:
                 data = upload.getvalue()
                 with st.spinner(f"Parsing {upload.name}..."):
                     graph, model, path = cache.model_from_upload(upload.name, data)
-                loaded = LoadedModel(f"{upload.name}#{cache.content_key(data)}", graph, model,
-                                     path if not upload.name.endswith(".pt2") else None)
+                loaded = LoadedModel(f"{upload.name}#{cache.content_key(data)}", graph, model, path)
         else:
             spec = st.sidebar.text_input("torchvision:NAME or keras:NAME", "torchvision:resnet18",
                                          key=state.ZOO_SPEC)
@@ -116,11 +116,11 @@ def _counting_controls(loaded: LoadedModel) -> Any:
         return loaded.model
 
 
-def _solve_into_slider(model: Any, alive: np.ndarray, target: str, hardware: Any) -> None:
+def _solve_into_slider(model: Any, alive: np.ndarray, target: str, hardware: Any, round_to: int) -> None:
     """Button callback: set the width-factor slider to the factor matching the seed's cost."""
     from morphscope.analyzers.compare import matching_factor
 
-    factor = matching_factor(model, alive, target, hardware)
+    factor = matching_factor(model, alive, target, hardware, round_to)
     st.session_state[state.MATCHED_TARGET] = target
     st.session_state[state.FACTOR] = float(np.floor(factor * 1000) / 1000)  # stay under budget
 
@@ -147,6 +147,9 @@ def explorer_view() -> None:
     st.session_state.setdefault(state.FACTOR, 1.0)
     factor = st.sidebar.slider("What-if width multiplier", 0.25, 3.0, step=0.001, format="%.3f",
                                key=state.FACTOR)
+    round_to = st.sidebar.selectbox("Round widths to multiples of", ROUND_TO_CHOICES, key=state.ROUND_TO,
+                                    help="Hardware alignment: 8 for tensor cores. Every pruned width "
+                                         "is rounded up; tied layers stay equal.")
 
     st.caption(f"{graph.name}: {graph.framework}, input {'x'.join(map(str, graph.input_shape))}, "
                f"{len(graph)} ops. FLOPs = 2 x MACs; size = conv/linear kernel weights.")
@@ -158,7 +161,8 @@ def explorer_view() -> None:
 
     alive = {label: compare.structure_widths(model, s["gammas"], s["alive_counts"], threshold)
              for label, s in structures}
-    views = [compare.view_structure(model, label, widths, factor, hardware) for label, widths in alive.items()]
+    views = [compare.view_structure(model, label, widths, factor, hardware, round_to)
+             for label, widths in alive.items()]
     seed = model.totals(model.seed_widths, hardware)
     selected = None
     if views:
@@ -170,7 +174,7 @@ def explorer_view() -> None:
             col.button(f"Match {'FLOPs' if target == 'flops' else 'size'}", key=f"match_{target}",
                        help=f"Set the multiplier to the largest factor whose {target} stays within "
                             "the seed's", on_click=_solve_into_slider,
-                       args=(model, alive[target_label], target, hardware))
+                       args=(model, alive[target_label], target, hardware, round_to))
 
     with costs_area:
         _metrics(seed, views, selected)
@@ -178,16 +182,16 @@ def explorer_view() -> None:
     if not views:
         st.info("Upload gamma checkpoints, morph-net alive files or training runs to compare "
                 "learned structures.")
-        _tradeoff_section(model, views, factor, hardware)
+        _tradeoff_section(model, views, factor, hardware, round_to)
         return
     resolution.kept_section(graph, model, views)
     resolution.layer_table_section(graph, model, selected)
     if example_dir is not None:
         resolution.result_section(example_dir)
     _gamma_section(structures, threshold)
-    _tradeoff_section(model, views, factor, hardware)
+    _tradeoff_section(model, views, factor, hardware, round_to)
     _reports(graph, model, structures, alive, threshold)
-    _downloads(graph, model, loaded, selected, structures, threshold, factor)
+    _downloads(graph, model, loaded, selected, structures, threshold, factor, round_to)
 
 
 def _metrics(seed: dict[str, Any], views: list[Any], selected: Any) -> None:
@@ -225,14 +229,14 @@ def _gamma_section(structures, threshold) -> None:
     st.plotly_chart(figures.gamma_histogram(magnitudes, threshold), key="gamma_hist")
 
 
-def _tradeoff_section(model, views, factor, hardware) -> None:
+def _tradeoff_section(model, views, factor, hardware, round_to) -> None:
     from morphscope.analyzers.compare import matching_factor, tradeoff_curves
 
     st.subheader("Trade-off under a width multiplier")
     resource = st.session_state.get(state.MATCHED_TARGET, "flops")
-    curves = tradeoff_curves(model, views, FACTORS, hardware)
+    curves = tradeoff_curves(model, views, FACTORS, hardware, round_to)
     current = {"seed": factor, **{v.label: factor for v in views}}
-    matched = {v.label: matching_factor(model, v.alive, resource, hardware) for v in views}
+    matched = {v.label: matching_factor(model, v.alive, resource, hardware, round_to) for v in views}
     left, right = st.columns(2)
     for column, y in ((left, "params"), (right, "latency_s")):
         column.plotly_chart(figures.tradeoff_figure(curves, FACTORS, current, matched, y, resource),
@@ -272,7 +276,7 @@ def _reports(graph, model, structures, alive, threshold) -> None:
         st.dataframe(_table(pinned, ["space", "channels", "why"]), hide_index=True)
 
 
-def _downloads(graph, model, loaded, view, structures, threshold, factor) -> None:
+def _downloads(graph, model, loaded, view, structures, threshold, factor, round_to) -> None:
     from morphscope.exporters.writers import layer_table, table_csv, widths_json
 
     st.subheader(f"Export: {view.label}")
@@ -283,36 +287,30 @@ def _downloads(graph, model, loaded, view, structures, threshold, factor) -> Non
                             file_name=f"{stem}_widths.json", mime="application/json", key="dl_widths")
     cols[1].download_button("Per-layer CSV", table_csv(layer_table(graph, model, view.alive, view.expanded)),
                             file_name=f"{stem}_layers.csv", mime="text/csv", key="dl_csv")
-    if loaded.rebuild_spec is None:
-        cols[2].caption("A .pt2 holds no rebuildable model: use the zoo or a Keras file to export one.")
-        return
+    built_from = (loaded.key, label, threshold, factor, round_to)  # a download is of exactly these
     if cols[2].button("Build morphed model", key="build_model"):
         with st.spinner("Rebuilding the model with the new widths..."):
             try:
-                st.session_state[state.MODEL_FILE] = _rebuild_bytes(graph, model, loaded, structures,
-                                                                    label, view, threshold, factor)
+                st.session_state[state.MODEL_FILE] = (built_from, *_rebuild_bytes(
+                    graph, model, loaded, structures, label, view, threshold, factor, round_to))
             except MorphScopeError as err:
                 st.error(user_message(err))
     built = st.session_state.get(state.MODEL_FILE)
-    if built:
-        name, data, note = built
+    if built and built[0] == built_from:
+        _, name, data, note = built
         cols[2].download_button(f"Download {name}", data, file_name=name, key="dl_model")
         cols[2].caption(note)
 
 
-def _rebuild_bytes(graph, model, loaded, structures, label, view, threshold, factor):
-    import tempfile
-    from pathlib import Path
-
+def _rebuild_bytes(graph, model, loaded, structures, label, view, threshold, factor, round_to):
     from morphscope.analyzers.morph import Morphed, export_plan, plan_totals
-    from morphscope.exporters.export import MODEL_SUFFIX, write_rebuilt_model
+    from morphscope.exporters.export import MODEL_SUFFIX, rebuilt_model_bytes
+    from morphscope.importers.objects import Pt2Archive
 
-    gammas = dict(structures)[label]["gammas"]
-    plan = export_plan(graph, model, Morphed(label, view.alive, None), factor, gammas, threshold)
     source = cache.framework_model(loaded.rebuild_spec, loaded.side)
-    with tempfile.TemporaryDirectory(prefix="morphscope_export_") as folder:
-        path = Path(folder) / f"morphed{MODEL_SUFFIX[graph.framework]}"
-        params = write_rebuilt_model(source, graph, model, plan, path)
-        data = path.read_bytes()
-    note = f"{params:,} parameters (predicted {plan_totals(model, plan)['params']:,})"
-    return path.name, data, note
+    gammas = dict(structures)[label]["gammas"]
+    plan = export_plan(graph, model, Morphed(label, view.alive, None), factor, gammas, threshold,
+                       round_to, remove_blocks=not isinstance(source, Pt2Archive))
+    data, params = rebuilt_model_bytes(source, graph, model, plan)
+    name = f"morphed_x{factor:.3f}" + (f"_r{round_to}" if round_to > 1 else "") + MODEL_SUFFIX[graph.framework]
+    return name, data, f"{params:,} parameters (predicted {plan_totals(model, plan)['params']:,})"
