@@ -192,24 +192,26 @@ def _copy_alive(old: Any, new: Any, kind: Kind, attrs: dict[str, Any], in_idx, o
 
 
 def sliced_kernel(weight: Any, attrs: dict[str, Any], in_idx: np.ndarray, out_idx: np.ndarray) -> Any:
-    """A conv or linear kernel (PyTorch layout: (out, in/groups, ...), transposed convs
-    (in, out/groups, ...)) cut to the kept input and output channels. Grouped convs: each
-    filter keeps the kept inputs of its own group (equal counts per group); depthwise: one
-    input per filter."""
-    import torch
+    """A conv or linear kernel in PyTorch's layout ((out, in/groups, ...); transposed convs
+    (in, out/groups, ...)), a torch tensor or a numpy array, cut to the kept input and output
+    channels. Grouped convs: each filter keeps the kept inputs of its own group (equal counts
+    per group); depthwise: one input per filter.
 
+    Raises
+    ------
+    GraphError
+        For a grouped transposed conv (not followed).
+    """
     groups = attrs.get("groups") or 1
-    out_t, in_t = (torch.as_tensor(i, dtype=torch.long) for i in (out_idx, in_idx))
     if is_depthwise(attrs):
-        return weight[in_t if attrs.get("transposed") else out_t]
+        return weight[in_idx if attrs.get("transposed") else out_idx]
     if groups == 1:
-        return weight[in_t][:, out_t] if attrs.get("transposed") else weight[out_t][:, in_t]
+        return weight[in_idx][:, out_idx] if attrs.get("transposed") else weight[out_idx][:, in_idx]
     if attrs.get("transposed"):
         raise GraphError(f"{attrs.get('op')}: cannot cut the kernel of a grouped transposed conv")
     in_per_group, out_per_group = weight.shape[1], weight.shape[0] // groups
-    in_group = in_t // in_per_group
-    return torch.stack([weight[o][in_t[in_group == o // out_per_group] % in_per_group]
-                        for o in out_idx.tolist()])
+    local = (np.sort(in_idx) % in_per_group).reshape(groups, -1)  # kept inputs, group by group
+    return weight[out_idx[:, None], local[out_idx // out_per_group]]
 
 
 def pt2_weight_slicer(graph: ChannelGraph, model: WidthModel, plan: ExportPlan,
@@ -347,8 +349,9 @@ def _copy_alive_keras(old_model: Any, new_model: Any, graph: ChannelGraph, model
                 sliced.append(weight[out_idx])
             elif depthwise:
                 sliced.append(weight[..., in_idx, :])
-            else:
-                sliced.append(weight[..., in_idx, :][..., out_idx])
+            else:  # (kh, kw, in/g, out) as PyTorch's (out, in/g, kh, kw), cut, and back
+                out_first = np.moveaxis(weight, (-1, -2), (0, 1))
+                sliced.append(np.moveaxis(sliced_kernel(out_first, attrs, in_idx, out_idx), (0, 1), (-1, -2)))
         new_layers[layer].set_weights(sliced)
 
 
