@@ -53,11 +53,15 @@ def _structures(checkpoints: Any) -> list[Any]:
 def _analysis(model, checkpoints, threshold, convention="physical", scope=None, example_input=None):
     from morphscope.analyzers.morph import morph
     from morphscope.analyzers.widths import compile_width_model
-    from morphscope.importers.objects import structure_of
+    from morphscope.importers.objects import is_regularizer, is_torch_module, structure_of
 
-    graph = load_model(model, example_input=example_input)
+    given = _structures(checkpoints)
+    if example_input is None and is_torch_module(model) and any(map(is_regularizer, given)):
+        graph = next(filter(is_regularizer, given)).graph  # the regularizer captured this model
+    else:
+        graph = load_model(model, example_input=example_input)
     width_model = compile_width_model(graph, convention, scope)
-    structures = [structure_of(graph, s) for s in _structures(checkpoints)]
+    structures = [structure_of(graph, s) for s in given]
     return graph, width_model, structures, [morph(width_model, s, threshold) for s in structures]
 
 
