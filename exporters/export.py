@@ -39,9 +39,18 @@ def copy_masks(graph: ChannelGraph, plan: ExportPlan, copy_weights: bool) -> tup
 def rebuild_model(framework_model: Any, graph: ChannelGraph, model: WidthModel, plan: ExportPlan,
                   copy_weights: bool = False) -> Any:
     """A new ``nn.Module`` or ``keras.Model`` with the plan's widths (the seed is untouched);
-    with ``copy_weights`` the kept channels' weights (``plan.kept``) are copied in."""
+    with ``copy_weights`` the kept channels' weights (``plan.kept``) are copied in. A
+    :class:`Pt2Archive` gives the ``torch.export.ExportedProgram`` of its rewritten archive
+    (the user's own file, rewritten without running it, then loaded)."""
     from morphscope.exporters import rebuild
 
+    if isinstance(framework_model, Pt2Archive):
+        import io
+
+        import torch
+
+        data, _ = rebuilt_model_bytes(framework_model, graph, model, plan, copy_weights)
+        return torch.export.load(io.BytesIO(data))
     masks = copy_masks(graph, plan, copy_weights)
     if graph.framework == "torch":
         return rebuild.rebuild_torch(framework_model, graph, model, plan, masks)

@@ -196,17 +196,9 @@ def rebuild(model: Any, structure: Any, multiplier: float | None = None, copy_we
     --------
     >>> small = morphscope.rebuild(model, reg, copy_weights=True, round_to=8)  # doctest: +SKIP
     """
-    from morphscope.exporters.export import rebuild_model, rebuilt_model_bytes
-    from morphscope.importers.objects import Pt2Archive, rebuild_source
+    from morphscope.exporters.export import rebuild_model
+    from morphscope.importers.objects import rebuild_source
 
     graph, width_model, _, plan = _plan(model, structure, multiplier, threshold, convention, scope,
                                         round_to, example_input, keep_every_op=_is_pt2(model))
-    source = rebuild_source(model, graph.input_shape)
-    if isinstance(source, Pt2Archive):
-        import io
-
-        import torch
-
-        data, _ = rebuilt_model_bytes(source, graph, width_model, plan, copy_weights)
-        return torch.export.load(io.BytesIO(data))  # the user's own file, rewritten by us
-    return rebuild_model(source, graph, width_model, plan, copy_weights)
+    return rebuild_model(rebuild_source(model, graph.input_shape), graph, width_model, plan, copy_weights)

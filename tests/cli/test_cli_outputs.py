@@ -119,16 +119,18 @@ def test_unwritable_targets_get_one_line(capsys, tmp_path, inputs):
 
 
 def test_failed_export_with_three_outputs_leaves_the_folder_as_it_was(capsys, tmp_path):
-    # --out and --table are computed, then --model-out fails: a .pt2 file holds no rebuildable
-    # model. Nothing may have been written, the old files keep their bytes.
+    # --out and --table are computed, then --model-out fails: x3 widens layers past the seed,
+    # so there are no seed weights to copy. Nothing may have been written, the old files keep
+    # their bytes.
     out = tmp_path / "out"
     out.mkdir()
     (out / "widths.json").write_text('{"old": 1}\n')
     (out / "layers.csv").write_text("old,table\n")
     line = refused_leaving_unchanged(capsys, tmp_path, "export", DIGITS_MODEL, "--checkpoint",
                                      DIGITS_GAMMAS, "--out", out / "widths.json", "--table",
-                                     out / "layers.csv", "--model-out", out / "morphed.pt2")
-    assert str(DIGITS_MODEL) in line
+                                     out / "layers.csv", "--model-out", out / "morphed.pt2",
+                                     "--multiplier", "3", "--copy-weights")
+    assert str(DIGITS_MODEL) in line and "cannot copy weights" in line
 
 
 def test_model_out_suffix_of_the_other_framework_is_refused(capsys, tmp_path):
@@ -155,7 +157,8 @@ def test_export_json_lists_what_was_written(capsys, tmp_path):
     widths, table = tmp_path / "widths.json", tmp_path / "layers.csv"
     assert main(["export", "example:digits", "--checkpoint", str(DIGITS_GAMMAS), "--out",
                  str(widths), "--table", str(table), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"wrote": [str(widths), str(table)]}
+    assert json.loads(capsys.readouterr().out) == {"wrote": [str(widths), str(table)], "round_to": 1,
+                                                   "rounding_added": {"flops": 0, "params": 0, "size": 0}}
     assert json.loads(widths.read_text())["fc"] == 10  # logits: pinned at the 10 digits
     assert table.read_text().startswith("layer,kind,seed_width")
 

@@ -119,3 +119,13 @@ def test_the_app_builds_a_pt2_download_from_an_uploaded_pt2(saved):
     # the app's default threshold (0.01) and factor (1.0): the alive widths, weights fresh
     assert tuple(torch.export.load(io.BytesIO(data)).state_dict["stem.0.weight"].shape) == (19, 3, 3, 3)
     assert out.shape == expected.shape
+
+
+def test_rebuild_of_a_pt2_path_returns_the_rewritten_program(saved):
+    import morphscope
+
+    folder, x, expected = saved
+    program = morphscope.rebuild(folder / "seed.pt2", folder / "gammas.pt", copy_weights=True)
+    assert isinstance(program, torch.export.ExportedProgram)
+    with torch.no_grad():
+        np.testing.assert_allclose(program.module()(x).numpy(), expected, atol=1e-5, rtol=0)

@@ -28,9 +28,9 @@ def test_export_refuses_a_model_out_that_names_its_checkpoint(tmp_path):
     assert ckpt.read_bytes() == before
 
 
-def test_export_needs_a_spec_to_rebuild(tmp_path):
+def test_export_needs_the_model_to_rebuild(tmp_path):
     graph = morphscope.load_model("example:digits")
-    with pytest.raises(TypeError, match="needs the model's spec"):
+    with pytest.raises(TypeError, match="needs the model itself"):
         morphscope.export(graph, CKPT, model_out=tmp_path / "m.pt2")
 
 
