@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -119,6 +120,9 @@ def structure_entry(graph: ChannelGraph, model: WidthModel, structure: Any, morp
     }
 
 
+FACTOR_DECIMALS = 10_000  # expand's factor, as printed: 4 decimals
+
+
 def expand_entry(graph: ChannelGraph, model: WidthModel, morphed: Morphed, resource: str,
                  budget: float, hardware: Hardware, round_to: int = 1) -> dict[str, Any]:
     """The largest width multiplier within ``budget`` of ``resource`` for one structure, with
@@ -126,7 +130,10 @@ def expand_entry(graph: ChannelGraph, model: WidthModel, morphed: Morphed, resou
     With ``round_to`` > 1 the expanded widths are rounded up to its multiples before costing
     (:func:`~morphscope.analyzers.widths.round_widths`), and ``rounding_added`` says what the
     rounding adds over the same factor unrounded."""
-    factor = solve_multiplier(model, morphed.widths, resource, budget, hardware, round_to)
+    # Floored to the 4 decimals printed: feeding the printed factor back (export --multiplier)
+    # gives exactly these widths, and a smaller factor never breaks the budget.
+    factor = math.floor(solve_multiplier(model, morphed.widths, resource, budget, hardware, round_to)
+                        * FACTOR_DECIMALS) / FACTOR_DECIMALS
     expanded = expanded_widths(model.spaces, morphed.widths, factor, round_to)
     alive_totals, expanded_totals = model.totals(morphed.widths, hardware), model.totals(expanded, hardware)
     return {

@@ -18,8 +18,15 @@ def _vline(x: float, text: str = "", **line: Any) -> dict[str, Any]:
 def _figure() -> go.Figure:
     """An empty figure that skips plotly's per-property validation when traces are added: the
     figures here are fixed code paths (checked by the tests), and validation was half of the
-    time a slider move spends building them."""
+    time a slider move spends building them. Without validation nothing expands shorthand, so
+    axis titles go through :func:`_axis_titles` (a bare ``xaxis_title`` string is serialized
+    as it is, and the plotly.js Streamlit ships draws no title from it)."""
     return go.Figure(_validate=False)
+
+
+def _axis_titles(fig: go.Figure, x: str, y: str) -> None:
+    """Axis titles in plotly.js's own form, ``{"title": {"text": ...}}``."""
+    fig.update_layout(xaxis={"title": {"text": x}}, yaxis={"title": {"text": y}})
 
 
 PALETTE = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3")
@@ -56,8 +63,8 @@ def width_bars(widths: dict[str, Any], resolutions: list[str] | None = None,
             fig.add_bar(x=x, y=data["expanded"], name=f"{label} expanded", marker_color=color,
                         marker_pattern_shape="/", opacity=0.55, hovertext=hover, hoverinfo="text")
     title = "layer (input to output), output resolution below" if resolutions else "layer (input to output)"
-    fig.update_layout(barmode="group", bargap=0.15, xaxis_title=title,
-                      yaxis_title="output channels", legend={"orientation": "h", "y": -0.5},
+    _axis_titles(fig, title, "output channels")
+    fig.update_layout(barmode="group", bargap=0.15, legend={"orientation": "h", "y": -0.5},
                       margin={"t": 30}, height=500)
     fig.update_xaxes(tickangle=-60, tickfont_size=9)
     return fig
@@ -76,8 +83,8 @@ def kept_by_resolution(kept: dict[str, Any]) -> go.Figure:
     fig.update_layout(shapes=[{"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": 100,
                                "y1": 100, "line": {"dash": "dot", "color": SEED_COLOR},
                                "label": {"text": "seed", "textposition": "end"}}])
-    fig.update_layout(barmode="group", xaxis_title="output resolution (highest first)",
-                      yaxis_title="channels kept (% of seed)", yaxis_range=[0, 115],
+    _axis_titles(fig, "output resolution (highest first)", "channels kept (% of seed)")
+    fig.update_layout(barmode="group", yaxis_range=[0, 115],
                       margin={"t": 30, "b": 10}, height=360, legend={"orientation": "h", "y": -0.35})
     return fig
 
@@ -93,9 +100,13 @@ def gamma_histogram(magnitudes: dict[str, np.ndarray], threshold: float) -> go.F
     fig.update_layout(shapes=[
         _vline(np.log10(threshold), f"threshold {threshold:g}", dash="dash", color="black"),
         _vline(np.log10(floor), f"floor bin: |gamma| <= {floor:g} (zeros too)", dash="dot", color="grey")])
-    fig.update_layout(barmode="overlay", xaxis_title="log10 |gamma|", yaxis_title="channels",
+    _axis_titles(fig, "log10 |gamma| (floor bin at threshold / 1000)", "channels")
+    fig.update_layout(barmode="overlay",
                       margin={"t": 30, "b": 10}, height=320, legend={"orientation": "h", "y": -0.3})
     return fig
+
+
+_TRADEOFF_Y = {"params": "parameters", "latency_s": "latency (s, roofline prediction)"}
 
 
 def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarray,
@@ -125,9 +136,8 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
     fig.update_xaxes(type="log", range=[np.log10(0.25 * seed_x), np.log10(2 * seed_x)])
     if seed_y > 0:
         fig.update_yaxes(type="log", range=[np.log10(0.25 * seed_y), np.log10(2 * seed_y)])
-    fig.update_layout(xaxis_title="FLOPs per inference (log, 0.25x to 2x seed)",
-                      yaxis_title=y.replace("_s", " (s)") + " (log)",
-                      margin={"t": 30, "b": 10}, height=400, legend={"orientation": "h", "y": -0.3})
+    _axis_titles(fig, "FLOPs per inference (log, 0.25x to 2x seed)", _TRADEOFF_Y.get(y, y) + " (log)")
+    fig.update_layout(margin={"t": 30, "b": 10}, height=400, legend={"orientation": "h", "y": -0.3})
     return fig
 
 
@@ -143,8 +153,8 @@ def run_costs(series: dict[str, dict[str, Any]], selected: dict[str, int]) -> go
             fig.add_scatter(x=[selected[label]], y=[100 * run["selected_share"]], mode="markers",
                             marker={"color": color, "size": 11, "symbol": "diamond"}, showlegend=False,
                             hovertemplate=f"{label}: selected step %{{x:,}}<extra></extra>")
-    fig.update_layout(xaxis_title="training step", yaxis_title="target cost (% of seed)",
-                      margin={"t": 30, "b": 10}, height=320, legend={"orientation": "h", "y": -0.35})
+    _axis_titles(fig, "training step", "target cost (% of seed)")
+    fig.update_layout(margin={"t": 30, "b": 10}, height=320, legend={"orientation": "h", "y": -0.35})
     return fig
 
 
@@ -157,8 +167,9 @@ def run_heatmap(label: str, steps: np.ndarray, layers: list[str], shares: np.nda
                                hovertemplate="%{y}<br>step %{x:,}<br>%{z:.0f}% of seed width<extra></extra>"))
     fig.update_layout(shapes=[_vline(selected_step, color="red", width=2)])
     fig.update_yaxes(autorange="reversed", tickfont_size=9)
+    _axis_titles(fig, "training step", "layer (input to output)")
     fig.update_layout(title={"text": f"{label}: alive width per layer", "font": {"size": 14}},
-                      xaxis_title="training step", margin={"t": 40, "b": 10},
+                      margin={"t": 40, "b": 10},
                       height=max(260, 18 * len(layers) + 120))
     return fig
 
@@ -171,8 +182,8 @@ def sweep_scatter(points: dict[str, tuple[float, float]], metric: str) -> go.Fig
         fig.add_scatter(x=[100 * share], y=[value], mode="markers+text", name=label, text=[label],
                         textposition="top center", marker={"color": color, "size": 12},
                         hovertemplate=f"{label}<br>final cost %{{x:.1f}}% of seed<br>{metric} %{{y:.4g}}<extra></extra>")
-    fig.update_layout(xaxis_title="final target cost (% of seed)", yaxis_title=metric,
-                      margin={"t": 30, "b": 10}, height=360, showlegend=False)
+    _axis_titles(fig, "final target cost (% of seed)", metric)
+    fig.update_layout(margin={"t": 30, "b": 10}, height=360, showlegend=False)
     return fig
 
 
@@ -192,6 +203,6 @@ def width_sweep(points: list[dict[str, Any]], labels: dict[str, str]) -> go.Figu
             hovertemplate=("FLOPs %{x:,}<br>accuracy %{y:.3f} (mean of %{customdata[1]}: "
                            "%{customdata[2]})<br>params %{customdata[3]:,}<br>budget: seed x%{customdata[0]}"
                            "<extra></extra>"))
-    fig.update_layout(xaxis_title="FLOPs per inference", yaxis_title="test accuracy (mean +- std)",
-                      margin={"t": 30, "b": 10}, height=380, legend={"orientation": "h", "y": -0.3})
+    _axis_titles(fig, "FLOPs per inference", "test accuracy (mean +- std)")
+    fig.update_layout(margin={"t": 30, "b": 10}, height=380, legend={"orientation": "h", "y": -0.3})
     return fig

@@ -170,11 +170,18 @@ def read_torch_pickle(path: Path, name: str | None = None, limits: Limits = DEFA
         if "unsupported global" in str(err).lower():  # a well-formed pickle of other objects
             raise UnsupportedFileError(f"{name}: refused, the pickle holds more than tensors and "
                                        "plain containers (torch.load weights_only=True rejects it)") from err
-        raise UnsupportedFileError(f"{name}: not a readable PyTorch file ({describe_error(err)})") from err
+        raise UnsupportedFileError(_unreadable(name, err)) from err
     except MemoryError:
         raise
     except Exception as err:  # noqa: BLE001 - torch raises many types on corrupt files
-        raise UnsupportedFileError(f"{name}: not a readable PyTorch file ({describe_error(err)})") from err
+        raise UnsupportedFileError(_unreadable(name, err)) from err
+
+
+def _unreadable(name: str, err: BaseException) -> str:
+    """One line for bytes torch cannot read: what the file is not, and the error's type only
+    (torch's own text runs to paragraphs and advises ``weights_only=False``, unsafe here)."""
+    return (f"{name}: not a readable PyTorch file: neither a torch.save archive nor a pickle of "
+            f"tensors and plain containers ({type(err).__name__})")
 
 
 _SAFE_PICKLE_MODULES = ("torch", "collections", "builtins", "_codecs", "numpy")

@@ -63,6 +63,12 @@ def test_bundled_example_renders(page, tmp_path):
     names = page.evaluate("() => Array.from(document.querySelector('.st-key-width_bars "
                           ".js-plotly-plot').data.map(t => t.name))")
     assert any("FLOPs-regularized" in n for n in names) and any("size-regularized" in n for n in names)
+    # Every chart drawn has both axis titles in the DOM (plotly.js draws .g-xtitle / .g-ytitle).
+    charts = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(p => "
+                           "[p.querySelector('.g-xtitle text')?.textContent || '', "
+                           "p.querySelector('.g-ytitle text')?.textContent || ''])")
+    assert len(charts) >= 5 and all(x and y for x, y in charts), charts
+    assert ["FLOPs per inference", "test accuracy (mean +- std)"] in charts  # the paper's comparison
 
 
 def test_upload_slide_and_download_widths(page, tmp_path):

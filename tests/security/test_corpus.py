@@ -214,6 +214,10 @@ def test_random_bytes_named_pt_are_not_called_a_pickle(tmp_path, torch_graph):
     with pytest.raises(UnsupportedFileError, match="noise.pt: not a readable PyTorch file") as err:
         load_structure(torch_graph, path)
     assert "holds more than tensors" not in one_line(err)
+    # one whole sentence of ours, never torch's advice to load with weights_only=False
+    assert one_line(err).endswith("neither a torch.save archive nor a pickle of tensors and plain "
+                                  "containers (UnpicklingError)")
+    assert "weights_only" not in one_line(err)
 
 
 def test_nan_gammas_are_refused_naming_the_layer(tmp_path, torch_graph):
