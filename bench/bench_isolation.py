@@ -73,6 +73,9 @@ def main() -> None:
     from morphscope.importers.limits import Limits
     from morphscope.importers.load import load_model, read_torch_pickle
 
+    # torchvision (and the triton it loads) before the in-process Keras parse below: triton
+    # loaded after TensorFlow crashes the process, which the importer refuses (DESIGN 11).
+    graph = load_model("torchvision:resnet50")
     with tempfile.TemporaryDirectory(prefix="bench_isolation_") as tmp:
         started = time.perf_counter()
         files = make_files(Path(tmp), args.keys, not args.skip_keras)
@@ -89,7 +92,6 @@ def main() -> None:
             print(f"{name:<16} {files[name].stat().st_size / 2**20:>7.1f}MB {local:>10.3f}s "
                   f"{cold:>14.3f}s {warm:>14.3f}s {warm - local:>+15.3f}s")
 
-        graph = load_model("torchvision:resnet50")
         ckpt = files["ckpt.pt"]
         print(f"\n{args.keys:,}-key state_dict ({ckpt.stat().st_size / 2**20:.0f} MB):", flush=True)
         print(f"  read in process (no torch for a plain state_dict): {timed(lambda: read_checkpoint(ckpt)):.2f} s",
@@ -106,6 +108,7 @@ def main() -> None:
                 pass
 
         print(f"  matched to resnet50's graph: {best_of(args.repeat, match):.3f} s")
+
 
 if __name__ == "__main__":
     main()

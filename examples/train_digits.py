@@ -4,10 +4,11 @@ Trains a seed network with residual blocks, an inception-style concat block and 
 depthwise-separable block: once plain, once with the FLOP regularizer and once with the model
 size regularizer. Expands each learned structure to the seed's cost (FLOPs, resp. size) and
 retrains it from scratch. Prints a table (structure, FLOPs, params, accuracy) and writes the
-seed model (.pt2), the two regularized checkpoints and their cost logs to ``--out``: the
-explorer's bundled example.
+seed model (.pt2), the two regularized checkpoints and their cost logs to ``--out``
+(``--out examples/digits`` refreshes the explorer's bundled example; the default folder,
+``digits_run``, leaves the tracked files alone).
 
-    python examples/train_digits.py [--out examples/digits] [--epochs 25] [--only size]
+    python examples/train_digits.py [--out digits_run] [--epochs 25] [--only size]
 
 ``--only`` reruns some of the three jobs and keeps the other rows of ``--out``'s results.json
 (and their files).
@@ -211,7 +212,8 @@ def regularized_job(out: Path, epochs: int, target: str, strength: float) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="examples/digits")
+    parser.add_argument("--out", default="digits_run", help="output folder (default digits_run; "
+                        "examples/digits replaces the bundled example)")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--flops-strength", type=float, default=FLOPS_STRENGTH)
     parser.add_argument("--size-strength", type=float, default=SIZE_STRENGTH)

@@ -7,7 +7,7 @@ several budgets and with several random seeds, on the harder digits task of
 ``train_digits.py`` (400 training images, noisy pixels, about 1,000 held-out test images), and
 writes ``width_sweep.json`` (the explorer draws it).
 
-    python examples/width_sweep_digits.py [--out examples/digits] [--epochs 20] [--workers 2]
+    python examples/width_sweep_digits.py [--out digits_run] [--epochs 20] [--workers 2]
 
 It reads the FLOP-regularized gammas ``train_digits.py`` wrote (``flops_gammas.pt``).
 """
@@ -85,7 +85,8 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="examples/digits")
+    parser.add_argument("--out", default="digits_run", help="output folder (default digits_run; "
+                        "examples/digits replaces the bundled example)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2, help="processes, one CPU thread each")
     parser.add_argument("--seeds", type=int, default=len(SEEDS))

@@ -12,7 +12,8 @@ from morphscope.units import human_count
 def _vline(x: float, text: str = "", **line: Any) -> dict[str, Any]:
     """A vertical line across the plot as a layout shape (plotly's add_vline costs ~10 ms)."""
     return {"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
-            "line": line, "label": {"text": text, "textposition": "end", "font": {"size": 11}}}
+            "line": line, "label": {"text": text, "textposition": "end", "textangle": 0, "xanchor": "left",
+                                    "yanchor": "bottom", "font": {"size": 11}}}
 
 
 def _figure() -> go.Figure:
@@ -99,10 +100,10 @@ def gamma_histogram(magnitudes: dict[str, np.ndarray], threshold: float) -> go.F
                           opacity=0.6, nbinsx=60)
     fig.update_layout(shapes=[
         _vline(np.log10(threshold), f"threshold {threshold:g}", dash="dash", color="black"),
-        _vline(np.log10(floor), f"floor bin: |gamma| <= {floor:g} (zeros too)", dash="dot", color="grey")])
-    _axis_titles(fig, "log10 |gamma| (floor bin at threshold / 1000)", "channels")
+        _vline(np.log10(floor), f"floor: <= {floor:g}", dash="dot", color="grey")])
+    _axis_titles(fig, "log10 |gamma| (floor bin at threshold / 1000: smaller values and zeros)", "channels")
     fig.update_layout(barmode="overlay",
-                      margin={"t": 30, "b": 10}, height=320, legend={"orientation": "h", "y": -0.3})
+                      margin={"t": 45, "b": 10}, height=320, legend={"orientation": "h", "y": -0.3})
     return fig
 
 

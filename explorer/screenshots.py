@@ -121,7 +121,8 @@ def take_screenshots(out: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    parser.add_argument("--out", default="docs/screenshots", help="folder, relative to where it runs "
+                        "(default docs/screenshots: run it from the checkout whose pictures to refresh)")
     args = parser.parse_args()
     for path in take_screenshots(Path(args.out)):
         print(f"wrote {path}")

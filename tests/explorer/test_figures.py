@@ -52,7 +52,7 @@ CHARTS = {
     "width_bars": (_width_bars, "layer (input to output), output resolution below", "output channels"),
     "kept_by_resolution": (_kept, "output resolution (highest first)", "channels kept (% of seed)"),
     "gamma_histogram": (lambda: figures.gamma_histogram({"s": np.array([0.0, 0.5, 1.0])}, 0.01),
-                        "log10 |gamma| (floor bin at threshold / 1000)", "channels"),
+                        "log10 |gamma| (floor bin at threshold / 1000: smaller values and zeros)", "channels"),
     "tradeoff_params": (lambda: _tradeoff("params"), "FLOPs per inference (log, 0.25x to 2x seed)",
                         "parameters (log)"),
     "tradeoff_latency": (lambda: _tradeoff("latency_s"), "FLOPs per inference (log, 0.25x to 2x seed)",
