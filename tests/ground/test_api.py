@@ -46,3 +46,31 @@ def test_load_structure_reads_the_examples_gammas():
     structure = morphscope.load_structure("example:digits", CKPT)
     # The example's bn layers (train_digits.py): every bn module has a gamma vector.
     assert structure.gammas and all(v.ndim == 1 for v in structure.gammas.values())
+
+
+def test_the_api_takes_what_a_notebook_has_in_hand():
+    import torch
+    import torchvision
+
+    module = torchvision.models.resnet18()
+    doc = morphscope.report(module, example_input=torch.zeros(1, 3, 224, 224))
+    assert doc["seed"]["macs"] == 1814073344  # torchvision's published 1.81 GFLOPS (MACs)
+    assert doc["seed"]["params"] == sum(p.numel() for p in module.parameters())
+    one = morphscope.report("example:digits", checkpoints=str(CKPT))  # one path, not a list
+    assert [m["checkpoint"] for m in one["morphed"]] == [str(CKPT)]
+    state = torch.load(CKPT, weights_only=True)
+    from_state = morphscope.load_structure("example:digits", state)
+    assert from_state.gammas.keys() == morphscope.load_structure("example:digits", CKPT).gammas.keys()
+    with pytest.raises(MorphScopeError, match="torchvision:resnet18 or keras:resnet18"):
+        morphscope.report("resnet18")
+    assert {"report", "expand", "export", "rebuild", "load_model", "load_structure"} <= set(dir(morphscope))
+
+
+def test_python_dash_m_morphscope_runs_the_cli():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "morphscope", "report", "example:digits", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert '"seed"' in done.stdout
