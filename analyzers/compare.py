@@ -26,6 +26,11 @@ class StructureView:
     alive_totals: dict[str, Any]
     expanded_totals: dict[str, Any]
 
+    @property
+    def is_expanded(self) -> bool:
+        """The multiplier (or rounding) changes some width: expanded differs from alive."""
+        return not np.array_equal(self.alive, self.expanded)
+
 
 def structure_widths(model: WidthModel, gammas: dict[str, np.ndarray] | None,
                      alive_counts: dict[str, int] | None, threshold: float = DEFAULT_THRESHOLD,
@@ -45,10 +50,12 @@ def view_structure(model: WidthModel, label: str, alive: np.ndarray, factor: flo
 
 
 def metrics_rows(seed: dict[str, Any], views: list[StructureView]) -> list[dict[str, Any]]:
-    """Rows for the metrics table: each resource and its ratio to the seed."""
+    """Rows for the metrics table: each resource and its ratio to the seed; a structure's
+    expanded row only where the multiplier changes its widths."""
     rows = [{"structure": "seed", **{m: seed[m] for m in METRICS}, **{f"{m} vs seed": 1.0 for m in METRICS}}]
     for view in views:
-        for suffix, totals in (("alive", view.alive_totals), ("expanded", view.expanded_totals)):
+        shown = (("alive", view.alive_totals), ("expanded", view.expanded_totals))[:2 if view.is_expanded else 1]
+        for suffix, totals in shown:
             rows.append({"structure": f"{view.label} ({suffix})", **{m: totals[m] for m in METRICS},
                          **{f"{m} vs seed": totals[m] / seed[m] if seed[m] else float("nan")
                             for m in METRICS}})

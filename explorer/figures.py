@@ -134,9 +134,16 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
                                 "line": {"color": "black", "width": 1}},
                         text=[f"{label} x{marks[label]:.3f}" for label in shown],
                         hovertemplate="%{text}<extra></extra>")
-    fig.update_xaxes(type="log", range=[np.log10(0.25 * seed_x), np.log10(2 * seed_x)])
+    # 0.25x to 2x of the seed, widened to keep every current-factor dot and star on the plot
+    marked = [(curves[label]["flops"][i], curves[label][y][i]) for marks in (current, matched)
+              for label in curves if label in marks
+              for i in [int(np.argmin(np.abs(factors - marks[label])))]]
+    xs, ys = [p[0] for p in marked if p[0] > 0], [p[1] for p in marked if p[1] > 0]
+    fig.update_xaxes(type="log", range=[np.log10(min([0.25 * seed_x, *[0.8 * v for v in xs]])),
+                                        np.log10(max([2 * seed_x, *[1.25 * v for v in xs]]))])
     if seed_y > 0:
-        fig.update_yaxes(type="log", range=[np.log10(0.25 * seed_y), np.log10(2 * seed_y)])
+        fig.update_yaxes(type="log", range=[np.log10(min([0.25 * seed_y, *[0.8 * v for v in ys]])),
+                                            np.log10(max([2 * seed_y, *[1.25 * v for v in ys]]))])
     _axis_titles(fig, "FLOPs per inference (log, 0.25x to 2x seed)", _TRADEOFF_Y.get(y, y) + " (log)")
     fig.update_layout(margin={"t": 30, "b": 10}, height=400, legend={"orientation": "h", "y": -0.3})
     return fig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,9 @@ def _pick_model() -> LoadedModel | None:
         elif source == "Upload a file":
             upload = st.sidebar.file_uploader("Model file (.keras, .h5, .pt2)", type=["keras", "h5", "pt2"],
                                               key=state.MODEL_UPLOAD)
+            previous = st.session_state.get(state.LAST_GOOD_MODEL)
+            if upload is None and previous is not None:
+                st.sidebar.caption(f"Still showing {previous.graph.name} until a model file arrives.")
             if upload is not None:
                 data = upload.getvalue()
                 with st.spinner(f"Parsing {upload.name}..."):
@@ -197,7 +201,8 @@ def explorer_view() -> None:
 def _metrics(seed: dict[str, Any], views: list[Any], selected: Any) -> None:
     from morphscope.analyzers.compare import metrics_rows
 
-    st.subheader(f"Costs: {selected.label}, expanded" if selected else "Costs: seed")
+    expanded = selected is not None and selected.is_expanded
+    st.subheader(f"Costs: {selected.label}" + (", expanded" if expanded else "") if selected else "Costs: seed")
     cols = st.columns(4)
     shown = selected.expanded_totals if selected else seed
     for col, (key, label, fmt) in zip(cols, (("flops", "FLOPs", human_count), ("params", "Params", human_count),
@@ -281,7 +286,7 @@ def _downloads(graph, model, loaded, view, structures, threshold, factor, round_
 
     st.subheader(f"Export: {view.label}")
     label = view.label
-    stem = graph.name.split(":")[-1].split("/")[-1].split(".")[0]
+    stem = download_stem(graph.name, label, factor, round_to)
     cols = st.columns(3)
     cols[0].download_button("Widths JSON (morph-net)", widths_json(graph, model, view.expanded),
                             file_name=f"{stem}_widths.json", mime="application/json", key="dl_widths")
@@ -302,6 +307,14 @@ def _downloads(graph, model, loaded, view, structures, threshold, factor, round_
         cols[2].caption(note)
 
 
+def download_stem(model_name: str, label: str, factor: float, round_to: int) -> str:
+    """A download's file name: model, structure, multiplier and rounding, in safe characters
+    (``resnet18_flops-gammas_x1.250_r8``); names come from users, so nothing else passes."""
+    model = model_name.split(":")[-1].split("/")[-1].split(".")[0]
+    safe = [re.sub(r"[^A-Za-z0-9]+", "-", part).strip("-")[:40] or "model" for part in (model, label)]
+    return f"{safe[0]}_{safe[1]}_x{factor:.3f}" + (f"_r{round_to}" if round_to > 1 else "")
+
+
 def _rebuild_bytes(graph, model, loaded, structures, label, view, threshold, factor, round_to):
     from morphscope.analyzers.morph import Morphed, export_plan, plan_totals
     from morphscope.exporters.export import MODEL_SUFFIX, rebuilt_model_bytes
@@ -312,5 +325,5 @@ def _rebuild_bytes(graph, model, loaded, structures, label, view, threshold, fac
     plan = export_plan(graph, model, Morphed(label, view.alive, None), factor, gammas, threshold,
                        round_to, remove_blocks=not isinstance(source, Pt2Archive))
     data, params = rebuilt_model_bytes(source, graph, model, plan)
-    name = f"morphed_x{factor:.3f}" + (f"_r{round_to}" if round_to > 1 else "") + MODEL_SUFFIX[graph.framework]
+    name = download_stem(graph.name, label, factor, round_to) + MODEL_SUFFIX[graph.framework]
     return name, data, f"{params:,} parameters (predicted {plan_totals(model, plan)['params']:,})"

@@ -172,12 +172,16 @@ def test_newcomer_fixes(example):
     fig = figure(at, "tradeoff_params")
     seed_flops = model.totals(model.seed_widths)["flops"]
     assert fig["layout"]["xaxis"]["type"] == "log"
-    assert fig["layout"]["xaxis"]["range"] == pytest.approx([np.log10(0.25 * seed_flops), np.log10(2 * seed_flops)])
+    low, high = fig["layout"]["xaxis"]["range"]
+    assert low <= np.log10(0.25 * seed_flops) and high >= np.log10(2 * seed_flops)
     names = [t.get("name") for t in fig["data"]]
     assert "current factor" in names and "matches the seed's size" in names
+    # every marker (current factor, matched star) inside the drawn range, none cut off
+    marks = [x for t in fig["data"] if t.get("mode") == "markers" for x in t["x"]]
+    assert marks and all(low <= np.log10(x) <= high for x in marks)
     # |gamma| histogram: the floor bin is labelled (threshold 0.01 / 1000).
     texts = [shape["label"]["text"] for shape in figure(at, "gamma_hist")["layout"]["shapes"]]
-    assert any("floor bin: |gamma| <= 1e-05" in t for t in texts)
+    assert "floor: <= 1e-05" in texts and "threshold 0.01" in texts
     # Tables: thousands separators, and headers even without rows.
     topology = [d.value for d in at.dataframe if list(d.value.columns) == ["add", "branch", "why"]]
     assert topology and all(list(t.columns) == ["add", "branch", "why"] for t in topology)
@@ -222,3 +226,23 @@ def test_a_model_without_checkpoints_gets_the_seed_tradeoff():
     assert not at.exception and not at.error
     names = [t.get("name") for t in figure(at, "tradeoff_params")["data"]]
     assert "seed" in names
+
+
+def test_a_built_model_download_is_only_offered_for_what_it_was_built_from(example):
+    at = run_app()
+    at.button(key="build_model").click().run()
+    assert not at.exception and not at.error
+
+    def model_downloads():
+        return [b.proto.label for b in at.get("download_button") if b.proto.label.startswith("Download ")]
+
+    [label] = model_downloads()
+    built_from, name, _, _ = at.session_state["model_file"]
+    assert name == "digits_FLOPs-regularized_x1.000.pt2" and name in label  # example:digits
+    at.sidebar.slider(key="factor").set_value(0.388).run()  # another multiplier: stale, not offered
+    assert model_downloads() == []
+    at.button(key="build_model").click().run()  # rebuilt for the new multiplier
+    [label] = model_downloads()
+    assert "x0.388" in label
+    at.sidebar.selectbox(key="round_to").set_value(8).run()  # another rounding: stale again
+    assert model_downloads() == []
