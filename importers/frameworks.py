@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from typing import Any
 
-from morphscope.errors import GraphError
+from morphscope.errors import GraphError, UnsupportedFileError
 
 
 def _triton_installed() -> bool:
@@ -40,3 +40,24 @@ def import_torchvision(what: str) -> Any:
     import torchvision
 
     return torchvision
+
+
+# What each kind of model spec or file needs installed, and the extra that installs it.
+_NEEDS = {".pt2": ("torch", "torch"), "torchvision:": ("torchvision", "torch"), ".keras": ("keras", "keras"),
+          ".h5": ("keras", "keras"), ".hdf5": ("keras", "keras"), "keras:": ("keras", "keras")}
+
+
+def require_framework(spec: str, name: str | None = None) -> None:
+    """Refuse in one line a model whose framework is not installed (a light install).
+
+    Raises
+    ------
+    UnsupportedFileError
+        Naming the file (``name``, else ``spec``), the missing package and the extra to install.
+    """
+    lowered = spec.lower()
+    for marker, (module, extra) in _NEEDS.items():
+        found = lowered.startswith(marker) if marker.endswith(":") else lowered.endswith(marker)
+        if found and importlib.util.find_spec(module) is None:
+            raise UnsupportedFileError(f"{name or spec}: reading it needs {module}, which is not "
+                                       f"installed (pip install -e '.[{extra}]' in the checkout)")

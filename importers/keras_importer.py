@@ -30,7 +30,9 @@ in the graph's ``notes`` and in its node's ``uncounted`` field.
 from __future__ import annotations
 
 import math
+import contextlib
 import os
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,11 +84,28 @@ def import_keras():
     Nothing on the Keras path imports torch, torchvision or triton (triton loaded after
     TensorFlow segfaults the process: DESIGN section 10), so any import order works.
     """
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ and "keras" not in sys.modules
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its start-up notice
-    import keras
+    with _stderr_fd_silenced() if quiet else contextlib.nullcontext():
+        import keras  # TensorFlow's C++ logs ("Could not find cuda drivers") precede absl's set-up
 
     return keras
+
+
+@contextmanager
+def _stderr_fd_silenced():
+    """File descriptor 2 to /dev/null for the body (C++ start-up lines bypass Python's stderr);
+    an exception still propagates and prints once the descriptor is back."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def classify_keras(op: Any, axis: int = -1) -> Kind:

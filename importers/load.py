@@ -74,6 +74,9 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None, limits: Li
     UnsupportedFileError, UnsafeFileError, GraphError
         With a one-line message naming the file and the problem.
     """
+    from morphscope.importers.frameworks import require_framework
+
+    require_framework(_example(spec)["model"] if spec.startswith("example:") else spec, name or spec)
     if spec.startswith("torchvision:"):
         from morphscope.importers.torch_importer import load_torchvision
 
