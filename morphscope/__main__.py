@@ -1,8 +1,6 @@
-"""``python -m morphscope``: the ``morphscope`` command."""
+"""``python -m morphscope``: the ``morphscope`` command (``morphscope.cli.main`` run as a script)."""
 
-import sys
-
-from morphscope.cli.main import main
+import runpy
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("morphscope.cli.main", run_name="__main__", alter_sys=True)

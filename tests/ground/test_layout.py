@@ -23,7 +23,7 @@ STAGES = {
     "explorer": ("morphscope.explorer", 5),
 }
 GROUND = {"morphscope.graph", "morphscope.errors", "morphscope.units"}
-FACES_IN_GROUND = {"morphscope.api": 5, "morphscope": 5}
+FACES_IN_GROUND = {"morphscope.api": 5, "morphscope": 5, "morphscope.__main__": 5}
 FRAMEWORKS = {"torch", "torchvision", "tensorflow", "keras", "tf_keras", "triton", "timm"}
 FRAMEWORK_STAGES = {"morphscope.importers", "morphscope.exporters", "morphscope.regularizers"}
 UI = {"streamlit", "plotly"}
