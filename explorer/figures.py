@@ -190,7 +190,7 @@ def sweep_scatter(points: dict[str, tuple[float, float]], metric: str) -> go.Fig
         fig.add_scatter(x=[100 * share], y=[value], mode="markers+text", name=label, text=[label],
                         textposition="top center", marker={"color": color, "size": 12},
                         hovertemplate=f"{label}<br>final cost %{{x:.1f}}% of seed<br>{metric} %{{y:.4g}}<extra></extra>")
-    _axis_titles(fig, "final target cost (% of seed)", metric)
+    _axis_titles(fig, "final cost in each run's own target (% of the seed's; target in the label)", metric)
     fig.update_layout(margin={"t": 30, "b": 10}, height=360, showlegend=False)
     return fig
 

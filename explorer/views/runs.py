@@ -99,6 +99,6 @@ def _sweep(runs: list[Any], series: dict[str, dict[str, Any]]) -> None:
         return
     st.markdown("**Runs: final cost against a logged metric**")
     metric = st.selectbox("Metric", metrics, key=state.SWEEP_METRIC)
-    points = {run.name: (series[run.name]["final_share"], value) for run in logged
-              if (value := final_metric(run.log, metric)) is not None}
+    points = {f"{run.name} ({series[run.name]['target']})": (series[run.name]["final_share"], value)
+              for run in logged if (value := final_metric(run.log, metric)) is not None}
     st.plotly_chart(figures.sweep_scatter(points, metric), key="sweep_scatter")

@@ -59,7 +59,8 @@ CHARTS = {
                          "latency (s, roofline prediction) (log)"),
     "run_costs": (_run_costs, "training step", "target cost (% of seed)"),
     "run_heatmap": (_heatmap, "training step", "layer (input to output)"),
-    "sweep_scatter": (_sweep_scatter, "final target cost (% of seed)", "val_accuracy"),
+    "sweep_scatter": (_sweep_scatter, "final cost in each run's own target (% of the seed's; target in the label)",
+                      "val_accuracy"),
     "width_sweep": (_width_sweep, "FLOPs per inference", "test accuracy (mean +- std)"),
 }
 

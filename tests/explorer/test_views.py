@@ -122,8 +122,8 @@ def test_runs_view_steps_drive_the_page(example):
 
     # Sweep: final FLOPs (share of the seed's) against the logged metric.
     points = {t["name"]: (t["x"][0], t["y"][0]) for t in figure(at, "sweep_scatter")["data"]}
-    assert points["sweep/a"] == pytest.approx((100.0, 0.9))  # step 200 is the seed again
-    assert points["sweep/b"] == pytest.approx((100 * (seed_macs - 9 * 16 * 150 * 99 * 2) / seed_macs, 0.8))
+    assert points["sweep/a (flops)"] == pytest.approx((100.0, 0.9))  # step 200 is the seed again; target named
+    assert points["sweep/b (flops)"] == pytest.approx((100 * (seed_macs - 9 * 16 * 150 * 99 * 2) / seed_macs, 0.8))
 
 
 def test_where_it_changed_views(example):
