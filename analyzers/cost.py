@@ -216,6 +216,28 @@ class CostModel:
     seed_out: np.ndarray
     detached_params: int = 0
     index: dict[str, int] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()  # per op, its latency class (:func:`latency_class`)
+
+
+def latency_class(attrs: Mapping[str, Any]) -> str:
+    """The op class a measured latency profile times separately: convs by shape (depthwise,
+    grouped, 1x1 and others run different kernels), every other op by its kind.
+
+    Examples
+    --------
+    >>> latency_class({"kind": Kind.CONV, "groups": 1, "kernel": (1, 1), "in_channels": 8})
+    'conv_1x1'
+    >>> latency_class({"kind": Kind.BN})
+    'bn'
+    """
+    kind = attrs["kind"]
+    if kind != Kind.CONV:
+        return kind.value
+    if is_depthwise(attrs):
+        return "conv_depthwise"
+    if (attrs.get("groups") or 1) > 1:
+        return "conv_grouped"
+    return "conv_1x1" if all(k == 1 for k in attrs.get("kernel") or (1,)) else "conv"
 
 
 def compile_costs(graph: ChannelGraph, rules: Mapping[Kind, CostRule] | None = None) -> CostModel:
@@ -234,7 +256,7 @@ def compile_costs(graph: ChannelGraph, rules: Mapping[Kind, CostRule] | None = N
         naming the op.
     """
     rules = COST_RULES if rules is None else rules
-    names, kinds, rows, seed_in, seed_out = [], [], {r: [] for r in BASES}, [], []
+    names, kinds, rows, seed_in, seed_out, classes = [], [], {r: [] for r in BASES}, [], [], []
     for name, attrs in graph.ops():
         pixels = tuple(math.prod(graph[u].get("out_spatial") or ()) for u in graph.inputs_of(name))
         try:
@@ -248,6 +270,7 @@ def compile_costs(graph: ChannelGraph, rules: Mapping[Kind, CostRule] | None = N
         seed_out.append((attrs.get("out_channels") or 0,))
         names.append(name)
         kinds.append(attrs["kind"])
+        classes.append(latency_class(attrs))
     model = CostModel(
         names=tuple(names),
         kinds=tuple(kinds),
@@ -256,6 +279,7 @@ def compile_costs(graph: ChannelGraph, rules: Mapping[Kind, CostRule] | None = N
         seed_out=_float_rows(seed_out, names).reshape(-1),
         detached_params=sum(graph.detached_params.values()),
         index={n: i for i, n in enumerate(names)},
+        classes=tuple(classes),
     )
     seed = seed_costs(model)
     for base in BASES:  # refuse absurd sizes here, naming the op, not deep inside a total

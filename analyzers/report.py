@@ -108,7 +108,7 @@ def structure_entry(graph: ChannelGraph, model: WidthModel, structure: Any, morp
     totals = model.totals(morphed.widths, hardware)
     topology = topology_report(graph, model.spaces, morphed.widths, structure.gammas, threshold)
     return {
-        "checkpoint": morphed.label, "hardware": hardware.name,
+        "checkpoint": morphed.label, "hardware": hardware.name, "latency_prediction": hardware.prediction,
         **{k: totals[k] for k in ("macs", "flops", "params", "size", "latency_s")},
         "widths": source_op_widths(graph, model, morphed.widths),
         "inconsistent_groups": [asdict(g) for g in consistency_report(

@@ -36,29 +36,36 @@ FLOPS_PER_MAC = 2  # a multiply and an add
 
 @dataclass(frozen=True)
 class Branch:
-    """``factor * base``, in seconds when divided by a hardware ``rate`` (1e9 per second)."""
+    """``factor * base``, in seconds when multiplied by a hardware's seconds per unit of ``rate``."""
 
     base: str
     factor: float = 1.0
     rate: str | None = None  # a Hardware field: peak_gflop_per_s, memory_gb_per_s
 
-    def scale(self, hardware: Hardware | None) -> float:
-        """The number multiplying the base quantity."""
+    def scale(self, hardware: Hardware | None, classes: tuple[str, ...] = ()) -> Any:
+        """The number multiplying the base quantity: a scalar, or one per op (a measured
+        profile times each op class on its own; ``classes`` are the ops' latency classes)."""
         if self.rate is None:
             return self.factor
         if hardware is None:
             raise MorphScopeError(f"{self.rate} needs a hardware; choose from {sorted(HARDWARE)}")
-        return self.factor / (getattr(hardware, self.rate) * 1e9)
+        return self.factor * hardware.seconds_per(self.rate, classes)
+
+
+def _rows(scale: Any, values: np.ndarray) -> Any:
+    """A per-op scale shaped to multiply ``values`` row by row ((n_ops,) or (n_ops, k))."""
+    return scale.reshape((-1,) + (1,) * (np.ndim(values) - 1)) if np.ndim(scale) else scale
 
 
 @dataclass(frozen=True)
 class Resource:
     """One resource: per op, the largest of its branches (one for a count; compute and
-    memory for the roofline).
+    memory for the roofline), or their sum plus a fixed overhead per op on a measured
+    profile (:class:`~morphscope.analyzers.hardware.Hardware` with ``classes``).
 
     name : what users pass (``--resource``, a regularizer's target).
     key : its key in totals dicts, with the unit (``latency_s``).
-    branches : per op, the resource is ``max`` over these of ``scale * base``.
+    branches : per op, the resource is ``max`` (profile: sum) over these of ``scale * base``.
     model_constant : a :class:`~morphscope.analyzers.cost.CostModel` field added to the total
         (parameters no op owns), or ``None``.
     """
@@ -79,21 +86,32 @@ class Resource:
         """The base quantities it is computed from."""
         return tuple(dict.fromkeys(b.base for b in self.branches))
 
-    def per_op(self, per_op: PerOp, hardware: Hardware | None = None) -> np.ndarray:
-        """Per-op values from per-op base values."""
-        scaled = [b.scale(hardware) * per_op[b.base] for b in self.branches]
-        return scaled[0] if len(scaled) == 1 else np.maximum.reduce(scaled)
+    def per_op(self, per_op: PerOp, hardware: Hardware | None = None, classes: tuple[str, ...] = ()) -> np.ndarray:
+        """Per-op values from per-op base values (``classes``: the ops' latency classes)."""
+        scaled = [_rows(b.scale(hardware, classes), per_op[b.base]) * per_op[b.base] for b in self.branches]
+        if len(scaled) == 1:
+            return scaled[0]
+        if hardware is None or not hardware.is_profile:
+            return np.maximum.reduce(scaled)
+        total = np.add.reduce(scaled)  # measured: compute and memory time add, plus the call
+        return total + _rows(hardware.overhead_s(classes), total) * (total > 0)
 
-    def coefficients(self, coeffs: PerOp, hardware: Hardware | None = None) -> tuple[np.ndarray, ...]:
-        """One (n_ops, 4) bilinear coefficient array per branch: the op's resource is the
-        max over branches of :func:`~morphscope.analyzers.cost.bilinear` of them."""
-        return tuple(b.scale(hardware) * coeffs[b.base] for b in self.branches)
+    def coefficients(self, costs: Any, hardware: Hardware | None = None) -> tuple[np.ndarray, ...]:
+        """One (n_ops, 4) bilinear coefficient array per branch of a
+        :class:`~morphscope.analyzers.cost.CostModel`: the op's resource is the max over
+        branches of :func:`~morphscope.analyzers.cost.bilinear` of them (one summed array on a
+        measured profile; its per-call overhead is a constant, no coefficient)."""
+        arrays = tuple(_rows(b.scale(hardware, costs.classes), costs.coeffs[b.base]) * costs.coeffs[b.base]
+                       for b in self.branches)
+        if len(arrays) > 1 and hardware is not None and hardware.is_profile:
+            return (np.add.reduce(arrays),)
+        return arrays
 
     def total(self, model: Any, per_op: PerOp, hardware: Hardware | None = None) -> Any:
         """Whole-model total of per-op base values ``per_op`` (rows aligned with
         ``model.names``): an int (a float for seconds) for one width vector, an array for
         (n_ops, k) columns."""
-        values = self.per_op(per_op, hardware)
+        values = self.per_op(per_op, hardware, model.classes)
         if not self.count:
             summed = np.sum(values, axis=0)
             return float(summed) if np.ndim(summed) == 0 else summed
@@ -113,8 +131,10 @@ RESOURCES: Mapping[str, Resource] = {r.name: r for r in (
     Resource("bytes_moved", "bytes_moved", "float32 bytes the ops read and write (conv, linear, "
              "bn, activations, add, mul, concat, pooling)", (Branch("bytes_moved"),)),
     # The roofline: per op, max(flops / peak compute, bytes / memory bandwidth); ops that only
-    # move memory (bn, activations, adds, concats) cost their memory time, as in morph-net.
-    Resource("latency", "latency_s", "roofline seconds per inference on a named hardware",
+    # move memory (bn, activations, adds, concats) cost their memory time, as in morph-net. On a
+    # measured profile: per op class, the fitted compute and memory times added, plus its overhead.
+    Resource("latency", "latency_s", "seconds per inference: the roofline of a named hardware, or "
+             "a latency profile measured on a machine (morphscope profile)",
              (Branch("macs", FLOPS_PER_MAC, "peak_gflop_per_s"), Branch("bytes_moved", 1.0, "memory_gb_per_s"))),
 )}
 RESOURCE_NAMES = tuple(RESOURCES)  # e.g. the CLI's --resource choices

@@ -81,6 +81,18 @@ threshold_value = _bounded("a threshold on |gamma|", 0.0, low_inclusive=True)
 _limit_value = _bounded("a parse limit", 0.0, low_inclusive=False)
 multiplier_value = _bounded("a width multiplier", 0.0, low_inclusive=False, high=MAX_MULTIPLIER)
 budget_value = _bounded("a budget", 0.0, low_inclusive=False)
+def hardware_value(text: str) -> str:
+    """An argparse type: a named hardware or a latency profile file that loads."""
+    from morphscope.analyzers.hardware import get_hardware
+    from morphscope.errors import MorphScopeError
+
+    try:
+        get_hardware(text)
+    except MorphScopeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 MAX_ROUND_TO = 1024  # channel alignment: 8 for tensor cores, 16-128 for wider vector units
 
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence, TextIO
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE
 from morphscope.analyzers.resources import RESOURCES
 from morphscope.cli.arguments import (EXIT_BAD_INPUT, MAX_MULTIPLIER, OneLineParser,
-                                      attach_signed_values, budget_value, check_input_shape,
+                                      attach_signed_values, budget_value, check_input_shape, hardware_value,
                                       input_shape_value, limit_arguments, limits_help,
                                       limits_of, multiplier_value, round_to_value, threshold_value)
 from morphscope.cli.scope import scope_arguments, scope_line, scope_of
@@ -41,8 +41,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _hardware_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--hardware", default=DEFAULT_HARDWARE, choices=sorted(HARDWARE), metavar="NAME",
-                        help=f"{help_text}: {', '.join(sorted(HARDWARE))} (default {DEFAULT_HARDWARE})")
+    parser.add_argument("--hardware", default=DEFAULT_HARDWARE, type=hardware_value, metavar="NAME|FILE.json",
+                        help=f"{help_text}: a roofline ({', '.join(sorted(HARDWARE))}; default "
+                        f"{DEFAULT_HARDWARE}) or a latency profile written by morphscope profile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +87,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="copy the kept channels' weights into the rebuilt model (the alive "
                         "ones, then the best-scored where --round-to needs more)")
     _round_to_arg(export)
+
+    profile = commands.add_parser("profile", help="time this machine's op classes and fit a latency "
+                                  "profile (--hardware FILE.json everywhere)")
+    profile.add_argument("--out", required=True, metavar="FILE.json", help="the profile to write")
+    profile.add_argument("--name", default="this-machine", help="what reports call it")
+    _timing_args(profile)
+
+    bench = commands.add_parser("bench", help="time the seed and the morphed model on this machine, "
+                                "predictions beside", epilog=limits_help())
+    _model_args(bench)
+    _checkpoint_args(bench, required=False)
+    bench.add_argument("--multiplier", type=multiplier_value, metavar="W", help="expand the widths by this factor")
+    _round_to_arg(bench)
+    _hardware_arg(bench, "the prediction to compare with")
+    bench.add_argument("--runs", type=_runs_value, default=20, metavar="N", help="timed calls (default 20)")
+    _timing_args(bench)
     return parser
+
+
+def _runs_value(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number from 1 to 10000")
+    return int(text)
+
+
+def _timing_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=_runs_value, default=1, metavar="N", help="images per call (default 1)")
+    parser.add_argument("--threads", type=_runs_value, metavar="N",
+                        help="PyTorch intra-op threads (default: PyTorch's own choice)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time (default cpu)")
 
 
 def _round_to_arg(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +143,7 @@ def print_report_table(doc: dict[str, Any], hardware: str, out: TextIO | None = 
     from morphscope.analyzers.hardware import get_hardware
     from morphscope.units import human_count, human_seconds
 
-    get_hardware(hardware)
+    hw = get_hardware(hardware)
     rows = doc["layers"]
     name_width = min(60, max([len("Layer")] + [len(r["name"]) for r in rows]))
     header = (f"{'Layer':<{name_width}}  {'Kind':<7} {'In':>6} {'Out':>6} {'Kernel':>7} "
@@ -134,7 +164,7 @@ def print_report_table(doc: dict[str, Any], hardware: str, out: TextIO | None = 
     print(f"Params: {seed['params']:>16,}  (trainable {seed['trainable_params']:,}, "
           f"non-trainable {seed['non_trainable_params']:,})", file=out)
     print(f"Size:   {seed['size']:>16,}  (conv/linear kernel weights, morph-net model size)", file=out)
-    print(f"Latency ({hardware} roofline): {human_seconds(seed['latency_s'][hardware])}", file=out)
+    print(f"Latency: {human_seconds(seed['latency_s'][hw.name])}  ({hw.prediction})", file=out)
     if doc["detached_params"]:
         detached = sum(doc["detached_params"].values())
         print(f"Not in the inference graph (training-only heads, counted in params): "
@@ -186,6 +216,7 @@ def _run_report(args: argparse.Namespace) -> int:
     doc = seed_report(graph, every_op=args.all, convention=args.convention)
     doc["scope"] = scope_summary(graph, model.spaces, scope_of(args), args.convention)
     hardware = get_hardware(args.hardware)
+    doc["seed"]["latency_s"][hardware.name] = model.target_cost(model.seed_widths, "latency", hardware)
     doc["morphed"] = [structure_entry(graph, model, s, m, args.threshold, hardware)
                       for s, m in zip(structures, morphed)]
     if args.json:
@@ -208,7 +239,7 @@ def print_morphed(entry: dict[str, Any], seed: dict[str, Any], out: TextIO | Non
               f"vs seed {human_count(seed[key])})", file=out)
     seed_s = seed["latency_s"][entry["hardware"]]
     print(f"  latency {human_seconds(entry['latency_s']):>8}  ({signed_percent(entry['latency_s'], seed_s)} "
-          f"vs seed {human_seconds(seed_s)}, {entry['hardware']} roofline)", file=out)
+          f"vs seed {human_seconds(seed_s)}, {entry['latency_prediction']})", file=out)
     for add, branch, reason in entry["removable_blocks"]:
         print(f"  removable block: branch {branch} into {add} ({reason})", file=out)
     for cat, tower in entry["dead_towers"]:
@@ -329,7 +360,58 @@ def _rebuilt_model(args, graph, model, plan) -> tuple[bytes, int]:
     return rebuilt_model_bytes(source, graph, model, plan, args.copy_weights)
 
 
-COMMANDS = {"report": _run_report, "expand": _run_expand, "export": _run_export}
+def _run_profile(args: argparse.Namespace) -> int:
+    from morphscope.analyzers.hardware import profile_from_doc
+    from morphscope.exporters.files import check_targets, write_files
+    from morphscope.exporters.timing import profile_device
+    from morphscope.units import human_seconds
+
+    target = check_targets({"--out": args.out}, {})["--out"]
+    doc = profile_device(args.name, args.batch, args.threads, args.device,
+                         progress=lambda done, total: _progress(f"timed op {done} of {total}"))
+    write_files({target: (json.dumps(doc, indent=2) + "\n").encode()})
+    hw = profile_from_doc(doc, args.out)
+    print(f"wrote {args.out}: {hw.source}")
+    for cls, t in hw.classes.items():
+        print(f"  {cls:<15} {t.s_per_gflop * 1e3:>9.3f} ms/GFLOP {t.s_per_gb * 1e3:>9.3f} ms/GB "
+              f"overhead {human_seconds(t.overhead_s)}")
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from morphscope.analyzers.hardware import get_hardware
+    from morphscope.analyzers.morph import export_plan
+    from morphscope.exporters.timing import measure_rebuild
+    from morphscope.importers.objects import rebuild_source
+    from morphscope.units import human_seconds
+
+    if args.checkpoint and len(args.checkpoint) != 1:
+        raise MorphScopeError("bench takes at most one --checkpoint")
+    graph, model, structures, morphed = _analysis(args)
+    plan = export_plan(graph, model, morphed[0], args.multiplier, structures[0].gammas, args.threshold,
+                       args.round_to, remove_blocks=not args.model.lower().endswith(".pt2")) if morphed else None
+    source = rebuild_source(args.model, args.input_shape, limits=limits_of(args))
+    r = measure_rebuild(source, graph, model, plan, get_hardware(args.hardware), args.batch, args.threads,
+                        args.runs, args.device, progress=_progress)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['model']}{': ' + args.checkpoint[0] if args.checkpoint else ''}")
+    print(f"{'':<9} {'measured (median, min-max)':>30} {'predicted':>11} {'error':>7}")
+    for label in ("seed", "morphed"):
+        if label in r:
+            row = r[label]
+            print(f"{label:<9} {human_seconds(row['measured_s']):>11} ({human_seconds(row['min_s'])}"
+                  f"-{human_seconds(row['max_s'])}) {human_seconds(row['predicted_s']):>11} {row['error']:>+7.0%}")
+    if "morphed" in r:
+        print(f"speedup: {r['speedup_measured']:.2f}x measured, {r['speedup_predicted']:.2f}x predicted")
+    print(f"measured on {r['machine']} ({r['device']}), PyTorch {r['threads']} threads, batch {r['batch']}, "
+          f"median of {r['runs']}+ calls after 5 warm-up calls; predicted: {r['prediction']}")
+    return 0
+
+
+COMMANDS = {"report": _run_report, "expand": _run_expand, "export": _run_export, "profile": _run_profile,
+            "bench": _run_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

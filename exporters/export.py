@@ -139,3 +139,21 @@ def write_rebuilt_model(source: Any, graph: ChannelGraph, model: WidthModel, pla
     data, params = rebuilt_model_bytes(source, graph, model, plan, copy_weights)
     write_files({target: data})
     return params
+
+
+def runnable_module(source: Any, graph: ChannelGraph, model: WidthModel, plan: ExportPlan | None) -> Any:
+    """A PyTorch module to run: the seed (``plan`` None) or the plan's rebuild. A
+    :class:`Pt2Archive` runs only as rewritten by us (the seed: rewritten with nothing cut, so
+    its example-inputs pickle is ours, not the file's)."""
+    import io
+
+    import torch
+
+    from morphscope.exporters.pt2_rewrite import rewrite_pt2
+
+    if plan is not None:
+        rebuilt = rebuild_model(source, graph, model, plan)
+        return rebuilt.module() if isinstance(rebuilt, torch.export.ExportedProgram) else rebuilt
+    if isinstance(source, Pt2Archive):
+        return torch.export.load(io.BytesIO(rewrite_pt2(source.data, source.name, lambda key, tensor: None))).module()
+    return source

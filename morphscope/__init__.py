@@ -14,7 +14,7 @@ JSON, tables, rebuilt models), ``morphscope.regularizers`` (training), and the f
 
 from __future__ import annotations
 
-__all__ = ["load_model", "load_structure", "report", "expand", "export", "rebuild"]
+__all__ = ["load_model", "load_structure", "report", "expand", "export", "rebuild", "measure", "profile"]
 
 
 def __getattr__(name: str):

@@ -202,3 +202,68 @@ def rebuild(model: Any, structure: Any, multiplier: float | None = None, copy_we
     graph, width_model, _, plan = _plan(model, structure, multiplier, threshold, convention, scope,
                                         round_to, example_input, keep_every_op=_is_pt2(model))
     return rebuild_model(rebuild_source(model, graph.input_shape), graph, width_model, plan, copy_weights)
+
+
+def measure(model: Any, structure: Any = None, multiplier: float | None = None, round_to: int = 1,
+            batch: int = 1, threads: int | None = None, runs: int = 20, hardware: Any = "V100",
+            device: str = "cpu", threshold: float = DEFAULT_THRESHOLD, convention: str = "physical",
+            scope: Any = None, example_input: Any = None) -> dict[str, Any]:
+    """Time the seed and the morphed model on this machine, with the predictions beside them.
+
+    Rebuilds the morphed model as :func:`rebuild` does (a ``.pt2`` seed is rewritten, never run
+    as it came: the seed timed is the same archive rewritten with nothing cut), then times
+    each forward pass (PyTorch, eval mode, no autograd, a zero input of ``batch`` images):
+    ``runs`` timed calls after 5 warm-up calls, at ``threads`` intra-op threads.
+
+    Returns
+    -------
+    dict
+        ``seed`` and ``morphed`` (without ``structure``: the seed only): ``measured_s``
+        (median), ``min_s``, ``max_s``, ``predicted_s`` (``hardware``: a roofline prediction
+        times ``batch``, or a measured profile at its own batch) and ``error`` (predicted /
+        measured - 1); ``speedup_measured``, ``speedup_predicted``; ``machine``, ``threads``,
+        ``batch``, ``runs``, ``hardware`` and what its prediction is.
+
+    Raises
+    ------
+    MorphScopeError
+        A Keras model (timing is PyTorch's), or a profile measured at another batch.
+    """
+    from morphscope.analyzers.hardware import get_hardware
+    from morphscope.analyzers.widths import compile_width_model
+    from morphscope.exporters.timing import measure_rebuild
+    from morphscope.importers.objects import rebuild_source
+
+    if structure is None:
+        graph = load_model(model, example_input=example_input)
+        width_model, plan = compile_width_model(graph, convention, scope), None
+    else:
+        graph, width_model, _, plan = _plan(model, structure, multiplier, threshold, convention, scope,
+                                            round_to, example_input, keep_every_op=_is_pt2(model))
+    source = rebuild_source(model, graph.input_shape)
+    return measure_rebuild(source, graph, width_model, plan, get_hardware(hardware), batch, threads, runs, device)
+
+
+def profile(name: str = "this-machine", batch: int = 1, threads: int | None = None, device: str = "cpu",
+            runs: int = 10, out: str | Path | None = None, progress: Any = None) -> Any:
+    """Time the op classes the cost model knows on this machine and fit a latency profile
+    (see :mod:`morphscope.analyzers.hardware`); with ``out``, also write its JSON file, which
+    ``hardware=`` accepts wherever a hardware name is (report, expand, the latency regularizers).
+
+    Returns
+    -------
+    Hardware
+        The profile, ready as ``hardware=``.
+    """
+    import json
+
+    from morphscope.analyzers.hardware import profile_from_doc
+    from morphscope.exporters.timing import profile_device
+
+    doc = profile_device(name, batch, threads, device, runs, progress)
+    if out is not None:
+        from morphscope.exporters.files import check_targets, write_files
+
+        target = check_targets({"out": out}, {})["out"]
+        write_files({target: (json.dumps(doc, indent=2) + "\n").encode()})
+    return profile_from_doc(doc, name)

@@ -131,7 +131,7 @@ def _solve_into_slider(model: Any, alive: np.ndarray, target: str, hardware: Any
 
 def explorer_view() -> None:
     from morphscope.analyzers import compare
-    from morphscope.analyzers.hardware import HARDWARE, get_hardware
+    from morphscope.analyzers.hardware import HARDWARE, get_hardware, profile_from_bytes
     from morphscope.importers.load import EXAMPLES_DIR
 
     st.title("MorphScope")
@@ -148,6 +148,15 @@ def explorer_view() -> None:
                                          key=state.THRESHOLD)
     hardware = get_hardware(st.sidebar.selectbox("Hardware (latency)", sorted(HARDWARE),
                                                  index=sorted(HARDWARE).index("V100"), key=state.HARDWARE))
+    profile = st.sidebar.file_uploader("Latency profile (.json, from morphscope profile)", type=["json"],
+                                       key=state.PROFILE_UPLOAD, help="Measured on your machine: replaces the "
+                                       "roofline above for every latency on the page")
+    if profile is not None:
+        try:
+            hardware = profile_from_bytes(profile.getvalue(), profile.name)
+        except MorphScopeError as err:
+            st.sidebar.error(user_message(err))
+    st.sidebar.caption(f"Latency: {hardware.prediction}.")
     st.session_state.setdefault(state.FACTOR, 1.0)
     factor = st.sidebar.slider("What-if width multiplier", 0.25, 3.0, step=0.001, format="%.3f",
                                key=state.FACTOR)
@@ -196,6 +205,7 @@ def explorer_view() -> None:
     _tradeoff_section(model, views, factor, hardware, round_to)
     _reports(graph, model, structures, alive, threshold)
     _downloads(graph, model, loaded, selected, structures, threshold, factor, round_to)
+    _measured(graph, model, loaded, selected, structures, threshold, factor, round_to, hardware)
 
 
 def _metrics(seed: dict[str, Any], views: list[Any], selected: Any) -> None:
@@ -307,6 +317,55 @@ def _downloads(graph, model, loaded, view, structures, threshold, factor, round_
         cols[2].caption(note)
 
 
+def _measured(graph, model, loaded, view, structures, threshold, factor, round_to, hardware) -> None:
+    """Time the seed and the selected structure's rebuilt model on this server, on a button."""
+    from morphscope.exporters.timing import measure_rebuild
+
+    st.subheader("Measured on this server")
+    st.caption("Rebuilds the seed and the selected structure (at the multiplier and rounding above) and times "
+               "each forward pass here: PyTorch, batch 1, median of 20 calls after 5 warm-up calls. The "
+               "predicted column is the hardware chosen in the sidebar.")
+    measured_for = (loaded.key, view.label, threshold, factor, round_to, hardware.name)
+    if st.button("Time seed and morphed", key="measure"):
+        bar = st.progress(0.0, text="starting")
+        steps = iter((0.1, 0.55))
+
+        def progress(text: str) -> None:
+            bar.progress(next(steps, 0.9), text=text)
+
+        try:
+            source = cache.framework_model(loaded.rebuild_spec, loaded.side)
+            result = measure_rebuild(source, graph, model, _plan_of(graph, model, structures, view, threshold,
+                                                                    factor, round_to, source),
+                                     hardware, progress=progress)
+            st.session_state[state.MEASURED] = (measured_for, result)
+        except MorphScopeError as err:
+            st.error(user_message(err))
+        bar.empty()
+    shown = st.session_state.get(state.MEASURED)
+    if not shown or shown[0] != measured_for:
+        return
+    result = shown[1]
+    st.dataframe([{"model": label, "measured (median)": human_seconds(result[label]["measured_s"]),
+                   "min - max": f"{human_seconds(result[label]['min_s'])} - {human_seconds(result[label]['max_s'])}",
+                   "predicted": human_seconds(result[label]["predicted_s"]),
+                   "prediction error": f"{result[label]['error']:+.0%}"} for label in ("seed", "morphed")],
+                 hide_index=True, key="measured_table")
+    st.caption(f"Speedup {result['speedup_measured']:.2f}x measured, {result['speedup_predicted']:.2f}x predicted. "
+               f"Measured on {result['machine']}, PyTorch {result['threads']} threads, batch {result['batch']}; "
+               f"predicted: {result['prediction']}.")
+
+
+def _plan_of(graph, model, structures, view, threshold, factor, round_to, source):
+    """The export plan of the selected structure (a .pt2 program keeps every op)."""
+    from morphscope.analyzers.morph import Morphed, export_plan
+    from morphscope.importers.objects import Pt2Archive
+
+    gammas = dict(structures)[view.label]["gammas"]
+    return export_plan(graph, model, Morphed(view.label, view.alive, None), factor, gammas, threshold,
+                       round_to, remove_blocks=not isinstance(source, Pt2Archive))
+
+
 def download_stem(model_name: str, label: str, factor: float, round_to: int) -> str:
     """A download's file name: model, structure, multiplier and rounding, in safe characters
     (``resnet18_flops-gammas_x1.250_r8``); names come from users, so nothing else passes."""
@@ -316,14 +375,11 @@ def download_stem(model_name: str, label: str, factor: float, round_to: int) -> 
 
 
 def _rebuild_bytes(graph, model, loaded, structures, label, view, threshold, factor, round_to):
-    from morphscope.analyzers.morph import Morphed, export_plan, plan_totals
+    from morphscope.analyzers.morph import plan_totals
     from morphscope.exporters.export import MODEL_SUFFIX, rebuilt_model_bytes
-    from morphscope.importers.objects import Pt2Archive
 
     source = cache.framework_model(loaded.rebuild_spec, loaded.side)
-    gammas = dict(structures)[label]["gammas"]
-    plan = export_plan(graph, model, Morphed(label, view.alive, None), factor, gammas, threshold,
-                       round_to, remove_blocks=not isinstance(source, Pt2Archive))
+    plan = _plan_of(graph, model, structures, view, threshold, factor, round_to, source)
     data, params = rebuilt_model_bytes(source, graph, model, plan)
     name = download_stem(graph.name, label, factor, round_to) + MODEL_SUFFIX[graph.framework]
     return name, data, f"{params:,} parameters (predicted {plan_totals(model, plan)['params']:,})"

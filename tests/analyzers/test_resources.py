@@ -72,7 +72,7 @@ def test_target_cost_computes_one_resource_like_the_totals():
 def test_latency_coefficients_are_the_two_roofline_branches():
     model = compile_width_model(two_layer_graph())
     v100 = get_hardware("V100")
-    compute, memory = get_resource("latency").coefficients(model.costs.coeffs, v100)
+    compute, memory = get_resource("latency").coefficients(model.costs, v100)
     conv = model.costs.index["conv"]
     a_in, a_out = np.array([13.0]), np.array([23.0])
     assert bilinear(compute[[conv]], a_in, a_out)[0] == pytest.approx(2 * CONV_MACS / 125000e9)
@@ -82,7 +82,7 @@ def test_latency_coefficients_are_the_two_roofline_branches():
 
 
 def test_a_rate_branch_needs_hardware():
-    with pytest.raises(MorphScopeError, match=r"peak_gflop_per_s needs a hardware; choose from \['K80'"):
+    with pytest.raises(MorphScopeError, match=r"peak_gflop_per_s needs a hardware; choose from \['A100'"):
         Branch("macs", 2, "peak_gflop_per_s").scale(None)
 
 

@@ -94,9 +94,10 @@ def test_smallest_input_shape_for_the_strides_is_accepted(capsys):
 
 
 def test_unknown_hardware_lists_the_choices(capsys):
-    line = cli_error(capsys, "report", R18, "--hardware", "H100")
-    assert "argument --hardware: invalid choice: 'H100'" in line
-    assert "'K80', 'P100', 'P4', 'T4', 'TPUv2', 'V100'" in line  # morph-net's table
+    line = cli_error(capsys, "report", R18, "--hardware", "B200")
+    assert "argument --hardware: unknown hardware 'B200'" in line
+    assert "'K80', 'L4', 'P100', 'P4', 'T4', 'TPUv2', 'V100'" in line  # morph-net's table among them
+    assert "or a profile .json written by morphscope profile" in line
 
 
 def test_help_shows_the_parse_limits(capsys):
