@@ -207,7 +207,7 @@ def regularizer_plan(graph: ChannelGraph, model: WidthModel, target: str,
     regularized = np.zeros(spaces.n_spaces)
     regularized[list(members)] = 1.0
     depthwise = np.array([is_depthwise(graph[n]) for n in model.costs.names], dtype=bool)
-    branches = get_resource(target).coefficients(model.costs.coeffs, hw)
+    branches = get_resource(target).coefficients(model.costs, hw)
     m_in, m_out = (sparse.coo_array(m) for m in (model.m_in, model.m_out))
     arrays = {"channel_index": np.concatenate(rows), "channel_space": np.concatenate(channel_space),
               "channel_qgroup": np.concatenate(channel_qgroup).astype(np.int64),
