@@ -184,7 +184,8 @@ def profile_from_doc(doc: Any, name: str = "profile") -> Hardware:
                     f"measured: {_describe(measured, batch)}", times, batch, measured)
 
 
-_MEASURED_FIELDS = ("device", "framework", "threads", "dtype", "created", "mape", "points", "torch")
+_MEASURED_FIELDS = ("device", "framework", "threads", "dtype", "created", "mape", "points", "torch",
+                   "network_scale", "network_per_op_s")
 
 
 def _seconds(name: str, field_name: str, value: Any) -> float:

@@ -74,18 +74,26 @@ def torch_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+COLD_BYTES = 64 << 20  # inputs rotated through per call: more than a server CPU's last-level cache
+
+
 def measure_model(module: Any, input_shape: tuple[int, ...], batch: int = 1, threads: int | None = None,
                   runs: int = 20, warmup: int = 5, device: str = "cpu",
-                  clock: Callable[[], float] = time.perf_counter) -> Timing:
-    """Seconds per forward pass of a PyTorch module (eval mode, no autograd) on a zero input
-    of ``(batch, *input_shape)``, at ``threads`` intra-op threads."""
+                  clock: Callable[[], float] = time.perf_counter, cold: bool = False) -> Timing:
+    """Seconds per forward pass of a PyTorch module (eval mode, no autograd) on a random
+    input of ``(batch, *input_shape)``, at ``threads`` intra-op threads. ``cold``: each call
+    reads another copy of the input (up to :data:`COLD_BYTES` of them in turn), as an op in a
+    network reads what the op before it wrote, not what sat in cache since the last call."""
     import torch
 
     module = module.eval().to(device)
-    x = torch.zeros((batch, *input_shape), device=device)
+    numel = batch * math.prod(input_shape)
+    copies = max(1, min(64, COLD_BYTES // (4 * numel))) if cold else 1
+    inputs = [torch.randn((batch, *input_shape), device=device) for _ in range(copies)]
+    turn = iter(range(1 << 62))
 
     def call() -> None:
-        module(x)
+        module(inputs[next(turn) % copies])
         if device != "cpu":
             torch.cuda.synchronize()
 
@@ -150,8 +158,14 @@ def measure_rebuild(source: Any, graph: Any, model: Any, plan: Any, hardware: An
 
 # -- the profile: each op class timed over a sweep, times fitted --------------------------------
 
+SWEEP_SIDES = (7, 14, 28, 56, 112)
+SWEEP_CHANNELS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+MAX_SWEEP_INPUT = 1 << 21  # channels x pixels of one swept input (8 MB of float32)
+
+
 def _sweep_modules() -> Iterator[tuple[str, Any, tuple[int, ...]]]:
-    """(class, module, input shape) of the ops a profile times: widths 8..256, maps 7..56."""
+    """(class, module, input shape) of the ops a profile times: the widths and resolutions of
+    common CNNs (16-512 channels, 7x7 to 112x112 maps, inputs up to 2^21 values)."""
     from torch import nn
 
     class Binary(nn.Module):
@@ -164,23 +178,33 @@ def _sweep_modules() -> Iterator[tuple[str, Any, tuple[int, ...]]]:
 
             return {"add": lambda: x + x, "mul": lambda: x * x, "concat": lambda: torch.cat([x, x], 1)}[self.op]()
 
-    for c in (16, 32, 64, 128, 256):
-        for side in (7, 14, 28, 56):
-            if c * c * side * side > 2 ** 25:
-                continue
+    acts = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Sigmoid)
+    for side in SWEEP_SIDES:
+        for n, c in enumerate(ch for ch in SWEEP_CHANNELS if 2 ** 11 <= ch * side * side <= MAX_SWEEP_INPUT):
+            shape = (c, side, side)
+            for cout in (c // 2, c, 2 * c, 4 * c):
+                if cout * side * side <= 2 * MAX_SWEEP_INPUT:
+                    yield "conv_1x1", nn.Conv2d(c, cout, 1, bias=False), shape
             for cout in (c // 2, c, 2 * c):
-                yield "conv", nn.Conv2d(c, cout, 3, padding=1, bias=False), (c, side, side)
-                yield "conv_1x1", nn.Conv2d(c, cout, 1, bias=False), (c, side, side)
-            yield "conv_depthwise", nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), (c, side, side)
-            yield "conv_grouped", nn.Conv2d(c, c, 3, padding=1, groups=8, bias=False), (c, side, side)
-            yield "bn", nn.BatchNorm2d(c), (c, side, side)
-            yield "act", nn.ReLU(), (c, side, side)
+                if c * cout * side * side <= 2 ** 27:
+                    yield "conv", nn.Conv2d(c, cout, 3, padding=1, bias=False), shape
+            for k, stride in ((3, 1), (5, 1), (3, 2), (5, 2)):
+                yield "conv_depthwise", nn.Conv2d(c, c, k, stride, k // 2, groups=c, bias=False), shape
+            groups = next(g for g in (8, 7, 5, 3, 1) if c % g == 0)
+            if groups > 1:
+                yield "conv_grouped", nn.Conv2d(c, c, 3, padding=1, groups=groups, bias=False), shape
+            yield "bn", nn.BatchNorm2d(c), shape
+            yield "act", acts[n % len(acts)](), shape
             for op in ("add", "mul", "concat"):
-                yield op, Binary(op), (c, side, side)
-            yield "pool", nn.MaxPool2d(3, 2, 1), (c, side, side)
-            yield "global_pool", nn.AdaptiveAvgPool2d(1), (c, side, side)
-        for cout in (c, 4 * c):
+                yield op, Binary(op), shape
+            yield "pool", nn.MaxPool2d(3, 2, 1), shape
+            yield "global_pool", nn.AdaptiveAvgPool2d(1), shape
+    for c in SWEEP_CHANNELS:
+        for cout in (c // 4, c, 4 * c):
             yield "linear", nn.Linear(c, cout), (c,)
+        yield "conv_1x1", nn.Conv2d(c, c // 4, 1), (c, 1, 1)  # squeeze-excitation convs on 1x1 maps
+        yield "act", acts[c % len(acts)](), (c, 1, 1)
+        yield "mul", Binary("mul"), (c, 1, 1)
 
 
 def _op_work(module: Any, input_shape: tuple[int, ...], cls: str) -> tuple[float, float]:
@@ -227,7 +251,7 @@ def profile_device(name: str, batch: int = 1, threads: int | None = None, device
     with torch_threads(threads) as used:
         for done, (cls, module, shape) in enumerate(sweep):
             flops, moved = _op_work(module, shape, cls)
-            timing = measure_model(module, shape, batch, None, runs, 2, device, clock)
+            timing = measure_model(module, shape, batch, None, runs, 2, device, clock, cold=True)
             points.setdefault(cls, []).append((flops, moved, timing.median_s))
             if progress:
                 progress(done + 1, len(sweep))
@@ -239,10 +263,78 @@ def profile_device(name: str, batch: int = 1, threads: int | None = None, device
             t = classes[cls]
             predicted = t.overhead_s + batch * (flops * t.s_per_gflop + moved * t.s_per_gb) / 1e9
             errors.extend(np.abs(predicted - seconds) / seconds)
+    with torch_threads(threads):
+        scale, per_op_s = _network_calibration(classes, batch, runs, device, clock)
+    classes = {cls: ClassTimes(t.s_per_gflop * scale, t.s_per_gb * scale, t.overhead_s * scale + per_op_s)
+               for cls, t in classes.items()}
     return profile_doc(name, classes, batch, device=machine_name(device), framework="torch",
                        threads=used, dtype="float32", torch=torch.__version__,
                        points=sum(map(len, points.values())), mape=float(np.mean(errors)),
-                       created=time.strftime("%Y-%m-%d"))
+                       network_scale=scale, network_per_op_s=per_op_s, created=time.strftime("%Y-%m-%d"))
+
+
+def _calibration_networks() -> Iterator[tuple[str, Any]]:
+    """Two synthetic networks, not any model a user predicts: a residual stack of 3x3 convs
+    and an inverted-residual stack of 1x1 / depthwise convs with squeeze-excitation gates."""
+    from torch import nn
+
+    class Residual(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                      nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+        def forward(self, x):
+            return (x + self.body(x)).relu()
+
+    class Inverted(nn.Module):
+        def __init__(self, c: int, k: int) -> None:
+            super().__init__()
+            e = 4 * c
+            self.expand = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), nn.SiLU(),
+                                        nn.Conv2d(e, e, k, padding=k // 2, groups=e, bias=False),
+                                        nn.BatchNorm2d(e), nn.SiLU())
+            self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(e, c // 2, 1), nn.SiLU(),
+                                      nn.Conv2d(c // 2, e, 1), nn.Sigmoid())
+            self.project = nn.Sequential(nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c))
+
+        def forward(self, x):
+            y = self.expand(x)
+            return x + self.project(y * self.gate(y))
+
+    yield "residual", nn.Sequential(nn.Conv2d(3, 48, 3, 2, 1), *[Residual(48) for _ in range(2)],
+                                    nn.Conv2d(48, 96, 3, 2, 1), *[Residual(96) for _ in range(2)],
+                                    nn.Conv2d(96, 192, 3, 2, 1), Residual(192), nn.AdaptiveAvgPool2d(1))
+    yield "inverted", nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1), *[Inverted(24, 3) for _ in range(2)],
+                                    nn.Conv2d(24, 40, 3, 2, 1), *[Inverted(40, 5) for _ in range(2)],
+                                    nn.Conv2d(40, 80, 3, 2, 1), *[Inverted(80, 3) for _ in range(2)],
+                                    nn.AdaptiveAvgPool2d(1))
+
+
+def _network_calibration(classes: dict[str, ClassTimes], batch: int, runs: int, device: str,
+                         clock: Callable[[], float]) -> tuple[float, float]:
+    """Ops timed alone run faster than inside a network (their inputs come from the op before;
+    a network's modules and containers add Python calls): the scale and the added seconds per
+    op, ``measured = scale x predicted + per_op x ops``, fitted (non-negative) on the
+    :func:`_calibration_networks` at two resolutions, none of them a model users predict."""
+    from scipy.optimize import nnls
+
+    from morphscope.analyzers.hardware import profile_from_doc
+    from morphscope.analyzers.widths import compile_width_model
+    from morphscope.importers.torch_importer import load_module
+
+    hardware = profile_from_doc(profile_doc("fit", classes, batch), "fit")
+    rows, measured = [], []
+    for name, network in _calibration_networks():
+        for side in (128, 192):
+            model = compile_width_model(load_module(network, (3, side, side), name=name))
+            per_op = model.per_op(model.seed_widths)
+            ops = int(np.count_nonzero(2 * per_op["macs"] + per_op["bytes_moved"]))
+            rows.append((model.target_cost(model.seed_widths, "latency", hardware), ops))
+            measured.append(measure_model(network, (3, side, side), batch, None, runs, 3, device, clock).median_s)
+    weights = 1.0 / np.array(measured)  # relative error, as the class fits
+    (scale, per_op_s), _ = nnls(np.array(rows, dtype=float) * weights[:, None], np.array(measured) * weights)
+    return float(scale), float(per_op_s)
 
 
 def mape(predicted: np.ndarray, measured: np.ndarray) -> float:

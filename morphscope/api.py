@@ -68,6 +68,7 @@ def _analysis(model, checkpoints, threshold, convention="physical", scope=None, 
 def report(model: Any, checkpoints: Any = (), threshold: float = DEFAULT_THRESHOLD,
            convention: str = "physical", scope: Any = None, example_input: Any = None) -> dict[str, Any]:
     """Seed costs per layer and in total, and each structure's alive costs and topology.
+    ``report(module, example_input)`` reads a tensor in second place as the example input.
     ``convention`` (``physical`` or ``morph-net``) and ``scope`` (a
     :class:`~morphscope.analyzers.conventions.Scope`: prunable outputs, analysed part) as the
     CLI's ``--convention``, ``--prune-outputs`` and boundary options; the same for
@@ -80,7 +81,10 @@ def report(model: Any, checkpoints: Any = (), threshold: float = DEFAULT_THRESHO
         hardware, ...), ``layers``, and ``morphed``: one entry per structure.
     """
     from morphscope.analyzers.report import seed_report, structure_entry
+    from morphscope.importers.objects import is_torch_module
 
+    if example_input is None and is_torch_module(model) and hasattr(checkpoints, "shape"):
+        example_input, checkpoints = checkpoints, ()  # report(module, example_input), as written most
     graph, width_model, structures, morphed = _analysis(model, checkpoints, threshold, convention,
                                                         scope, example_input)
     doc = seed_report(graph, convention=convention)

@@ -84,8 +84,8 @@ def test_totals_flops_are_twice_macs_and_detached_params_count():
 def test_hardware_table_and_unknown_name():
     assert {"K80", "P4", "T4", "P100", "V100", "TPUv2"} <= set(HARDWARE)
     assert get_hardware("V100").memory_gb_per_s == 900
-    with pytest.raises(MorphScopeError, match=r"unknown hardware 'A100'; choose from \["):
-        get_hardware("A100")
+    with pytest.raises(MorphScopeError, match=r"unknown hardware 'B200'; choose from \["):
+        get_hardware("B200")
 
 
 def test_compiled_rules_accept_extra_rules():

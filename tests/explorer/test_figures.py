@@ -56,7 +56,7 @@ CHARTS = {
     "tradeoff_params": (lambda: _tradeoff("params"), "FLOPs per inference (log, 0.25x to 2x seed)",
                         "parameters (log)"),
     "tradeoff_latency": (lambda: _tradeoff("latency_s"), "FLOPs per inference (log, 0.25x to 2x seed)",
-                         "latency (s, roofline prediction) (log)"),
+                         "latency (s, predicted: V100 roofline) (log)"),
     "run_costs": (_run_costs, "training step", "target cost (% of seed)"),
     "run_heatmap": (_heatmap, "training step", "layer (input to output)"),
     "sweep_scatter": (_sweep_scatter, "final cost in each run's own target (% of the seed's; target in the label)",

@@ -246,3 +246,18 @@ def test_a_built_model_download_is_only_offered_for_what_it_was_built_from(examp
     assert "x0.388" in label
     at.sidebar.selectbox(key="round_to").set_value(8).run()  # another rounding: stale again
     assert model_downloads() == []
+
+
+def test_the_measured_panel_times_seed_and_structure_on_its_button(example):
+    # The panel's numbers are timings (bench/ judges them); here: it runs on the button only,
+    # shows both models with the prediction named, and goes stale with the multiplier.
+    at = run_app()
+    assert not [d for d in at.dataframe if "measured (median)" in d.value.columns]
+    at.button(key="measure").click().run()
+    assert not at.exception and not at.error
+    [table] = [d.value for d in at.dataframe if "measured (median)" in d.value.columns]
+    assert list(table["model"]) == ["seed", "morphed"]
+    caption = next(c.value for c in at.caption if c.value.startswith("Speedup"))
+    assert "threads, batch 1" in caption and "V100 roofline prediction" in caption
+    at.sidebar.slider(key="factor").set_value(0.5).run()
+    assert not [d for d in at.dataframe if "measured (median)" in d.value.columns]

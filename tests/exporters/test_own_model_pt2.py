@@ -14,6 +14,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from morphscope.cli.main import main
+from handbuilt import TouchOnUnpickle
 from own_models import DEAD, trained_own_net
 from pathlib import Path
 
@@ -75,23 +76,13 @@ def test_cli_pt2_round_to_and_fresh_weights(saved, capsys):
     assert torch.equal(state["res_a.1.running_var"], torch.ones(16))
 
 
-class _Touch:
-    """A pickle that creates a file when loaded."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_no_pickle_or_code_from_the_file_runs_while_rewriting(saved, capsys):
     folder, x, expected = saved
     marker = folder / "marker"
     with zipfile.ZipFile(folder / "seed.pt2") as archive:
         members = {info.filename: archive.read(info) for info in archive.infolist()}
     sample = next(m for m in members if m.endswith("data/sample_inputs/model.pt"))
-    members[sample] = pickle.dumps(_Touch(str(marker)))
+    members[sample] = pickle.dumps(TouchOnUnpickle(str(marker)))
     with zipfile.ZipFile(folder / "hostile.pt2", "w", zipfile.ZIP_STORED) as archive:
         for member, data in members.items():
             archive.writestr(member, data)

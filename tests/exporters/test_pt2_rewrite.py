@@ -6,12 +6,12 @@ import pickle
 import zipfile
 
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-
-from morphscope.errors import GraphError, UnsafeFileError, UnsupportedFileError  # noqa: E402
-from morphscope.exporters.pt2_rewrite import rewrite_pt2  # noqa: E402
+from handbuilt import TouchOnUnpickle
+from morphscope.errors import GraphError, UnsafeFileError, UnsupportedFileError
+from morphscope.exporters.pt2_rewrite import rewrite_pt2
 
 MODEL = "archive/models/model.json"  # torch.export.save to a buffer uses the prefix "archive/"
 WEIGHTS = "archive/data/weights/model_weights_config.json"
@@ -324,15 +324,20 @@ def test_wrapper_body_and_multi_output_ops_are_followed():
     assert [_sizes(doc, name) for name in pool_outputs] == [[1, 4, 8, 9], [1, 4, 8, 9]]
     logits, pooled, indices = _loaded(out).module()(x)
     ref_logits, ref_pooled, ref_indices = model(x)
-    with torch.no_grad():
-        zeroed = WrappedNet().eval()
-        zeroed.load_state_dict(model.state_dict())
-        drop = [c for c in range(13) if c not in keep]
-        zeroed.conv.weight[drop] = 0
-        zeroed.conv.bias[drop] = 0
+    zeroed = _conv_channels_zeroed(WrappedNet(), model, keep)
     assert torch.allclose(logits, zeroed(x)[0], atol=1e-5)
     assert torch.allclose(pooled, ref_pooled[:, keep], atol=1e-5)
     assert torch.equal(indices, ref_indices[:, keep])
+
+
+def _conv_channels_zeroed(fresh, model, keep):
+    """``fresh`` with ``model``'s weights, its 13-channel ``conv`` zeroed outside ``keep``."""
+    fresh.eval().load_state_dict(model.state_dict())
+    drop = [c for c in range(13) if c not in keep]
+    with torch.no_grad():
+        fresh.conv.weight[drop] = 0
+        fresh.conv.bias[drop] = 0
+    return fresh
 
 
 def test_autocast_region_is_followed_in_its_traced_dtype():
@@ -348,12 +353,7 @@ def test_autocast_region_is_followed_in_its_traced_dtype():
     conv = body["tensor_values"]["conv2d"]
     assert [s["as_int"] for s in conv["sizes"]] == [1, 4, 17, 19]
     assert conv["dtype"] == 13  # ScalarType.BFLOAT16 in torch/_export/serde/schema.py
-    with torch.no_grad():
-        zeroed = AutocastNet().eval()
-        zeroed.load_state_dict(model.state_dict())
-        drop = [c for c in range(13) if c not in keep]
-        zeroed.conv.weight[drop] = 0
-        zeroed.conv.bias[drop] = 0
+    zeroed = _conv_channels_zeroed(AutocastNet(), model, keep)
     assert torch.allclose(_loaded(out).module()(x), zeroed(x), atol=1e-5)
 
 
@@ -379,20 +379,11 @@ def test_views_of_one_storage_are_rewritten_as_their_own_files():
     assert new_config["conv_a.weight"]["tensor_meta"]["storage_offset"] == {"as_int": 0}
 
 
-class _Touch:
-    """Unpickling this opens (creates) ``path``: a stand-in for a code payload."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
 
 def test_nothing_in_the_archive_is_unpickled(resnetlet, tmp_path):
     _, _, data = resnetlet
     marker = tmp_path / "marker"
-    payload = pickle.dumps(_Touch(str(marker)))
+    payload = pickle.dumps(TouchOnUnpickle(str(marker)))
     members = _members(data)
     members[SAMPLE] = payload
     members["archive/data/constants/tensor_0"] = payload  # a file no config points at
@@ -402,7 +393,7 @@ def test_nothing_in_the_archive_is_unpickled(resnetlet, tmp_path):
     assert _members(out)[SAMPLE] != payload
     _loaded(out).module()(torch.zeros(2, 3, 17, 19))
     assert not marker.exists()
-    pickle.loads(pickle.dumps(_Touch(str(tmp_path / "control"))))  # the payload is live
+    pickle.loads(pickle.dumps(TouchOnUnpickle(str(tmp_path / "control"))))  # the payload is live
     assert (tmp_path / "control").exists()
 
 

@@ -55,6 +55,7 @@ def test_the_api_takes_what_a_notebook_has_in_hand():
     module = torchvision.models.resnet18()
     doc = morphscope.report(module, example_input=torch.zeros(1, 3, 224, 224))
     assert doc["seed"]["macs"] == 1814073344  # torchvision's published 1.81 GFLOPS (MACs)
+    assert morphscope.report(module, torch.zeros(1, 3, 224, 224))["seed"] == doc["seed"]  # as the issue writes it
     assert doc["seed"]["params"] == sum(p.numel() for p in module.parameters())
     one = morphscope.report("example:digits", checkpoints=str(CKPT))  # one path, not a list
     assert [m["checkpoint"] for m in one["morphed"]] == [str(CKPT)]
