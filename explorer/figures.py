@@ -107,12 +107,9 @@ def gamma_histogram(magnitudes: dict[str, np.ndarray], threshold: float) -> go.F
     return fig
 
 
-_TRADEOFF_Y = {"params": "parameters", "latency_s": "latency (s, roofline prediction)"}
-
-
 def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarray,
                     current: dict[str, float], matched: dict[str, float], y: str = "params",
-                    matched_resource: str = "flops") -> go.Figure:
+                    matched_resource: str = "flops", latency_source: str = "V100 roofline") -> go.Figure:
     """FLOPs against ``y`` (params or latency_s) under a width multiplier, per structure, on log
     axes spanning 0.25x to 2x of the seed's values; a dot at the current factor, a star where
     the structure matches the seed's ``matched_resource`` (both explained in the legend)."""
@@ -144,7 +141,8 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
     if seed_y > 0:
         fig.update_yaxes(type="log", range=[np.log10(min([0.25 * seed_y, *[0.8 * v for v in ys]])),
                                             np.log10(max([2 * seed_y, *[1.25 * v for v in ys]]))])
-    _axis_titles(fig, "FLOPs per inference (log, 0.25x to 2x seed)", _TRADEOFF_Y.get(y, y) + " (log)")
+    y_title = {"params": "parameters", "latency_s": f"latency (s, predicted: {latency_source})"}.get(y, y)
+    _axis_titles(fig, "FLOPs per inference (log, 0.25x to 2x seed)", y_title + " (log)")
     fig.update_layout(margin={"t": 30, "b": 10}, height=400, legend={"orientation": "h", "y": -0.3})
     return fig
 

@@ -254,7 +254,9 @@ def _tradeoff_section(model, views, factor, hardware, round_to) -> None:
     matched = {v.label: matching_factor(model, v.alive, resource, hardware, round_to) for v in views}
     left, right = st.columns(2)
     for column, y in ((left, "params"), (right, "latency_s")):
-        column.plotly_chart(figures.tradeoff_figure(curves, FACTORS, current, matched, y, resource),
+        column.plotly_chart(figures.tradeoff_figure(curves, FACTORS, current, matched, y, resource,
+                                                    f"profile {hardware.name}" if hardware.is_profile
+                                                    else f"{hardware.name} roofline"),
                             key=f"tradeoff_{y.split('_')[0]}")
 
 
