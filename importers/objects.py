@@ -26,9 +26,6 @@ from morphscope.graph import ChannelGraph
 from morphscope.importers.checkpoints import LearnedStructure, match_alive_counts, match_gammas, unwrap_keys
 from morphscope.importers.limits import DEFAULT_LIMITS, Limits
 
-ZOO_PREFIXES = ("torchvision:", "keras:", "example:")
-
-
 def is_torch_module(obj: Any) -> bool:
     """``isinstance(obj, torch.nn.Module)``, without importing torch."""
     torch = sys.modules.get("torch")
@@ -93,8 +90,7 @@ def graph_of(model: Any, example_input: Any = None, input_shape: tuple[int, ...]
 def spec_of(model: str | Path) -> str:
     """A spec string; a bare zoo name that is no file gets the hint of its prefix."""
     spec = str(model)
-    if not spec.startswith(ZOO_PREFIXES) and ":" not in spec and not Path(spec).suffix \
-            and not Path(spec).exists():
+    if ":" not in spec and not Path(spec).suffix and not Path(spec).exists():
         raise MorphScopeError(f"{spec}: no such file; name a zoo model as torchvision:{spec} or "
                               f"keras:{spec}")
     return spec
