@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -61,22 +62,27 @@ class Hardware:
             return f"prediction of the profile {self.name}, {self.source}"
         return f"{self.name} roofline prediction, {self.dtype}, batch 1"
 
-    def seconds_per(self, rate: str, classes: tuple[str, ...] | None = None) -> Any:
+    @property
+    def label(self) -> str:
+        """A short name for what predicts its latency: ``V100 roofline`` or ``profile my_cpu``."""
+        return f"profile {self.name}" if self.is_profile else f"{self.name} roofline"
+
+    def seconds_per(self, rate: str, classes: tuple[str, ...] = ()) -> Any:
         """Seconds per unit of ``rate``'s quantity (``peak_gflop_per_s``: one FLOP,
         ``memory_gb_per_s``: one byte): a scalar for a roofline, one value per op (of op
         ``classes``) for a profile, scaled by its batch."""
         if not self.is_profile:
             return 1.0 / (getattr(self, rate) * 1e9)
-        column = _PROFILE_RATES[rate]
-        fallback = self.classes[DEFAULT_CLASS]
-        return np.array([getattr(self.classes.get(c, fallback), column) for c in classes or ()]) * self.batch / 1e9
+        return self._per_class(_PROFILE_RATES[rate], classes) * self.batch / 1e9
 
     def overhead_s(self, classes: tuple[str, ...]) -> np.ndarray:
         """A profile's fixed seconds per op call (zeros for a roofline)."""
-        if not self.is_profile:
-            return np.zeros(len(classes))
+        return self._per_class("overhead_s", classes) if self.is_profile else np.zeros(len(classes))
+
+    def _per_class(self, column: str, classes: tuple[str, ...]) -> np.ndarray:
+        """One :class:`ClassTimes` field per op; classes the profile did not time take its default."""
         fallback = self.classes[DEFAULT_CLASS]
-        return np.array([self.classes.get(c, fallback).overhead_s for c in classes])
+        return np.array([getattr(self.classes.get(c, fallback), column) for c in classes], dtype=np.float64)
 
 
 _PROFILE_RATES = {"peak_gflop_per_s": "s_per_gflop", "memory_gb_per_s": "s_per_gb"}
@@ -177,11 +183,17 @@ def profile_from_doc(doc: Any, name: str = "profile") -> Hardware:
     if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 65536:
         raise MorphScopeError(f"{name}: 'batch' must be a whole number from 1 to 65536")
     label = doc.get("name")
-    if not isinstance(label, str) or not 0 < len(label) <= 80:
-        raise MorphScopeError(f"{name}: 'name' must be a text of 1 to 80 characters")
-    measured = {k: v for k, v in doc.items() if k in _MEASURED_FIELDS and isinstance(v, (str, int, float))}
-    return Hardware(label, math.inf, math.inf, str(doc.get("dtype", "float32"))[:40],
+    if not isinstance(label, str) or not _PROFILE_NAME.fullmatch(label):
+        raise MorphScopeError(f"{name}: 'name' must be a text of 1 to 80 letters, digits, '.', '_' or '-'")
+    # shown on pages and in charts: plain characters only (no markdown or HTML from a file)
+    measured = {k: _PLAIN_TEXT.sub("", v)[:80] if isinstance(v, str) else v for k, v in doc.items()
+                if k in _MEASURED_FIELDS and isinstance(v, (str, int, float)) and not isinstance(v, bool)}
+    return Hardware(label, math.inf, math.inf, str(measured.get("dtype", "float32")),
                     f"measured: {_describe(measured, batch)}", times, batch, measured)
+
+
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+_PLAIN_TEXT = re.compile(r"[^\w .,()@+:/-]")
 
 
 _MEASURED_FIELDS = ("device", "framework", "threads", "dtype", "created", "mape", "points", "torch",

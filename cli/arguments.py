@@ -94,14 +94,23 @@ def hardware_value(text: str) -> str:
 
 
 MAX_ROUND_TO = 1024  # channel alignment: 8 for tensor cores, 16-128 for wider vector units
+MAX_COUNT = 10_000  # timed calls, images per call, threads
 
 
-def round_to_value(text: str) -> int:
-    """An argparse type: a whole number of channels in [1, MAX_ROUND_TO]."""
-    if not text.isdigit() or not 1 <= int(text) <= MAX_ROUND_TO:
-        raise argparse.ArgumentTypeError(f"{text!r}: round widths to a whole number of channels "
-                                         f"from 1 to {MAX_ROUND_TO} (e.g. 8)")
-    return int(text)
+def whole_number_value(what: str, high: int, example: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number in ``[1, high]``, refused naming ``what`` it counts."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or not 1 <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: {what} from 1 to {high}{example}")
+        return int(text)
+
+    parse.__name__ = what  # argparse names the type in its own messages
+    return parse
+
+
+round_to_value = whole_number_value("round widths to a whole number of channels", MAX_ROUND_TO, " (e.g. 8)")
+count_value = whole_number_value("a whole number", MAX_COUNT)
 
 
 def input_shape_value(text: str) -> tuple[int, ...]:

@@ -15,8 +15,8 @@ from typing import Any, Sequence, TextIO
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE
 from morphscope.analyzers.resources import RESOURCES
 from morphscope.cli.arguments import (EXIT_BAD_INPUT, MAX_MULTIPLIER, OneLineParser,
-                                      attach_signed_values, budget_value, check_input_shape, hardware_value,
-                                      input_shape_value, limit_arguments, limits_help,
+                                      attach_signed_values, budget_value, check_input_shape, count_value,
+                                      hardware_value, input_shape_value, limit_arguments, limits_help,
                                       limits_of, multiplier_value, round_to_value, threshold_value)
 from morphscope.cli.scope import scope_arguments, scope_line, scope_of
 from morphscope.errors import MorphScopeError
@@ -101,20 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--multiplier", type=multiplier_value, metavar="W", help="expand the widths by this factor")
     _round_to_arg(bench)
     _hardware_arg(bench, "the prediction to compare with")
-    bench.add_argument("--runs", type=_runs_value, default=20, metavar="N", help="timed calls (default 20)")
+    bench.add_argument("--runs", type=count_value, default=20, metavar="N", help="timed calls (default 20)")
     _timing_args(bench)
     return parser
 
 
-def _runs_value(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number from 1 to 10000")
-    return int(text)
-
-
 def _timing_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=_runs_value, default=1, metavar="N", help="images per call (default 1)")
-    parser.add_argument("--threads", type=_runs_value, metavar="N",
+    parser.add_argument("--batch", type=count_value, default=1, metavar="N", help="images per call (default 1)")
+    parser.add_argument("--threads", type=count_value, metavar="N",
                         help="PyTorch intra-op threads (default: PyTorch's own choice)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time (default cpu)")
 
@@ -288,6 +282,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from morphscope.exporters.export import MODEL_SUFFIX
     from morphscope.exporters.files import OutputError, check_targets, write_files
     from morphscope.exporters.writers import layer_table, table_csv, widths_json
+    from morphscope.importers.objects import is_pt2
 
     if len(args.checkpoint) != 1:
         raise MorphScopeError("export takes exactly one --checkpoint")
@@ -295,7 +290,7 @@ def _run_export(args: argparse.Namespace) -> int:
     graph, model, structures, morphed = _analysis(args)
     structure, m = structures[0], morphed[0]
     plan = export_plan(graph, model, m, args.multiplier, structure.gammas, args.threshold, args.round_to,
-                       remove_blocks=not args.model.lower().endswith(".pt2"))
+                       remove_blocks=not is_pt2(args.model))
     rows = layer_table(graph, model, m.widths, plan.widths)
     contents = {targets["--out"]: table_csv(rows) if _is_csv(args.out) else
                 widths_json(graph, model, plan.widths) + "\n"}
@@ -382,14 +377,14 @@ def _run_bench(args: argparse.Namespace) -> int:
     from morphscope.analyzers.hardware import get_hardware
     from morphscope.analyzers.morph import export_plan
     from morphscope.exporters.timing import measure_rebuild
-    from morphscope.importers.objects import rebuild_source
+    from morphscope.importers.objects import is_pt2, rebuild_source
     from morphscope.units import human_seconds
 
     if args.checkpoint and len(args.checkpoint) != 1:
         raise MorphScopeError("bench takes at most one --checkpoint")
     graph, model, structures, morphed = _analysis(args)
     plan = export_plan(graph, model, morphed[0], args.multiplier, structures[0].gammas, args.threshold,
-                       args.round_to, remove_blocks=not args.model.lower().endswith(".pt2")) if morphed else None
+                       args.round_to, remove_blocks=not is_pt2(args.model)) if morphed else None
     source = rebuild_source(args.model, args.input_shape, limits=limits_of(args))
     r = measure_rebuild(source, graph, model, plan, get_hardware(args.hardware), args.batch, args.threads,
                         args.runs, args.device, progress=_progress)

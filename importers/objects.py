@@ -104,6 +104,12 @@ class Pt2Archive:
     data: bytes
 
 
+def is_pt2(model: Any) -> bool:
+    """A ``.pt2`` program (a file spec or its :class:`Pt2Archive`): rebuilt by rewriting, so
+    it keeps every op (a dead block stays at one channel instead of being removed)."""
+    return isinstance(model, Pt2Archive) or (isinstance(model, (str, Path)) and str(model).lower().endswith(".pt2"))
+
+
 def rebuild_source(model: Any, input_shape: tuple[int, ...] | None = None, name: str | None = None,
                    limits: Limits = DEFAULT_LIMITS) -> Any:
     """What a rebuild starts from: a live model as it is; a ``.pt2`` file's bytes
@@ -114,7 +120,7 @@ def rebuild_source(model: Any, input_shape: tuple[int, ...] | None = None, name:
     from morphscope.importers.load import check_file, load_framework_model
 
     spec = spec_of(model)
-    if spec.lower().endswith(".pt2"):
+    if is_pt2(spec):
         check_file(Path(spec), limits.max_file_bytes, name)
         return Pt2Archive(name or spec, Path(spec).read_bytes())
     return load_framework_model(spec, input_shape, limits, name)

@@ -109,21 +109,17 @@ def expand(model: Any, checkpoint: Any, resource: str = "flops", budget: float |
     return expand_entry(graph, width_model, morphed[0], resource, budget, hw, round_to)
 
 
-def _plan(model, checkpoint, multiplier, threshold, convention, scope, round_to, example_input,
-          keep_every_op=False):
+def _plan(model, checkpoint, multiplier, threshold, convention, scope, round_to, example_input):
     from morphscope.analyzers.morph import export_plan
+    from morphscope.importers.objects import is_pt2
 
     graph, width_model, structures, morphed = _analysis(model, checkpoint, threshold, convention,
                                                         scope, example_input)
     if len(morphed) != 1:
         raise TypeError(f"pass one structure, not {len(morphed)}")
     plan = export_plan(graph, width_model, morphed[0], multiplier, structures[0].gammas, threshold,
-                       round_to, remove_blocks=not keep_every_op)
+                       round_to, remove_blocks=not is_pt2(model))
     return graph, width_model, morphed[0], plan
-
-
-def _is_pt2(model: Any) -> bool:
-    return isinstance(model, (str, Path)) and str(model).lower().endswith(".pt2")
 
 
 def export(model: Any, checkpoint: Any, multiplier: float | None = None,
@@ -139,7 +135,7 @@ def export(model: Any, checkpoint: Any, multiplier: float | None = None,
     from morphscope.exporters.writers import layer_table
 
     graph, width_model, m, plan = _plan(model, checkpoint, multiplier, threshold, convention, scope,
-                                        round_to, example_input, keep_every_op=_is_pt2(model))
+                                        round_to, example_input)
     expanded = plan.widths
     out = {"widths": source_op_widths(graph, width_model, expanded),
            "table": layer_table(graph, width_model, m.widths, expanded),
@@ -204,7 +200,7 @@ def rebuild(model: Any, structure: Any, multiplier: float | None = None, copy_we
     from morphscope.importers.objects import rebuild_source
 
     graph, width_model, _, plan = _plan(model, structure, multiplier, threshold, convention, scope,
-                                        round_to, example_input, keep_every_op=_is_pt2(model))
+                                        round_to, example_input)
     return rebuild_model(rebuild_source(model, graph.input_shape), graph, width_model, plan, copy_weights)
 
 
@@ -243,7 +239,7 @@ def measure(model: Any, structure: Any = None, multiplier: float | None = None, 
         width_model, plan = compile_width_model(graph, convention, scope), None
     else:
         graph, width_model, _, plan = _plan(model, structure, multiplier, threshold, convention, scope,
-                                            round_to, example_input, keep_every_op=_is_pt2(model))
+                                            round_to, example_input)
     source = rebuild_source(model, graph.input_shape)
     return measure_rebuild(source, graph, width_model, plan, get_hardware(hardware), batch, threads, runs, device)
 

@@ -48,7 +48,7 @@ def _pick_model() -> LoadedModel | None:
                                               key=state.MODEL_UPLOAD)
             previous = st.session_state.get(state.LAST_GOOD_MODEL)
             if upload is None and previous is not None:
-                st.sidebar.caption(f"Still showing {previous.graph.name} until a model file arrives.")
+                st.sidebar.text(f"Still showing {previous.graph.name} until a model file arrives.")  # a file's name: plain text
             if upload is not None:
                 data = upload.getvalue()
                 with st.spinner(f"Parsing {upload.name}..."):
@@ -254,9 +254,7 @@ def _tradeoff_section(model, views, factor, hardware, round_to) -> None:
     matched = {v.label: matching_factor(model, v.alive, resource, hardware, round_to) for v in views}
     left, right = st.columns(2)
     for column, y in ((left, "params"), (right, "latency_s")):
-        column.plotly_chart(figures.tradeoff_figure(curves, FACTORS, current, matched, y, resource,
-                                                    f"profile {hardware.name}" if hardware.is_profile
-                                                    else f"{hardware.name} roofline"),
+        column.plotly_chart(figures.tradeoff_figure(curves, FACTORS, current, matched, y, resource, hardware.label),
                             key=f"tradeoff_{y.split('_')[0]}")
 
 
@@ -361,11 +359,11 @@ def _measured(graph, model, loaded, view, structures, threshold, factor, round_t
 def _plan_of(graph, model, structures, view, threshold, factor, round_to, source):
     """The export plan of the selected structure (a .pt2 program keeps every op)."""
     from morphscope.analyzers.morph import Morphed, export_plan
-    from morphscope.importers.objects import Pt2Archive
+    from morphscope.importers.objects import is_pt2
 
     gammas = dict(structures)[view.label]["gammas"]
     return export_plan(graph, model, Morphed(view.label, view.alive, None), factor, gammas, threshold,
-                       round_to, remove_blocks=not isinstance(source, Pt2Archive))
+                       round_to, remove_blocks=not is_pt2(source))
 
 
 def download_stem(model_name: str, label: str, factor: float, round_to: int) -> str:

@@ -43,6 +43,7 @@ def test_profile_round_trips_through_its_file(tmp_path):
     (lambda d: d["classes"].update({f"c{i}": d["classes"]["bn"] for i in range(70)}), "at most 64"),
     (lambda d: d.update(batch=0), "'batch' must be a whole number"),
     (lambda d: d.update(name=""), "'name' must be a text"),
+    (lambda d: d.update(name="[x](http://127.0.0.1/x)"), "'name' must be a text"),
 ])
 def test_malformed_profiles_get_one_line_naming_the_file(tmp_path, edit, message):
     doc = json.loads(json.dumps(profile_doc("my-cpu", CLASSES, 1)))
@@ -124,3 +125,10 @@ def test_the_cli_takes_a_profile_wherever_it_takes_a_hardware_name(tmp_path, cap
     with pytest.raises(SystemExit):
         main(["report", "example:digits", "--hardware", str(bad)])
     assert "bad.json: not a latency profile" in capsys.readouterr().err
+
+
+def test_text_from_a_profile_is_shown_as_plain_characters(tmp_path):
+    doc = profile_doc("my-cpu", CLASSES, 1, device="![p](http://127.0.0.1/img.png) <img src=x>", threads=2)
+    hw = load_profile(_write(tmp_path, doc), "cpu.json")
+    assert hw.measured["device"] == "p(http://127.0.0.1/img.png) img srcx"  # no [ ] ! < > = left
+    assert not set("[]!<>=*`") & set(hw.prediction)
