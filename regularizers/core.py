@@ -33,6 +33,7 @@ from morphscope.analyzers.resources import get_resource
 from morphscope.analyzers.widths import WidthModel
 from morphscope.errors import MorphScopeError
 from morphscope.graph import ChannelGraph, is_depthwise
+from morphscope.regularizers.control import StrengthController
 
 
 class TensorOps(Protocol):
@@ -224,19 +225,102 @@ def regularizer_plan(graph: ChannelGraph, model: WidthModel, target: str,
                            len(model.costs.names), len(branches), arrays)
 
 
-def cost_record(plan: RegularizerPlan, step: int, widths: np.ndarray, loss: float | None,
+def cost_record(regularizer: Any, step: int, widths: np.ndarray, loss: float | None,
                 metrics: Any) -> dict[str, Any]:
-    """One ``cost.jsonl`` line: step, target, alive cost, loss and the user's metrics."""
+    """One ``cost.jsonl`` line: step, target (the resource), alive cost, loss, the strength
+    and the budget where the regularizer has them, and the user's metrics."""
     extra = metrics() if callable(metrics) else (metrics or {})
-    return {"step": step, "target": plan.target, "cost": plan.cost(widths),
-            "loss": None if loss is None else float(loss), **{k: float(v) for k, v in extra.items()}}
+    record = {"step": step, "target": regularizer.plan.target, "cost": regularizer.plan.cost(widths),
+              "loss": None if loss is None else float(loss)}
+    if regularizer.strength is not None:
+        record["strength"] = regularizer.strength
+    if regularizer.controller is not None:
+        record["budget"] = regularizer.controller.budget
+    return {**record, **{k: float(v) for k, v in extra.items()}}
 
 
-def write_structure(out: Path, step: int, widths_text: str, record: dict[str, Any]) -> None:
-    """Write ``alive_<step>`` (morph-net's widths JSON) and append ``record`` to ``cost.jsonl``."""
-    (out / f"alive_{step}").write_text(widths_text + "\n")
-    with open(out / "cost.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+class StructureLogger:
+    """Every ``every`` steps, writes ``<out>/alive_<step>`` (morph-net's widths JSON) and
+    appends ``{"step", "target", "cost", "loss", "strength", "budget", **metrics}`` to
+    ``<out>/cost.jsonl``, so the explorer can plot cost against step and the cost against a
+    user metric; at every step it also lets a regularizer with a target adapt its strength.
+
+    Call it once per training step, on every rank: ``logger.step(step, loss=float(loss))``.
+    Which process writes is decided at each write (:meth:`writes`), not when the logger is
+    built: Lightning and the Hugging Face Trainer build callbacks before the process group
+    exists. The alive counts are computed on every rank (gathering FSDP2 gammas is collective).
+    """
+
+    def __init__(self, regularizer: Any, out_dir: str | Path, every: int = 100) -> None:
+        self.regularizer = regularizer
+        self.out = Path(out_dir)
+        self.every = every
+
+    def writes(self) -> bool:
+        """Whether this process writes the files (the torch logger: rank 0 only)."""
+        return True
+
+    def step(self, step: int, loss: float | None = None, metrics: Any = None) -> None:
+        """Adapt the strength (with a target) and log ``step`` if it is a multiple of
+        ``every``. ``metrics``: user numbers to record beside the cost (e.g.
+        ``{"val_accuracy": 0.93}``), or a callable returning them, called only on logged
+        steps of the writing process."""
+        self.regularizer.adapt(step)
+        if step % self.every:
+            return
+        widths = self.regularizer.alive_widths()
+        if not self.writes():
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"alive_{step}").write_text(self.regularizer.widths_json(widths) + "\n")
+        with open(self.out / "cost.jsonl", "a") as f:
+            f.write(json.dumps(cost_record(self.regularizer, step, widths, loss, metrics)) + "\n")
+
+
+class Strength:
+    """The strength half both frameworks' regularizers share: a fixed ``strength``, or one
+    steered to ``target`` / ``budget`` by a :class:`~morphscope.regularizers.control.StrengthController`.
+    Each framework keeps the value in a tensor or variable (``_store_strength``,
+    ``_assign_strength``) that a compiled step reads without being traced again."""
+
+    controller: StrengthController | None = None
+    _strength: Any = None
+
+    def _init_strength(self, strength: float | None, target: float | None, budget: float | None,
+                       adapt_every: int) -> None:
+        if target is not None or budget is not None:
+            seed_cost = self.plan.cost(self.plan.model.seed_widths)
+            self.controller = StrengthController.for_target(seed_cost, self.loss_value(), target, budget,
+                                                            strength, adapt_every)
+            strength = self.controller.strength
+        elif strength is not None and not (np.isfinite(strength) and strength > 0.0):
+            raise MorphScopeError(f"strength={strength}: must be above zero")
+        self._strength = None if strength is None else self._store_strength(float(strength))
+
+    @property
+    def strength(self) -> float | None:
+        """The strength now (None where neither strength= nor target= was given)."""
+        return None if self._strength is None else float(self._strength_value())
+
+    def penalty(self) -> Any:
+        """``strength * loss()``: the term to add to the task loss.
+
+        Raises
+        ------
+        MorphScopeError
+            If the regularizer was built without ``strength=``, ``target=`` or ``budget=``.
+        """
+        if self._strength is None:
+            raise MorphScopeError(f"{type(self).__name__}: no strength: pass strength= (e.g. 1e-9) "
+                                  "or target= (a fraction of the seed's cost) when building it")
+        return self._strength * self.loss()
+
+    def adapt(self, step: int) -> float | None:
+        """With a target, every ``adapt_every`` steps: move the strength for the alive cost
+        now (call it once per step, on every rank; the callbacks do). The strength."""
+        if self.controller is not None and self.controller.due(step):
+            self._assign_strength(self.controller.update(self.cost(), step))
+        return self.strength
 
 
 def learned_structure(regularizer: Any) -> Any:

@@ -36,17 +36,17 @@ class GroupLassoRegularizer(GammaRegularizer):
     """Resource-weighted group lasso on conv/linear kernels of a PyTorch model.
 
     Parameters are those of :class:`~morphscope.regularizers.torch_regularizer.GammaRegularizer`
-    plus ``l1_fraction`` (in [0, 1], morph-net's default 0). ``threshold`` applies to the
-    channel norms.
+    (``strength``, ``target``, ``budget`` and ``adapt_every`` by keyword) plus ``l1_fraction``
+    (in [0, 1], morph-net's default 0). ``threshold`` applies to the channel norms.
     """
 
     def __init__(self, model: Any, example_input: Any = None, graph: Any = None,
                  threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
-                 target: str | None = None, convention: str = DEFAULT_CONVENTION,
-                 scope: Scope | None = None, l1_fraction: float = DEFAULT_L1_FRACTION) -> None:
+                 resource: str | None = None, convention: str = DEFAULT_CONVENTION,
+                 scope: Scope | None = None, l1_fraction: float = DEFAULT_L1_FRACTION, **strength: Any) -> None:
         check_l1_fraction(l1_fraction)
         self.l1_fraction = l1_fraction
-        super().__init__(model, example_input, graph, threshold, hardware, target, convention, scope)
+        super().__init__(model, example_input, graph, threshold, hardware, resource, convention, scope, **strength)
 
     def _cover(self) -> dict[int, list[tuple[str, int]]]:
         return writer_cover(self.width_model.spaces, _weight_sources(self.graph))
@@ -86,11 +86,11 @@ class KerasGroupLassoRegularizer(KerasGammaRegularizer):
     :class:`GroupLassoRegularizer`)."""
 
     def __init__(self, model: Any, threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
-                 target: str | None = None, convention: str = DEFAULT_CONVENTION,
-                 scope: Scope | None = None, l1_fraction: float = DEFAULT_L1_FRACTION) -> None:
+                 resource: str | None = None, convention: str = DEFAULT_CONVENTION,
+                 scope: Scope | None = None, l1_fraction: float = DEFAULT_L1_FRACTION, **strength: Any) -> None:
         check_l1_fraction(l1_fraction)
         self.l1_fraction = l1_fraction
-        super().__init__(model, threshold, hardware, target, convention, scope)
+        super().__init__(model, threshold, hardware, resource, convention, scope, **strength)
 
     def _cover(self) -> dict[int, list[tuple[str, int]]]:
         return writer_cover(self.width_model.spaces, _weight_sources(self.graph))

@@ -20,9 +20,11 @@ import numpy as np
 from morphscope.analyzers.alive import DEFAULT_THRESHOLD
 from morphscope.analyzers.conventions import DEFAULT_CONVENTION, Scope
 from morphscope.analyzers.widths import compile_width_model
+from morphscope.errors import MorphScopeError
 from morphscope.exporters.writers import widths_json
-from morphscope.regularizers.core import (cost_record, evaluate, learned_structure, regularizer_plan, tensor_threshold,
-                                          write_structure)
+from morphscope.regularizers.control import DEFAULT_ADAPT_EVERY
+from morphscope.regularizers.core import (Strength, StructureLogger, evaluate, learned_structure, regularizer_plan,
+                                          tensor_threshold)
 
 
 class _KerasOps:
@@ -55,7 +57,7 @@ class _KerasOps:
         return self.ops.where(cond, a, b)
 
 
-class KerasGammaRegularizer:
+class KerasGammaRegularizer(Strength):
     """Resource-weighted group-L1 on a Keras model's bn gammas (see :mod:`morphscope.regularizers.core`).
 
     Parameters
@@ -63,12 +65,13 @@ class KerasGammaRegularizer:
     model : keras.Model
     threshold : float
         Alive means group max |gamma| > threshold (the analyzers' rule).
-    hardware : str
-        Device of the roofline for ``latency``.
-    target : str
-        ``flops``, ``size``, ``params`` or ``latency``.
-    convention, scope :
-        As for :class:`~morphscope.regularizers.torch_regularizer.GammaRegularizer`.
+    hardware : str or Hardware
+        The latency model for ``latency``: a named roofline or a measured profile.
+    resource : str, optional
+        ``flops``, ``size``, ``params`` or ``latency`` (default: the class's).
+    convention, scope, strength, target, budget, adapt_every :
+        As for :class:`~morphscope.regularizers.torch_regularizer.GammaRegularizer`; a
+        strength given here is what :meth:`attach` uses by default.
 
     Raises
     ------
@@ -83,15 +86,17 @@ class KerasGammaRegularizer:
     target = "flops"
 
     def __init__(self, model: Any, threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
-                 target: str | None = None, convention: str = DEFAULT_CONVENTION,
-                 scope: Scope | None = None) -> None:
+                 resource: str | None = None, convention: str = DEFAULT_CONVENTION,
+                 scope: Scope | None = None, *, strength: float | None = None,
+                 target: float | None = None, budget: float | None = None,
+                 adapt_every: int = DEFAULT_ADAPT_EVERY) -> None:
         from morphscope.importers.keras_importer import import_keras, load_keras_model
 
         self.keras = import_keras()
         self.graph = load_keras_model(model)
         self.threshold = threshold
         self.width_model = compile_width_model(self.graph, convention, scope)
-        self.plan = regularizer_plan(self.graph, self.width_model, target or self.target, hardware,
+        self.plan = regularizer_plan(self.graph, self.width_model, resource or self.target, hardware,
                                      self._cover())
         layers = {layer.name: layer for layer in model._flatten_layers(include_self=False, recursive=True)}
         bn_layers = {name: layers[name.split("/")[-1]] for name in self.plan.bn_names}
@@ -101,6 +106,17 @@ class KerasGammaRegularizer:
             warnings.warn(f"{model.name}: {len(frozen)} bn scales are frozen (trainable=False), the "
                           f"regularizer cannot move them: {', '.join(frozen)}", stacklevel=2)
         self._ops = _KerasOps(self.keras, self.plan)
+        self._init_strength(strength, target, budget, adapt_every)
+
+    def _store_strength(self, value: float) -> Any:
+        """A non-trainable float32 variable, assigned in place (a traced step reads it)."""
+        return self.keras.Variable(value, dtype="float32", trainable=False, name="morphnet_strength")
+
+    def _assign_strength(self, value: float) -> None:
+        self._strength.assign(value)
+
+    def _strength_value(self) -> float:
+        return self.keras.ops.convert_to_numpy(self._strength)
 
     def _cover(self) -> dict[int, list[tuple[str, int]]] | None:
         """The ops whose scores regularize each space: None, the bn scales (the group-lasso
@@ -121,6 +137,10 @@ class KerasGammaRegularizer:
         per_op, _ = self._evaluate()
         return self.keras.ops.sum(per_op)
 
+    def loss_value(self) -> float:
+        """G now, as a number."""
+        return float(self.keras.ops.convert_to_numpy(self.loss()))
+
     def gammas(self) -> dict[str, np.ndarray]:
         """Current bn scales by bn op name (numpy float64 copies)."""
         return {n: np.asarray(self.keras.ops.convert_to_numpy(v), dtype=np.float64)
@@ -135,23 +155,57 @@ class KerasGammaRegularizer:
         """The alive cost of the target now: the analyzers' count for these gammas."""
         return self.plan.cost(self.alive_widths())
 
-    def attach(self, model: Any, strength: float) -> None:
-        """Make ``model.fit`` (and ``evaluate``) minimize ``task loss + strength * loss()``.
+    def attach(self, model: Any, strength: float | None = None) -> None:
+        """Make ``model.fit`` (and ``evaluate``) minimize ``task loss + penalty()``.
 
-        Works before or after ``compile`` and after an earlier ``fit``: it wraps the model's
-        ``compute_loss`` (the term is added the way Keras adds ``add_loss`` terms, scaled for
-        ``tf.distribute`` replicas) and drops the model's traced train/test functions, which
-        Keras would otherwise reuse. Attaching again replaces the earlier term. The model
-        stays compiled (no ``run_eagerly``).
+        ``strength`` fixes the strength (default: the one given when building the regularizer,
+        or the one its ``target`` steers; the logger callback adapts it). Works before or after
+        ``compile`` and after an earlier ``fit``: it wraps the model's ``compute_loss`` (the
+        term is added the way Keras adds ``add_loss`` terms, scaled for ``tf.distribute``
+        replicas) and drops the model's traced train/test functions, which Keras would
+        otherwise reuse. Attaching again replaces the earlier term. The model stays compiled
+        (no ``run_eagerly``). A model with its own ``train_step`` is regularized when that
+        step calls ``self.compute_loss``; one that does not is refused when fit first runs it.
+
+        Raises
+        ------
+        MorphScopeError
+            With no strength at all, with ``strength`` for a regularizer that has a target,
+            or (from ``fit``) for a custom ``train_step`` that never calls ``self.compute_loss``.
         """
+        if strength is not None:
+            if self.controller is not None:
+                raise MorphScopeError(f"{model.name}: the regularizer steers its strength to a target; "
+                                      "attach it without strength=")
+            self._init_strength(strength, None, None, 1)
+        self.penalty()  # refuses now, in one line, when there is no strength at all
         task_loss = getattr(model, "_morphscope_task_loss", model.compute_loss)
         model._morphscope_task_loss = task_loss
+        calls = []
 
         def compute_loss(x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            term = model._aggregate_additional_loss(strength * self.loss())
+            calls.append(training)
+            term = model._aggregate_additional_loss(self.penalty())
             return task_loss(x, y, y_pred, sample_weight, training=training) + term
 
         model.compute_loss = compute_loss
+        step_owner = next(c for c in type(model).__mro__ if "train_step" in vars(c))
+        if not step_owner.__module__.startswith("keras."):
+            own_step = getattr(model, "_morphscope_train_step", model.train_step)
+            model._morphscope_train_step = own_step
+
+            def train_step(*args, **kwargs):
+                calls.clear()
+                logs = own_step(*args, **kwargs)
+                if not calls:
+                    raise MorphScopeError(
+                        f"{model.name}: its own train_step ({step_owner.__name__}.train_step) never calls "
+                        "self.compute_loss, so attach cannot add the MorphNet term: compute the loss with "
+                        "`loss = self.compute_loss(x, y, y_pred)` there, or add `reg.penalty()` to your "
+                        "loss yourself instead of attaching")
+                return logs
+
+            model.train_step = train_step
         model.train_function = model.test_function = None
 
     def structure(self) -> Any:
@@ -185,23 +239,20 @@ class KerasLatencyRegularizer(KerasGammaRegularizer):
 
 def keras_structure_logger(regularizer: KerasGammaRegularizer, out_dir: str | Path, every: int = 100,
                            metrics: Any = None):
-    """A Keras callback writing ``alive_<step>`` and a ``cost.jsonl`` line every ``every``
-    training batches (counted across epochs): step, target, cost, the batch's loss and
-    ``metrics`` (a dict or a callable returning one, e.g. a validation accuracy)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """A Keras callback: a :class:`~morphscope.regularizers.core.StructureLogger` stepped
+    after every training batch (counted across epochs), which adapts a targeted strength and
+    writes ``alive_<step>`` and a ``cost.jsonl`` line every ``every`` batches: step, target,
+    cost, the batch's loss, the strength and ``metrics`` (a dict or a callable returning
+    one, e.g. a validation accuracy)."""
+    logger = StructureLogger(regularizer, out_dir, every)
 
-    class StructureLogger(regularizer.keras.callbacks.Callback):
+    class MorphNetLogger(regularizer.keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.step = 0
 
         def on_train_batch_end(self, batch, logs=None):
-            if self.step % every == 0:
-                widths = regularizer.alive_widths()
-                write_structure(out, self.step, regularizer.widths_json(widths),
-                                cost_record(regularizer.plan, self.step, widths,
-                                            (logs or {}).get("loss"), metrics))
+            logger.step(self.step, (logs or {}).get("loss"), metrics)
             self.step += 1
 
-    return StructureLogger()
+    return MorphNetLogger()

@@ -25,8 +25,9 @@ from morphscope.analyzers.widths import compile_width_model
 from morphscope.errors import MorphScopeError
 from morphscope.exporters.writers import widths_json
 from morphscope.graph import ChannelGraph
-from morphscope.regularizers.core import (cost_record, evaluate, learned_structure, regularizer_plan, tensor_threshold,
-                                          write_structure)
+from morphscope.regularizers import core
+from morphscope.regularizers.control import DEFAULT_ADAPT_EVERY
+from morphscope.regularizers.core import Strength, evaluate, learned_structure, regularizer_plan, tensor_threshold
 
 
 def unwrap_model(model: Any) -> Any:
@@ -100,7 +101,7 @@ class _TorchOps:
         return torch.where(cond, a, b)
 
 
-class GammaRegularizer:
+class GammaRegularizer(Strength):
     """Resource-weighted group-L1 on bn scales, for one target resource.
 
     Parameters
@@ -114,15 +115,25 @@ class GammaRegularizer:
         An already imported graph of ``model``.
     threshold : float
         Alive means group max |gamma| > threshold (the analyzers' rule).
-    target : str
-        ``flops``, ``size``, ``params`` or ``latency``.
-    hardware : str
-        Device of the roofline for ``latency``.
+    hardware : str or Hardware
+        The latency model for ``latency``: a named roofline or a measured profile
+        (``morphscope profile``'s JSON file).
+    resource : str, optional
+        ``flops``, ``size``, ``params`` or ``latency`` (default: the class's).
     convention : str
         ``physical`` or ``morph-net`` (:mod:`morphscope.analyzers.conventions`).
     scope : Scope, optional
         Which outputs may be pruned and which part is regularized (default: every output
         kept, the whole network).
+    strength : float, optional
+        The weight of :meth:`penalty` (``strength * loss()``); with a target, the first one.
+    target, budget : float, optional
+        Steer the strength during training so that the alive cost reaches ``target`` x the
+        seed's cost (``target`` in (0, 1]) or ``budget`` (absolute, in the resource's unit):
+        see :mod:`morphscope.regularizers.control`; call :meth:`adapt` each step (the
+        loggers and callbacks do).
+    adapt_every : int
+        Steps between strength updates.
 
     Raises
     ------
@@ -144,8 +155,10 @@ class GammaRegularizer:
 
     def __init__(self, model: Any, example_input: Any = None, graph: ChannelGraph | None = None,
                  threshold: float = DEFAULT_THRESHOLD, hardware: str = "V100",
-                 target: str | None = None, convention: str = DEFAULT_CONVENTION,
-                 scope: Scope | None = None) -> None:
+                 resource: str | None = None, convention: str = DEFAULT_CONVENTION,
+                 scope: Scope | None = None, *, strength: float | None = None,
+                 target: float | None = None, budget: float | None = None,
+                 adapt_every: int = DEFAULT_ADAPT_EVERY) -> None:
         from torch.distributed.fsdp import FSDPModule
 
         from morphscope.importers.torch_importer import load_module
@@ -165,7 +178,7 @@ class GammaRegularizer:
         self.graph = graph
         self.threshold = threshold
         self.width_model = compile_width_model(graph, convention, scope)
-        self.plan = regularizer_plan(graph, self.width_model, target or self.target, hardware,
+        self.plan = regularizer_plan(graph, self.width_model, resource or self.target, hardware,
                                      self._cover())
         self.bn_modules = {name: inner.get_submodule(name) for name in self.plan.bn_names}
         frozen = [n for n, m in self.bn_modules.items() if not m.weight.requires_grad]
@@ -175,6 +188,20 @@ class GammaRegularizer:
                           stacklevel=2)
         self._ops: _TorchOps | None = None
         self.alive_widths()  # constants on the gammas' device now, not inside a compiled step
+        self._init_strength(strength, target, budget, adapt_every)
+
+    def _store_strength(self, value: float) -> Any:
+        """A 0-d float64 CPU tensor: it multiplies a loss on any device (as a Python number
+        would) and is updated in place, so a compiled step is not traced again."""
+        import torch
+
+        return torch.tensor(value, dtype=torch.float64)
+
+    def _assign_strength(self, value: float) -> None:
+        self._strength.fill_(value)
+
+    def _strength_value(self) -> float:
+        return self._strength.item()
 
     def _cover(self) -> dict[int, list[tuple[str, int]]] | None:
         """The ops whose scores regularize each space: None, the bn scales (the group-lasso
@@ -215,6 +242,13 @@ class GammaRegularizer:
         model), see :mod:`morphscope.regularizers.core`."""
         per_op, _ = self._evaluate()
         return per_op.sum()
+
+    def loss_value(self) -> float:
+        """G now, as a number (no graph kept)."""
+        import torch
+
+        with torch.no_grad():
+            return self.loss().item()
 
     def gammas(self) -> dict[str, np.ndarray]:
         """Current bn scales by bn op name (numpy float64 copies of the full vectors)."""
@@ -262,32 +296,9 @@ class LatencyRegularizer(GammaRegularizer):
     target = "latency"
 
 
-class StructureLogger:
-    """Every ``every`` steps, writes ``<out>/alive_<step>`` (morph-net's widths JSON) and
-    appends ``{"step", "target", "cost", "loss", **metrics}`` to ``<out>/cost.jsonl``, so the
-    explorer can plot cost against step and the cost against a user metric.
+class StructureLogger(core.StructureLogger):
+    __doc__ = core.StructureLogger.__doc__
 
-    Call it once per training step, on every rank: ``logger.step(step, loss=float(loss))``.
-    Under ``torch.distributed`` only rank 0 writes (the alive counts are computed on every
-    rank, since gathering FSDP2 gammas is collective).
-    """
-
-    def __init__(self, regularizer: GammaRegularizer, out_dir: str | Path, every: int = 100) -> None:
-        self.regularizer = regularizer
-        self.out = Path(out_dir)
-        self.every = every
-        self.writer = _is_rank_zero()
-        if self.writer:
-            self.out.mkdir(parents=True, exist_ok=True)
-
-    def step(self, step: int, loss: float | None = None, metrics: Any = None) -> None:
-        """Log ``step`` if it is a multiple of ``every``. ``metrics``: user numbers to record beside
-        the cost (e.g. ``{"val_accuracy": 0.93}``), or a callable returning them, called only on
-        logged steps of rank 0."""
-        if step % self.every:
-            return
-        widths = self.regularizer.alive_widths()
-        if not self.writer:
-            return
-        write_structure(self.out, step, self.regularizer.widths_json(widths),
-                        cost_record(self.regularizer.plan, step, widths, loss, metrics))
+    def writes(self) -> bool:
+        """Rank 0 of ``torch.distributed`` (or the only process), asked at each write."""
+        return _is_rank_zero()

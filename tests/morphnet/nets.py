@@ -307,7 +307,7 @@ def build(framework, spec, outputs, image=IMAGE):
     return keras_net(spec, outputs, image)
 
 
-def regularizer(framework, model, image=IMAGE, family="gamma", target="flops", **kwargs):
+def regularizer(framework, model, image=IMAGE, family="gamma", resource="flops", **kwargs):
     """One of our regularizers on ``model`` (kwargs: threshold, convention, scope, ...)."""
     if family == "gamma":
         from morphscope.regularizers import keras_regularizer as k, torch_regularizer as t
@@ -318,8 +318,8 @@ def regularizer(framework, model, image=IMAGE, family="gamma", target="flops", *
 
         cls = {"torch": g.GroupLassoRegularizer, "keras": g.KerasGroupLassoRegularizer}[framework]
     if framework == "torch":
-        return cls(model, example_input=torch_input(image), target=target, **kwargs)
-    return cls(model, target=target, **kwargs)
+        return cls(model, example_input=torch_input(image), resource=resource, **kwargs)
+    return cls(model, resource=resource, **kwargs)
 
 
 def per_op(reg, base, names):

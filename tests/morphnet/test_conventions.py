@@ -125,7 +125,7 @@ def test_default_latency_charges_every_op_that_moves_memory(framework):
     model = nets.build(framework, nets.CONCAT_NET, nets.CONCAT_OUTPUTS)
     nets.set_gammas(framework, model, {"conv1": [0.8] * 7 + [0.2] * 6, "conv2": [-0.7] * 11 + [0.1] * 12,
                                        "conv3": [0.6] * 10 + [-0.3] * 19, "conv4": [-0.5] * 17 + [-0.4] * 14})
-    reg = nets.regularizer(framework, model, threshold=0.45, target="latency", hardware="P100",
+    reg = nets.regularizer(framework, model, threshold=0.45, resource="latency", hardware="P100",
                            scope=Scope(prune_outputs="all"))
     relu1 = (17 * 19 * 6.8 + 17 * 19 * 6.8) * 4 / 732  # relu1_loss, as batch_norm1_loss
     names = ["conv1_bn", next(reg.graph.nx.successors("conv1_bn"))]  # conv1's bn and relu

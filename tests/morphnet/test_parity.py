@@ -61,7 +61,7 @@ def test_concat_net_default_pins_the_outputs(concat_net):
 
 def test_concat_net_latency_p100(concat_net):
     framework, model = concat_net
-    reg = regularizer(framework, model, threshold=0.45, target="latency", hardware="P100", **MORPHNET)
+    reg = regularizer(framework, model, threshold=0.45, resource="latency", hardware="P100", **MORPHNET)
     from morphscope.analyzers.hardware import get_hardware
     from morphscope.analyzers.resources import get_resource
 
@@ -77,7 +77,7 @@ def test_concat_net_latency_p100(concat_net):
 
 def test_concat_net_latency_regularization_p100(concat_net):
     framework, model = concat_net
-    reg = regularizer(framework, model, threshold=0.45, target="latency", hardware="P100", **MORPHNET)
+    reg = regularizer(framework, model, threshold=0.45, resource="latency", hardware="P100", **MORPHNET)
     peak, bw = 9300, 732  # resource_function.PEAK_COMPUTE / MEMORY_BANDWIDTH['P100']
     # latency_regularizer_test.testLossRegression, its formulas (reg sums 6.8, 8.9, 11.7, 14.1;
     # the concat 15.7): each op weighs its compute or memory loss, whichever its cost binds.
@@ -312,7 +312,7 @@ def test_decorated_one_conv_nets(framework):
     # model_size_regularizer_test.GammaModelSizeDecoratedTest: image [1, 1, 1, 3]: loss 3, cost 6.
     model = build(framework, nets.ONE_CONV_NET, nets.ONE_CONV_OUTPUTS, (1, 1, 3))
     nets.set_gammas(framework, model, {"conv1": [1.0, 1.0]})
-    reg = regularizer(framework, model, (1, 1, 3), target="size", threshold=0.1, **MORPHNET)
+    reg = regularizer(framework, model, (1, 1, 3), resource="size", threshold=0.1, **MORPHNET)
     assert (0.5 * value(reg.loss()), reg.cost()) == (1 * 3 * 1, 1 * 2 * 3)
     # GroupLassoFlopDecoratedTest: the conv without bn, a kernel of ones: reg 54, cost 108.
     model = build(framework, nets.ONE_CONV_NO_BN_NET, nets.ONE_CONV_OUTPUTS, (3, 3, 3))

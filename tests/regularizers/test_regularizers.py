@@ -33,7 +33,7 @@ def torch_regularizer(net, gammas, target):
     for bn, gamma in gammas.items():
         state[f"{bn}.weight"] = torch.as_tensor(gamma)
     module.load_state_dict(state)
-    return module, GammaRegularizer(module, torch.zeros(1, 3, H, W), target=target)
+    return module, GammaRegularizer(module, torch.zeros(1, 3, H, W), resource=target)
 
 
 def keras_regularizer(net, gammas, target):
@@ -42,7 +42,7 @@ def keras_regularizer(net, gammas, target):
     module = getattr(handbuilt, f"keras_{net}")()
     for bn, gamma in gammas.items():
         module.get_layer(bn).gamma.assign(gamma)
-    return module, KerasGammaRegularizer(module, target=target)
+    return module, KerasGammaRegularizer(module, resource=target)
 
 
 def analyzers_cost(net, framework, gammas, target, tmp_path):

@@ -64,7 +64,7 @@ QUANTUM = {"grouped": ("grouped", "bn_stem"), "groupnorm": ("head", "gn_stem")} 
 @pytest.mark.parametrize("net", sorted(NETS))
 def test_tensor_alive_widths_equal_the_analyzers(net, target):
     module = NETS[net]()
-    reg = GammaRegularizer(module, EXAMPLE, target=target)
+    reg = GammaRegularizer(module, EXAMPLE, resource=target)
     for seed in range(3):
         gammas = random_gammas(reg.graph, seed, dead_fraction=0.4)
         with_gammas(module, gammas)
@@ -107,7 +107,7 @@ def _step(module, reg):
 def test_a_step_with_the_loss_compiles_into_one_graph(target):
     torch._dynamo.reset()
     module = with_gammas(handbuilt.torch_residual_net(), handbuilt_gammas())
-    reg = GammaRegularizer(module, EXAMPLE, target=target)
+    reg = GammaRegularizer(module, EXAMPLE, resource=target)
     x, y = torch.randn(4, 3, H, W), torch.tensor([0, 1, 2, 3])
     explanation = torch._dynamo.explain(_step(module, reg))(x, y)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1

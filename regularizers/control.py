@@ -1,0 +1,110 @@
+"""A cost target in one run: the regularizer's strength adapted during training.
+
+Picking a strength by hand means a sweep (morph-net issues #103, #105, #146: which strength
+reaches my budget?). With ``target=`` (a fraction of the seed's cost) or ``budget=`` (an
+absolute cost in the resource's unit) the regularizer owns its strength and
+:class:`StrengthController` moves it every ``every`` steps from the alive cost the regularizer
+already computes: an integral controller on the log of the strength,
+
+    log s <- log s + gain * clip(log(cost / budget), -max_error, max_error)
+
+so the strength grows while the alive cost is above the budget, shrinks while it is below
+(channels whose task gradient beats the smaller penalty come back), and settles where the
+cost meets the budget. The step is bounded (``gain * max_error`` per update, ~2.5% by
+default), which is how the optimizer's delay is handled: a channel dies only once its scale
+has travelled to the threshold (with Adam about |gamma| / lr steps, since Adam's step is ~lr
+whatever the gradient), and during that delay the alive cost does not move; an unbounded
+controller would wind the strength up and then kill far more than the budget asks. With the
+bounded step the strength grows at most ``exp(gain * max_error)`` per update, and it
+decreases again as soon as the cost falls below the budget.
+
+Everything here is plain numbers: every rank of a DDP/FSDP job sees the same gammas (equal
+parameters; FSDP2's are gathered), so the same alive cost and the same strength, with no
+communication. The framework halves keep the strength in a tensor / variable updated in
+place, so a compiled step reads the new value without being traced again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from morphscope.errors import MorphScopeError
+
+DEFAULT_ADAPT_EVERY = 10  # steps between strength updates
+DEFAULT_GAIN = 0.05
+MAX_ERROR = 0.5  # |log(cost / budget)| counted at most: the step is at most gain * MAX_ERROR
+INITIAL_PENALTY = 0.1  # the starting strength makes strength * G(seed) this much of a unit loss
+
+
+@dataclass
+class StrengthController:
+    """The strength of one regularizer and the budget it is steered to.
+
+    Attributes
+    ----------
+    budget : float
+        The alive cost to reach, in the resource's unit (FLOPs, parameters, bytes, seconds).
+    seed_cost : float
+        The seed's cost (for the fraction shown in logs).
+    log_strength : float
+        Natural log of the current strength.
+    every : int
+        Steps between updates (:meth:`due`).
+    gain : float
+        Log-strength change per unit of log error.
+    """
+
+    budget: float
+    seed_cost: float
+    log_strength: float
+    every: int = DEFAULT_ADAPT_EVERY
+    gain: float = DEFAULT_GAIN
+    last_step: int | None = None
+
+    @classmethod
+    def for_target(cls, seed_cost: float, seed_penalty: float, target: float | None = None,
+                   budget: float | None = None, strength: float | None = None,
+                   every: int = DEFAULT_ADAPT_EVERY, gain: float = DEFAULT_GAIN) -> "StrengthController":
+        """A controller for ``target`` (fraction of ``seed_cost``, in (0, 1]) or ``budget``
+        (absolute), exactly one. The first strength is ``strength`` where given, else the
+        one making ``strength * seed_penalty`` (G at the seed's gammas) equal to
+        ``INITIAL_PENALTY``.
+
+        Raises
+        ------
+        MorphScopeError
+            For both or neither of target and budget, a target outside (0, 1], a budget
+            not above zero, a strength not above zero, or ``every`` below 1.
+        """
+        if (target is None) == (budget is None):
+            raise MorphScopeError("give target= (a fraction of the seed's cost) or budget= (an "
+                                  "absolute cost), not both")
+        if target is not None and not 0.0 < target <= 1.0:
+            raise MorphScopeError(f"target={target}: a fraction of the seed's cost, in (0, 1]")
+        budget = seed_cost * target if target is not None else budget
+        if not (math.isfinite(budget) and budget > 0.0):
+            raise MorphScopeError(f"budget={budget}: must be a cost above zero")
+        if strength is None:
+            strength = INITIAL_PENALTY / seed_penalty if seed_penalty > 0.0 else 1.0
+        if not (math.isfinite(strength) and strength > 0.0):
+            raise MorphScopeError(f"strength={strength}: must be above zero")
+        if int(every) != every or every < 1:
+            raise MorphScopeError(f"adapt_every={every}: a whole number of steps, at least 1")
+        return cls(float(budget), float(seed_cost), math.log(strength), int(every), float(gain))
+
+    @property
+    def strength(self) -> float:
+        return math.exp(self.log_strength)
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is an update step not yet taken (a logger and a callback may
+        both ask at one step)."""
+        return step % self.every == 0 and step != self.last_step
+
+    def update(self, cost: float, step: int) -> float:
+        """Move the strength for the alive ``cost`` at ``step``; the new strength."""
+        self.last_step = step
+        error = math.log(max(cost, 1e-300) / self.budget)
+        self.log_strength += self.gain * max(-MAX_ERROR, min(MAX_ERROR, error))
+        return self.strength
