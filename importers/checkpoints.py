@@ -293,7 +293,11 @@ def _plain_state_dict(path: Path, name: str, limits: Limits, full: bool,
         if wanted is None or full:
             chosen = np.arange(len(keys))
         else:  # one C-level scan of the keys for the wanted ones: no dict of every key
-            chosen = np.flatnonzero(np.fromiter(map(set(wanted).__contains__, keys), bool, len(keys)))
+            wanted = set(wanted)
+            chosen = np.flatnonzero(np.fromiter(map(wanted.__contains__, keys), bool, len(keys)))
+            if not chosen.size:  # the network under an attribute (Lightning's ``model.``): below the owner
+                below = (k.partition(".")[2] for k in keys)
+                chosen = np.flatnonzero(np.fromiter(map(wanted.__contains__, below), bool, len(keys)))
         positions = chosen if full else chosen[ndim[chosen] <= 1]
         found_values = reader.values(table, rows[positions])
         if found_values is None:
@@ -503,8 +507,42 @@ def match_gammas(graph: ChannelGraph, tensors: CheckpointTensors | Mapping[str, 
         return _match_gammas(graph, tensors, source, _bn_ops(graph))
 
 
+def _network_within(graph: ChannelGraph, tensors: CheckpointTensors,
+                    bns: list[tuple[str, dict[str, Any]]]) -> tuple[CheckpointTensors, tuple[str, ...]]:
+    """The keys of ``graph``'s network where the file holds it under an owner's attribute: a
+    Lightning ``.ckpt`` keeps ``model.stem.1.weight`` for the LightningModule's ``self.model``
+    (any owner path, found from the first bn scale or weight key); keys outside the owner are
+    set aside, with a note. Everything else comes back as it is."""
+    probe = bns[0][1]["gamma_key"] if bns else min(_param_keys(graph), default=None)
+    if graph.framework != "torch" or probe is None or probe in tensors.shapes:
+        return tensors, ()
+    owner = next((k[:-len(probe)] for k in tensors.shapes if k.endswith("." + probe)), None)
+    if owner is None:
+        return tensors, ()
+    shapes = _keys_under(tensors.shapes, owner)
+    notes = (f"read the network under '{owner[:-1]}' (e.g. a LightningModule's attribute); "
+             f"{len(tensors.shapes) - len(shapes)} other keys set aside",) if len(shapes) < len(tensors.shapes) else ()
+    return CheckpointTensors(_keys_under(tensors.arrays, owner), shapes), notes
+
+
+def _keys_under(mapping: Mapping[str, Any], owner: str) -> Mapping[str, Any]:
+    """The entries of ``mapping`` whose key starts with ``owner``, the owner cut off (plain
+    dicts, :class:`IndexedShapes` and :class:`FlatArrays` keep their type)."""
+    names = list(mapping)
+    rows = np.array([i for i, key in enumerate(names) if key.startswith(owner)], dtype=np.int64)
+    kept = [names[i][len(owner):] for i in rows.tolist()]
+    if isinstance(mapping, IndexedShapes):
+        return IndexedShapes(kept, mapping.ndim[rows], mapping.dims[rows])
+    if isinstance(mapping, FlatArrays):
+        sizes = mapping.starts[rows + 1] - mapping.starts[rows]
+        return FlatArrays(mapping.flat[index_ranges(mapping.starts[rows], sizes)],
+                          np.concatenate(([0], np.cumsum(sizes))), _keys_under(mapping.shapes, owner))
+    return dict(zip(kept, (mapping[names[i]] for i in rows.tolist())))
+
+
 def _match_gammas(graph: ChannelGraph, tensors: CheckpointTensors, source: str,
                   bns: list[tuple[str, dict[str, Any]]]) -> LearnedStructure:
+    tensors, notes = _network_within(graph, tensors, bns)
     if not bns:  # VGG without bn, MLPs: morph-net's group-lasso family scores the kernels
         kernels = source_kernels(graph, tensors.arrays, source)
         if not kernels:
@@ -512,7 +550,7 @@ def _match_gammas(graph: ChannelGraph, tensors: CheckpointTensors, source: str,
                                           "(gammas): nothing to regularize or prune (and the file "
                                           "holds none of its conv or dense kernels for group lasso)")
         return LearnedStructure(source, kernels=kernels, notes=(
-            "no bn scales: alive channels from kernel norms (group lasso)",))
+            "no bn scales: alive channels from kernel norms (group lasso)", *notes))
     shapes, arrays = tensors.shapes, tensors.arrays
     if isinstance(arrays, FlatArrays) and graph.framework != "keras":
         names, sizes, starts, flat, missing, wrong = _gather_scales(tensors, bns)
@@ -552,7 +590,7 @@ def _match_gammas(graph: ChannelGraph, tensors: CheckpointTensors, source: str,
                         f"{', '.join(heapq.nsmallest(3, unknown))})")
     if problems:
         raise CheckpointMismatchError(f"{source}: does not fit {graph.name}: {'; '.join(problems)}")
-    return LearnedStructure(source, gammas=gammas)
+    return LearnedStructure(source, gammas=gammas, notes=notes)
 
 
 def _gather_scales(tensors: CheckpointTensors, bns: list[tuple[str, dict[str, Any]]]):

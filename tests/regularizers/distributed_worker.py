@@ -57,26 +57,32 @@ def gamma_grads(model: torch.nn.Module, names: tuple[str, ...]) -> dict[str, lis
     return out
 
 
-def run_ddp(rank: int, out: Path, record: dict) -> None:
+def early_logger(out: Path) -> tuple[torch.nn.Module, FlopsRegularizer, StructureLogger]:
+    """A model, its regularizer steered to half the seed's FLOPs, and its logger, all built
+    before the process group exists (as Lightning and the HF Trainer build callbacks)."""
+    model = fresh_model()
+    before = FlopsRegularizer(model, EXAMPLE, target=0.5, strength=STRENGTH, adapt_every=1)
+    return model, before, StructureLogger(before, out / "ddp_run", every=1)
+
+
+def run_ddp(rank: int, out: Path, record: dict, model, before, logger) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    model = fresh_model()
-    before = FlopsRegularizer(model, EXAMPLE)  # built on the plain model, then wrapped
-    ddp = DDP(model)
+    ddp = DDP(model)  # the regularizer was built on the plain model
     after = FlopsRegularizer(ddp, EXAMPLE)  # built on the wrapper
-    logger = StructureLogger(before, out / "ddp_run", every=1)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
-    losses = []
+    losses, strengths = [], []
     for step in range(2):
         x, y = batch(rank)
         reg_loss = before.loss()
-        loss = F.cross_entropy(ddp(x), y) + STRENGTH * reg_loss
+        loss = F.cross_entropy(ddp(x), y) + before.penalty()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(reg_loss.item())
         logger.step(step, loss=float(loss), metrics={"val_acc": 0.5})
-    record["ddp"] = {"reg_losses": losses, "after_loss": float(after.loss()),
+        strengths.append(before.strength)
+    record["ddp"] = {"reg_losses": losses, "strengths": strengths, "after_loss": float(after.loss()),
                      "names_before": list(before.plan.bn_names), "names_after": list(after.plan.bn_names),
                      "widths_keys": sorted(json.loads(after.widths_json())), "cost": before.cost()}
     if rank == 0:
@@ -125,10 +131,11 @@ def run_fsdp2(rank: int, record: dict) -> None:
 def worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     out_dir, record = Path(out), {"rank": rank}
+    model, regularizer, logger = early_logger(out_dir)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        run_ddp(rank, out_dir, record)
+        run_ddp(rank, out_dir, record, model, regularizer, logger)
         run_fsdp2(rank, record)
     finally:
         (out_dir / f"rank{rank}.json").write_text(json.dumps(record))

@@ -39,13 +39,17 @@ def test_ddp_loss_is_equal_on_every_rank_and_names_carry_no_prefix(run):
     assert first["compiled_names"] == first["names_before"]  # torch.compile wrapper: no _orig_mod.
 
 
-def test_ddp_logger_writes_one_set_of_files_from_rank_zero(run):
+def test_ddp_logger_built_before_the_process_group_writes_one_set_of_files_from_rank_zero(run):
     out, ranks = run
     run_dir = out / "ddp_run"
     assert sorted(p.name for p in run_dir.iterdir()) == ["alive_0", "alive_1", "cost.jsonl"]
     lines = [json.loads(line) for line in (run_dir / "cost.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1]  # one line per step, not one per rank
     assert lines[0]["val_acc"] == 0.5 and lines[0]["target"] == "flops"
+    # The strength steered to the target is the same on both ranks, and is what was logged.
+    first, second = (r["ddp"]["strengths"] for r in ranks)
+    assert first == second and [line["strength"] for line in lines] == first
+    assert first[0] != 1e-7  # the first update moved it (the seed's cost is above the budget)
     assert not any(k.startswith(PREFIXES) for k in json.loads((run_dir / "alive_1").read_text()))
 
 
