@@ -29,14 +29,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from morphscope.errors import MorphScopeError
 
 DEFAULT_ADAPT_EVERY = 10  # steps between strength updates
 DEFAULT_GAIN = 0.2
-DEFAULT_HORIZON = 100  # steps ahead the scores are extrapolated to
-VELOCITY_SMOOTHING = 0.5  # weight of the newest score change in the moving average
+DEFAULT_LEAD = 10.0  # updates ahead the cost's fall is counted (the derivative term)
 MAX_ERROR = 0.5  # |log(cost / budget)| counted at most: the step is at most gain * MAX_ERROR
 INITIAL_PENALTY = 0.1  # the starting strength makes strength * G(seed) this much of a unit loss
 
@@ -64,11 +61,9 @@ class StrengthController:
     log_strength: float
     every: int = DEFAULT_ADAPT_EVERY
     gain: float = DEFAULT_GAIN
-    horizon: int = DEFAULT_HORIZON
+    lead: float = DEFAULT_LEAD
     last_step: int | None = None
-    heading_cost: float | None = None
-    _scores: dict[str, np.ndarray] | None = None
-    _velocity: dict[str, np.ndarray] | None = None
+    last_cost: float | None = None
 
     @classmethod
     def for_target(cls, seed_cost: float, seed_penalty: float, target: float | None = None,
@@ -110,25 +105,12 @@ class StrengthController:
         both ask at one step)."""
         return step % self.every == 0 and step != self.last_step
 
-    def heading(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Where the scores (|gamma|) are heading: each one moved ``horizon`` steps along its
-        smoothed change per step since the last update (itself at the first update)."""
-        scores = {name: np.abs(np.asarray(v, dtype=np.float64)) for name, v in scores.items()}
-        if self._scores is not None:
-            change = {n: (v - self._scores[n]) / self.every for n, v in scores.items()}
-            self._velocity = change if self._velocity is None else {
-                n: VELOCITY_SMOOTHING * c + (1 - VELOCITY_SMOOTHING) * self._velocity[n] for n, c in change.items()}
-        self._scores = scores
-        if self._velocity is None:
-            return scores
-        return {n: np.maximum(v + self.horizon * self._velocity[n], 0.0) for n, v in scores.items()}
-
-    def update(self, cost: float, heading_cost: float, step: int) -> float:
-        """Move the strength at ``step`` for the alive ``cost`` now and the ``heading_cost``
-        (the alive cost of :meth:`heading`'s scores); the new strength. Above the budget the
-        strength rises only while the heading cost is above it too (channels already on their
-        way out are waited for); below it, it falls."""
-        self.last_step, self.heading_cost = step, heading_cost
-        error = math.log(max(min(cost, heading_cost), 1e-300) / self.budget)
+    def update(self, cost: float, step: int) -> float:
+        """Move the strength at ``step`` for the alive ``cost`` now; the new strength."""
+        log_cost = math.log(max(cost, 1e-300))
+        error = log_cost - math.log(self.budget)
+        if self.last_cost is not None:  # the lead: the fall since the last update, ``lead`` times
+            error += self.lead * (log_cost - math.log(max(self.last_cost, 1e-300)))
+        self.last_step, self.last_cost = step, cost
         self.log_strength += self.gain * max(-MAX_ERROR, min(MAX_ERROR, error))
         return self.strength

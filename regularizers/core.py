@@ -319,8 +319,7 @@ class Strength:
         """With a target, every ``adapt_every`` steps: move the strength for the alive cost
         now (call it once per step, on every rank; the callbacks do). The strength."""
         if self.controller is not None and self.controller.due(step):
-            heading = self.plan.alive_widths(self.controller.heading(self.gammas()), self.threshold)
-            self._assign_strength(self.controller.update(self.cost(), self.plan.cost(heading), step))
+            self._assign_strength(self.controller.update(self.cost(), step))
         return self.strength
 
 
