@@ -85,23 +85,37 @@ def thin_indices(n: int, max_points: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
 
 
+# What StructureLogger itself records in each cost.jsonl line; anything else is a user metric.
+LOGGER_FIELDS = ("step", "target", "cost", "loss", "strength", "budget")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
 def metric_names(log: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Numeric quantities the log records besides step, target, cost and loss (user metrics)."""
+    """Numeric quantities the log records besides the logger's own fields (user metrics)."""
     names: dict[str, None] = {}
     for record in log:
         for key, value in record.items():
-            if key not in ("step", "target", "cost", "loss") and isinstance(value, (int, float)) \
-                    and not isinstance(value, bool):
+            if key not in LOGGER_FIELDS and _number(value):
                 names.setdefault(key)
     return list(names)
+
+
+def logged_series(log: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of the records holding a finite number under ``key`` (e.g. the
+    strength a targeted regularizer steered), in log order."""
+    pairs = [(record["step"], float(record[key])) for record in log
+             if _number(record.get(key)) and _number(record.get("step"))]
+    return (np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.float64))
 
 
 def final_metric(log: Sequence[Mapping[str, Any]], metric: str) -> float | None:
     """The last finite value the log records for ``metric``, or None."""
     for record in reversed(log):
-        value = record.get(metric)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-            return float(value)
+        if _number(record.get(metric)):
+            return float(record[metric])
     return None
 
 

@@ -149,18 +149,37 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
 
 def run_costs(series: dict[str, dict[str, Any]], selected: dict[str, int]) -> go.Figure:
     """Each run's target cost against step, as a share of the seed's cost; a marker at each
-    run's selected step. ``series``: label -> ``steps``, ``share`` (drawn points), ``target``."""
+    run's selected step and, for a run steered to a budget, the budget as a dashed line.
+    ``series``: label -> ``steps``, ``share`` (drawn points), ``target``, optional
+    ``budget_share``."""
     fig = _figure()
     for color, (label, run) in zip(PALETTE, series.items()):
         fig.add_scatter(x=run["steps"], y=[100 * v for v in run["share"]], mode="lines",
                         name=f"{label} ({run['target']})", line={"color": color},
                         hovertemplate="step %{x:,}<br>%{y:.1f}% of the seed's " + run["target"] + "<extra></extra>")
+        if run.get("budget_share") is not None:
+            fig.add_scatter(x=[run["steps"][0], run["steps"][-1]], y=[100 * run["budget_share"]] * 2,
+                            mode="lines", line={"color": color, "dash": "dash"}, name=f"{label}: budget",
+                            hovertemplate=f"{label}: budget %{{y:.1f}}% of the seed's {run['target']}<extra></extra>")
         if label in selected:
             fig.add_scatter(x=[selected[label]], y=[100 * run["selected_share"]], mode="markers",
                             marker={"color": color, "size": 11, "symbol": "diamond"}, showlegend=False,
                             hovertemplate=f"{label}: selected step %{{x:,}}<extra></extra>")
     _axis_titles(fig, "training step", "target cost (% of seed)")
     fig.update_layout(margin={"t": 30, "b": 10}, height=320, legend={"orientation": "h", "y": -0.35})
+    return fig
+
+
+def run_strengths(strengths: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.Figure:
+    """The strength each run's regularizer used against step (log scale): the trace of a run
+    steered to a target. ``strengths``: label -> (steps, strengths)."""
+    fig = _figure()
+    for color, (label, (steps, values)) in zip(PALETTE, strengths.items()):
+        fig.add_scatter(x=steps, y=values, mode="lines", name=label, line={"color": color},
+                        hovertemplate="step %{x:,}<br>strength %{y:.3g}<extra></extra>")
+    fig.update_yaxes(type="log")
+    _axis_titles(fig, "training step", "regularizer strength (log)")
+    fig.update_layout(margin={"t": 30, "b": 10}, height=280, legend={"orientation": "h", "y": -0.4})
     return fig
 
 

@@ -34,6 +34,7 @@ from morphscope.errors import MorphScopeError
 DEFAULT_ADAPT_EVERY = 10  # steps between strength updates
 DEFAULT_GAIN = 0.2
 DEFAULT_LEAD = 10.0  # updates ahead the cost's fall is counted (the derivative term)
+DEFAULT_FALL = 5.0  # the strength falls this many times faster than it rises
 MAX_ERROR = 0.5  # |log(cost / budget)| counted at most: the step is at most gain * MAX_ERROR
 INITIAL_PENALTY = 0.1  # the starting strength makes strength * G(seed) this much of a unit loss
 
@@ -62,6 +63,7 @@ class StrengthController:
     every: int = DEFAULT_ADAPT_EVERY
     gain: float = DEFAULT_GAIN
     lead: float = DEFAULT_LEAD
+    fall: float = DEFAULT_FALL
     last_step: int | None = None
     last_cost: float | None = None
 
@@ -112,5 +114,6 @@ class StrengthController:
         if self.last_cost is not None:  # the lead: the fall since the last update, ``lead`` times
             error += self.lead * (log_cost - math.log(max(self.last_cost, 1e-300)))
         self.last_step, self.last_cost = step, cost
-        self.log_strength += self.gain * max(-MAX_ERROR, min(MAX_ERROR, error))
+        gain = self.gain if error > 0.0 else self.gain * self.fall
+        self.log_strength += gain * max(-MAX_ERROR, min(MAX_ERROR, error))
         return self.strength

@@ -50,11 +50,11 @@ def runs_section(graph: Any, model: Any, graph_key: str, runs: list[tuple[Any, s
                  hardware: Any) -> list[tuple[str, dict[str, Any]]]:
     """Draw the runs and return the structure at each run's selected step, labelled with the
     run's name."""
-    from morphscope.analyzers.runs import costs_per_step, log_target, thin_indices
+    from morphscope.analyzers.runs import costs_per_step, final_metric, log_target, logged_series, thin_indices
 
     st.subheader("Training runs")
     seed = model.totals(model.seed_widths, hardware)
-    structures, series, selected, drawn_runs = [], {}, {}, []
+    structures, series, selected, drawn_runs, strengths = [], {}, {}, [], {}
     for run, key in runs:
         try:
             steps = cache.run_steps(graph, model, graph_key, run, key)
@@ -67,13 +67,19 @@ def runs_section(graph: Any, model: Any, graph_key: str, runs: list[tuple[Any, s
         if cost_key not in costs:  # a log naming a resource we do not count: show FLOPs
             target, cost_key = "flops", "flops"
         share = costs[cost_key] / max(seed[cost_key], 1e-30)
+        budget = final_metric(run.log, "budget") if target == log_target(run.log) else None
         step = st.select_slider(f"{run.name}: step", options=list(run.steps), value=run.steps[-1],
                                 key=state.RUN_STEP_PREFIX + run.name,
                                 help="This step's structure is used by the rest of the page")
         i = run.steps.index(step)
         drawn = thin_indices(len(run.steps), MAX_DRAWN_STEPS)
         series[run.name] = {"steps": np.asarray(run.steps)[drawn], "share": share[drawn], "target": target,
-                            "selected_share": float(share[i]), "final_share": float(share[-1])}
+                            "selected_share": float(share[i]), "final_share": float(share[-1]),
+                            "budget_share": None if budget is None else budget / max(seed[cost_key], 1e-30)}
+        strength_steps, strength = logged_series(run.log, "strength")
+        if strength_steps.size:
+            drawn_strength = thin_indices(strength_steps.size, MAX_DRAWN_STEPS)
+            strengths[run.name] = (strength_steps[drawn_strength], strength[drawn_strength])
         selected[run.name] = step
         drawn_runs.append((run, steps, drawn, step))
         structures.append((run.name,  # a stable label: choices keyed by it survive step moves
@@ -82,6 +88,8 @@ def runs_section(graph: Any, model: Any, graph_key: str, runs: list[tuple[Any, s
     if not series:
         return structures
     st.plotly_chart(figures.run_costs(series, selected), key="run_costs")
+    if strengths:
+        st.plotly_chart(figures.run_strengths(strengths), key="run_strengths")
     for number, (run, steps, drawn, step) in enumerate(drawn_runs):
         st.plotly_chart(figures.run_heatmap(run.name, np.asarray(run.steps)[drawn], steps["layers"],
                                             steps["shares"][:, drawn], step), key=f"run_heatmap_{number}")

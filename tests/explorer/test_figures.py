@@ -31,7 +31,7 @@ def _tradeoff(y):
 
 def _run_costs():
     return figures.run_costs({"r": {"steps": [0, 1], "share": [1.0, 0.5], "target": "flops",
-                                    "selected_share": 0.5}}, {"r": 1})
+                                    "selected_share": 0.5, "budget_share": 0.5}}, {"r": 1})
 
 
 def _heatmap():
@@ -59,6 +59,8 @@ CHARTS = {
                          "latency (s, predicted: V100 roofline) (log)"),
     "run_costs": (_run_costs, "training step", "target cost (% of seed)"),
     "run_heatmap": (_heatmap, "training step", "layer (input to output)"),
+    "run_strengths": (lambda: figures.run_strengths({"r": (np.array([0, 10]), np.array([1e-9, 2e-9]))}),
+                      "training step", "regularizer strength (log)"),
     "sweep_scatter": (_sweep_scatter, "final cost in each run's own target (% of the seed's; target in the label)",
                       "val_accuracy"),
     "width_sweep": (_width_sweep, "FLOPs per inference", "test accuracy (mean +- std)"),
@@ -77,5 +79,5 @@ def test_every_figure_builder_is_covered():
     public = {name for name in vars(figures) if callable(getattr(figures, name)) and not name.startswith("_")
               and getattr(getattr(figures, name), "__module__", "") == figures.__name__}
     covered = {"width_bars", "kept_by_resolution", "gamma_histogram", "tradeoff_figure", "run_costs",
-               "run_heatmap", "sweep_scatter", "width_sweep"}
+               "run_heatmap", "run_strengths", "sweep_scatter", "width_sweep"}
     assert public == covered

@@ -80,6 +80,28 @@ def run_zip(runs):
     return buffer.getvalue()
 
 
+def test_a_run_steered_to_a_budget_shows_its_budget_and_strength_trace():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for step in (0, 10, 20):
+            archive.writestr(f"steered/alive_{step}", json.dumps(SEED))
+        # Budget: half the example seed's 27,810,552 FLOPs (the README's table).
+        archive.writestr("steered/cost.jsonl", "".join(
+            json.dumps({"step": s, "target": "flops", "cost": 27810552.0, "loss": 0.5, "strength": v,
+                        "budget": 13905276.0}) + "\n" for s, v in ((0, 1e-9), (10, 2e-9), (20, 1.5e-9))))
+    at = run_app()
+    at.sidebar.file_uploader(key="run_uploads").upload("target.zip", buffer.getvalue()).run()
+    assert not at.exception and not at.error
+    [trace] = figure(at, "run_strengths")["data"]
+    assert trace["x"] == [0, 10, 20] and trace["y"] == [1e-9, 2e-9, 1.5e-9]
+    budget = [t for t in figure(at, "run_costs")["data"] if t.get("name", "").endswith(": budget")]
+    assert [t["y"] for t in budget] == [[50.0, 50.0]]
+    # The logger's own fields are not offered as user metrics for the sweep chart.
+    from morphscope.analyzers.runs import metric_names
+
+    assert metric_names([{"step": 0, "strength": 1e-9, "budget": 5.0, "val_accuracy": 0.9}]) == ["val_accuracy"]
+
+
 def test_runs_view_steps_drive_the_page(example):
     graph, model, _ = example
     small = {**SEED, "res2.conv1.0": 40, "inception.branch1.0": 8}
