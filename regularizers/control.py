@@ -33,7 +33,7 @@ from morphscope.errors import MorphScopeError
 
 DEFAULT_ADAPT_EVERY = 10  # steps between strength updates
 DEFAULT_GAIN = 0.2
-DEFAULT_LEAD = 10.0  # updates ahead the cost's fall is counted (the derivative term)
+DEFAULT_LEAD = 15.0  # updates ahead the cost's fall is counted (the derivative term)
 DEFAULT_FALL = 5.0  # the strength falls this many times faster than it rises
 MAX_ERROR = 0.5  # |log(cost / budget)| counted at most: the step is at most gain * MAX_ERROR
 INITIAL_PENALTY = 0.1  # the starting strength makes strength * G(seed) this much of a unit loss

@@ -113,12 +113,15 @@ def run_fsdp2(rank: int, record: dict) -> None:
     except MorphScopeError as err:
         after_error = str(err)
     after_loss = float(FlopsRegularizer(model, graph=before.graph).loss())  # built after sharding
+    steered = FlopsRegularizer(model, graph=before.graph, target=0.5, adapt_every=1)  # gathers: collective
+    single_steered = FlopsRegularizer(fresh_model(), EXAMPLE, target=0.5, adapt_every=1)
     loss = before.loss()
     loss.backward()
     x, y = batch(rank)
     train_loss = F.cross_entropy(model(x), y) + STRENGTH * before.loss()
     train_loss.backward()
     record["fsdp2"] = {"single_loss": float(single.loss()), "loss": float(loss), "after_loss": after_loss,
+                       "strength": steered.adapt(0), "single_strength": single_steered.adapt(0),
                        "after_error": after_error, "local_gamma_channels": local,
                        "single_cost": single.cost(), "cost": before.cost(),
                        "single_grads": gamma_grads(reference, single.plan.bn_names),

@@ -62,6 +62,9 @@ def test_fsdp2_loss_and_gradients_equal_the_single_process_values(run):
         assert record["after_loss"] == pytest.approx(record["single_loss"], rel=1e-6)
         assert record["cost"] == record["single_cost"]
         assert record["train_loss_finite"]
+        # A strength steered to a target: the first update, from the gathered gammas, is the
+        # single process's on every rank.
+        assert record["strength"] == pytest.approx(record["single_strength"], rel=1e-9)
         for bn, grad in record["single_grads"].items():
             np.testing.assert_allclose(record["grads"][bn], grad, rtol=1e-6, err_msg=bn)
     assert [r["fsdp2"]["local_gamma_channels"] for r in ranks] == [7, 6]

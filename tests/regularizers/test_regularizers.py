@@ -279,3 +279,31 @@ def test_keras_own_train_step_without_compute_loss_is_refused_in_one_line():
                                               r"calls self.compute_loss.*reg.penalty\(\)") as err:
         model.fit(x, np.zeros(4), batch_size=4, epochs=1, verbose=0)
     assert "\n" not in str(err.value)
+
+
+def test_keras_target_steers_the_strength_that_the_compiled_fit_reads(tmp_path):
+    import json
+
+    from morphscope.regularizers.keras_regularizer import KerasFlopsRegularizer, keras_structure_logger
+
+    module = handbuilt.keras_residual_net()
+    reg = KerasFlopsRegularizer(module, target=0.5, adapt_every=1)
+    first = reg.strength
+    assert first == pytest.approx(0.1 / reg.loss_value(), rel=1e-6)  # strength x G(seed) = 0.1
+    module.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    reg.attach(module)
+    x = np.random.default_rng(0).normal(size=(8, H, W, 3)).astype("float32")
+    y = np.arange(8) % 5
+    module.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[keras_structure_logger(reg, tmp_path, every=1)])
+    lines = [json.loads(line) for line in (tmp_path / "cost.jsonl").read_text().splitlines()]
+    # Two batches: the seed's cost is twice the budget, so each update raises the strength by
+    # exp(0.2 x 0.5) (the error clipped to 0.5), unless the lead sees the cost falling.
+    assert [line["step"] for line in lines] == [0, 1]
+    assert lines[0]["strength"] == pytest.approx(first * np.exp(0.1), rel=1e-6)
+    assert lines[0]["budget"] == pytest.approx(lines[0]["cost"] / 2)
+    # The traced step reads the variable: the loss now carries the current strength.
+    y_pred = module(x)
+    plain = float(module._morphscope_task_loss(x, y, y_pred))
+    assert float(module.compute_loss(x, y, y_pred)) == pytest.approx(plain + reg.strength * reg.loss_value(), rel=1e-5)
+    with pytest.raises(Exception, match="steers its strength to a target; attach it without strength="):
+        reg.attach(module, strength=1e-7)
