@@ -24,15 +24,17 @@ import gzip
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from morphscope.regularizers.torch_regularizer import FlopsRegularizer, StructureLogger
+from morphscope.regularizers.torch_regularizer import FlopsRegularizer, LatencyRegularizer, StructureLogger
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
+REGULARIZERS = {"flops": FlopsRegularizer, "latency": LatencyRegularizer}
 
 
 def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,14 +86,17 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return right / len(x)
 
 
-def run(target: float, epochs: int, train, test, out: Path | None) -> dict:
+def run(target: float, epochs: int, train, test, out: Path | None, resource: str = "flops",
+        hardware: Any = "V100") -> tuple[dict, nn.Module, Any]:
+    """Train one run steered to ``target`` x the seed's ``resource``; its result, the trained
+    model and the regularizer."""
     torch.manual_seed(0)
     model = SeedCNN()
-    reg = FlopsRegularizer(model, train[0][:1], target=target)
+    reg = REGULARIZERS[resource](model, train[0][:1], hardware=hardware, target=target)
     scales = [p for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in (m.weight,)]
     others = [p for p in model.parameters() if all(p is not s for s in scales)]
     optimizer = torch.optim.Adam([{"params": others}, {"params": scales, "lr": 1e-2}], lr=1e-3)
-    logger = StructureLogger(reg, out / f"target_{target}", every=100) if out else None
+    logger = StructureLogger(reg, out / f"{resource}_{target}", every=100) if out else None
     x, y = train
     step, trace, start = 0, [], time.perf_counter()
     for epoch in range(epochs):
@@ -108,18 +113,18 @@ def run(target: float, epochs: int, train, test, out: Path | None) -> dict:
                 reg.adapt(step)
             if step % 100 == 0:
                 trace.append({"step": step, "strength": reg.strength, "cost_share": reg.cost() / reg.controller.seed_cost})
-                print(f"  target {target}: step {step:5d}  strength {reg.strength:.3g}  "
-                      f"alive FLOPs {trace[-1]['cost_share']:.3f} of the seed's", flush=True)
+                print(f"  {resource} target {target}: step {step:5d}  strength {reg.strength:.3g}  "
+                      f"alive {resource} {trace[-1]['cost_share']:.3f} of the seed's", flush=True)
             step += 1
     final = reg.cost()
-    result = {"target": target, "seed_flops": reg.controller.seed_cost, "budget_flops": reg.controller.budget,
-              "final_flops": final, "final_share": final / reg.controller.seed_cost,
+    result = {"resource": resource, "target": target, "seed_cost": reg.controller.seed_cost,
+              "budget": reg.controller.budget, "final_cost": final, "final_share": final / reg.controller.seed_cost,
               "error_vs_budget": final / reg.controller.budget - 1.0, "test_accuracy": accuracy(model, *test),
               "steps": step, "seconds": time.perf_counter() - start, "trace": trace}
-    print(f"target {target}: final {result['final_share']:.3f} of the seed's FLOPs "
+    print(f"{resource} target {target}: final {result['final_share']:.3f} of the seed's {resource} "
           f"({100 * result['error_vs_budget']:+.1f}% vs the budget), test accuracy "
           f"{result['test_accuracy']:.4f}, {result['seconds']:.0f} s", flush=True)
-    return result
+    return result, model, reg
 
 
 def main() -> None:
@@ -131,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, test = load("train"), load("test")
-    results = [run(t, args.epochs, train, test, args.out) for t in args.targets]
+    results = [run(t, args.epochs, train, test, args.out)[0] for t in args.targets]
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))

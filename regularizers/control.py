@@ -4,19 +4,23 @@ Picking a strength by hand means a sweep (morph-net issues #103, #105, #146: whi
 reaches my budget?). With ``target=`` (a fraction of the seed's cost) or ``budget=`` (an
 absolute cost in the resource's unit) the regularizer owns its strength and
 :class:`StrengthController` moves it every ``every`` steps from the alive cost the regularizer
-already computes: an integral controller on the log of the strength,
+already computes, on the log of the strength::
 
-    log s <- log s + gain * clip(log(cost / budget), -max_error, max_error)
+    log s <- log s + g * clip(log(cost / budget) + lead * trend, -max_error, max_error)
 
-so the strength grows while the alive cost is above the budget, shrinks while it is below
-(channels whose task gradient beats the smaller penalty come back), and settles where the
-cost meets the budget. The step is bounded (``gain * max_error`` per update, ~2.5% by
-default), which is how the optimizer's delay is handled: a channel dies only once its scale
-has travelled to the threshold (with Adam about |gamma| / lr steps, since Adam's step is ~lr
-whatever the gradient), and during that delay the alive cost does not move; an unbounded
-controller would wind the strength up and then kill far more than the budget asks. With the
-bounded step the strength grows at most ``exp(gain * max_error)`` per update, and it
-decreases again as soon as the cost falls below the budget.
+``trend`` is a moving average of the change of log cost per update; ``g`` is ``gain`` above
+the budget and ``gain * fall`` below it. The first term is an integral controller: the
+strength grows while the alive cost is above the budget. The second is a lead: once channels
+die fast enough to reach the budget within about ``lead`` updates, the strength stops growing
+(or shrinks), because the channels already on their way out would otherwise overshoot.
+Below the budget the strength falls fast: a channel that died rarely comes back (its ReLU
+goes quiet once the bn shift turns negative), so an overshoot stays.
+
+The optimizer's delay: a channel dies only once its scale has travelled to the threshold
+(with Adam about |gamma| / lr steps, since Adam's step is ~lr whatever the gradient). During
+that delay the alive cost does not move and the strength grows by at most
+``exp(gain * max_error)`` per update; the lead brakes as soon as the cost starts to fall.
+A higher learning rate on the bn scales shortens the delay (bench/bench_strength_target.py).
 
 Everything here is plain numbers: every rank of a DDP/FSDP job sees the same gammas (equal
 parameters; FSDP2's are gathered), so the same alive cost and the same strength, with no
@@ -34,7 +38,8 @@ from morphscope.errors import MorphScopeError
 DEFAULT_ADAPT_EVERY = 10  # steps between strength updates
 DEFAULT_GAIN = 0.2
 DEFAULT_LEAD = 15.0  # updates ahead the cost's fall is counted (the derivative term)
-DEFAULT_FALL = 5.0  # the strength falls this many times faster than it rises
+DEFAULT_FALL = 5.0  # below the budget, the strength falls this many times faster than it rises
+SMOOTHING = 0.2  # weight of the newest change of log cost in the trend (a moving average)
 MAX_ERROR = 0.5  # |log(cost / budget)| counted at most: the step is at most gain * MAX_ERROR
 INITIAL_PENALTY = 0.1  # the starting strength makes strength * G(seed) this much of a unit loss
 
@@ -66,6 +71,7 @@ class StrengthController:
     fall: float = DEFAULT_FALL
     last_step: int | None = None
     last_cost: float | None = None
+    trend: float = 0.0
 
     @classmethod
     def for_target(cls, seed_cost: float, seed_penalty: float, target: float | None = None,
@@ -111,9 +117,10 @@ class StrengthController:
         """Move the strength at ``step`` for the alive ``cost`` now; the new strength."""
         log_cost = math.log(max(cost, 1e-300))
         error = log_cost - math.log(self.budget)
-        if self.last_cost is not None:  # the lead: the fall since the last update, ``lead`` times
-            error += self.lead * (log_cost - math.log(max(self.last_cost, 1e-300)))
+        if self.last_cost is not None:  # the lead: the smoothed fall per update, ``lead`` times
+            change = log_cost - math.log(max(self.last_cost, 1e-300))
+            self.trend += SMOOTHING * (change - self.trend)
         self.last_step, self.last_cost = step, cost
-        gain = self.gain if error > 0.0 else self.gain * self.fall
-        self.log_strength += gain * max(-MAX_ERROR, min(MAX_ERROR, error))
+        gain = self.gain * (self.fall if error < 0.0 else 1.0)
+        self.log_strength += gain * max(-MAX_ERROR, min(MAX_ERROR, error + self.lead * self.trend))
         return self.strength

@@ -43,15 +43,18 @@ def test_bad_settings_are_refused_in_one_line(kwargs, message):
 
 def test_update_is_the_integral_with_lead_on_log_strength():
     controller = StrengthController(budget=100.0, seed_cost=400.0, log_strength=0.0, every=10)
-    # First update, cost 200: error log 2 = 0.693, clipped to 0.5; rises with gain 0.2.
-    assert controller.update(200.0, step=0) == pytest.approx(math.exp(0.2 * 0.5))
-    # Cost 190: error log 1.9 + 15 x log(190 / 200) = 0.6419 - 0.7694 = -0.1275 (falling fast
-    # enough to reach the budget within the lead): falls with gain 0.2 x 5.
-    assert controller.update(190.0, step=10) == pytest.approx(math.exp(0.1 - 1.0 * 0.12750), rel=1e-4)
-    # Cost 150: error log 1.5 + 15 x log(150 / 190) = 0.4055 - 3.5459, clipped to -0.5.
-    assert controller.update(150.0, step=20) == pytest.approx(math.exp(0.1 - 0.12750 - 0.5), rel=1e-4)
-    # Cost 150 again: error log 1.5 = 0.4055 (not falling now): rises by 0.2 x 0.4055.
-    assert controller.update(150.0, step=30) == pytest.approx(math.exp(0.1 - 0.12750 - 0.5 + 0.0811), rel=1e-4)
+    # First update, cost 200: error log 2 = 0.6931, no trend yet; clipped to 0.5, gain 0.2.
+    assert controller.update(200.0, step=0) == pytest.approx(math.exp(0.1))
+    # Cost 190: trend 0.2 x log(190/200) = -0.0102587; log 1.9 + 15 x trend = 0.641854 - 0.153880
+    # = 0.487974, gain 0.2 (above the budget): +0.0975947.
+    assert controller.update(190.0, step=10) == pytest.approx(math.exp(0.1975947), rel=1e-6)
+    # Cost 150: trend -0.0102587 + 0.2 x (log(150/190) + 0.0102587) = -0.0554848;
+    # log 1.5 + 15 x trend = 0.405465 - 0.832272 = -0.426807: falling fast enough, the strength
+    # falls, still at gain 0.2 above the budget: -0.0853614.
+    assert controller.update(150.0, step=20) == pytest.approx(math.exp(0.1122333), rel=1e-6)
+    # Cost 90, below the budget: trend -0.1465531, log 0.9 + 15 x trend = -2.3037, clipped to
+    # -0.5, gain 0.2 x 5.
+    assert controller.update(90.0, step=30) == pytest.approx(math.exp(-0.3877667), rel=1e-6)
     assert controller.due(40) and not controller.due(30) and not controller.due(45)
 
 

@@ -1,0 +1,89 @@
+"""Latency-regularized against FLOP-regularized training on Fashion-MNIST, both measured on this CPU.
+
+1. Profiles this CPU (``morphscope.profile``: one thread, batch 1), or reads ``--profile FILE``.
+2. Trains the Fashion-MNIST CNN of ``bench_strength_target.py`` steered to each of
+   ``--targets`` x the seed's FLOPs (``FlopsRegularizer``) and x the seed's latency predicted
+   by that profile (``LatencyRegularizer(hardware=profile)``), in ``--jobs`` processes.
+3. Rebuilds each learned (alive) structure and times it against the seed
+   (``morphscope.measure``: one thread, batch 1, median of 50 calls after warm-up), with its
+   FLOPs, parameters, predicted latency and the test accuracy of the regularized network.
+
+Prints one table, and for each latency run the FLOP runs' measured latency at its FLOPs and at
+its accuracy (linear interpolation between FLOP runs). Timing runs after all training, alone.
+
+    python bench/bench_latency_training.py [--targets 0.3 0.5 0.7] [--epochs 2] [--jobs 3]
+        [--profile FILE.json] [--out FOLDER]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import morphscope
+from bench_strength_target import SeedCNN, load, run
+from morphscope.analyzers.hardware import load_profile
+
+
+def train_one(job: tuple[str, float, int, str, str]) -> dict:
+    resource, target, epochs, profile_path, out = job
+    torch.set_num_threads(1)
+    train, test = load("train"), load("test")
+    hardware = load_profile(profile_path) if resource == "latency" else "V100"
+    result, model, reg = run(target, epochs, train, test, Path(out), resource, hardware)
+    result["state_dict"] = model.state_dict()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=3)
+    parser.add_argument("--profile", type=Path, help="a profile JSON (default: profile this CPU now)")
+    parser.add_argument("--out", type=Path, default=Path("latency_training"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    profile_path = args.profile or args.out / "cpu_profile.json"
+    if args.profile is None:
+        print("profiling this CPU (1 thread, batch 1) ...", flush=True)
+        morphscope.profile("this-cpu", batch=1, threads=1, out=profile_path)
+    profile = load_profile(profile_path)
+    jobs = [(resource, t, args.epochs, str(profile_path), str(args.out))
+            for resource in ("flops", "latency") for t in args.targets]
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        results = pool.map(train_one, jobs)
+    torch.set_num_threads(1)
+    example = torch.zeros(1, 1, 28, 28)
+    rows = []
+    for result in results:
+        structure = result.pop("state_dict")
+        timed = morphscope.measure(SeedCNN(), structure, batch=1, threads=1, runs=50, hardware=profile,
+                                   example_input=example)
+        report = morphscope.report(SeedCNN(), structure, example_input=example)["morphed"][0]
+        rows.append({**result, "flops": report["alive"]["flops"], "params": report["alive"]["params"],
+                     "predicted_s": timed["morphed"]["predicted_s"], "measured_s": timed["morphed"]["measured_s"],
+                     "seed_measured_s": timed["seed"]["measured_s"], "speedup": timed["speedup_measured"]})
+    print(f"\n{'run':<14}{'FLOPs':>12}{'params':>9}{'predicted':>11}{'measured':>11}{'speedup':>9}{'accuracy':>10}")
+    for r in rows:
+        print(f"{r['resource'] + ' ' + str(r['target']):<14}{r['flops']:>12,.0f}{r['params']:>9,}"
+              f"{1e6 * r['predicted_s']:>9.1f}us{1e6 * r['measured_s']:>9.1f}us{r['speedup']:>8.2f}x"
+              f"{r['test_accuracy']:>10.4f}")
+    flop_runs = sorted((r for r in rows if r["resource"] == "flops"), key=lambda r: r["flops"])
+    for r in (r for r in rows if r["resource"] == "latency"):
+        at_flops = np.interp(r["flops"], [f["flops"] for f in flop_runs], [f["measured_s"] for f in flop_runs])
+        by_accuracy = sorted(flop_runs, key=lambda f: f["test_accuracy"])
+        at_accuracy = np.interp(r["test_accuracy"], [f["test_accuracy"] for f in by_accuracy],
+                                [f["measured_s"] for f in by_accuracy])
+        print(f"latency {r['target']}: measured {1e6 * r['measured_s']:.1f} us; FLOP runs at its FLOPs "
+              f"{1e6 * at_flops:.1f} us, at its accuracy {1e6 * at_accuracy:.1f} us (interpolated)")
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
