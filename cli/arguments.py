@@ -1,9 +1,9 @@
 """Command-line values checked where they are parsed: one line and exit status 2 for a bad one.
 
 argparse calls the ``*_value`` functions below as option types; an ``ArgumentTypeError``
-becomes ``morphscope CMD: error: argument --threshold: ...``. Values that only the model can
-judge (an input shape against the model's strides) are checked by :func:`check_input_shape`
-once the model is imported.
+becomes ``morphscope CMD: error: argument --threshold: ...``. An input shape is checked
+against the memory limit by :func:`check_input_memory` before the model is built, and against
+the model's strides and activations by :func:`check_input_shape` once it is imported.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable, NoReturn, Sequence
 
 from morphscope.errors import GraphError
 from morphscope.graph import ChannelGraph
-from morphscope.importers.limits import DEFAULT_LIMITS, Limits
+from morphscope.importers.limits import DEFAULT_LIMITS, LIMIT_CEILINGS, Limits
 from morphscope.units import human_bytes
 
 MAX_MULTIPLIER = 100.0  # a width multiplier above this is a typo, not a design (1e4x the MACs)
@@ -78,7 +78,10 @@ def _bounded(what: str, low: float, low_inclusive: bool, high: float = math.inf)
 
 
 threshold_value = _bounded("a threshold on |gamma|", 0.0, low_inclusive=True)
-_limit_value = _bounded("a parse limit", 0.0, low_inclusive=False)
+_memory_gb_value = _bounded("a parse limit", 0.0, low_inclusive=False,
+                            high=LIMIT_CEILINGS["max_memory_bytes"] / 2**30)
+_cpu_seconds_value = _bounded("a parse limit", 0.0, low_inclusive=False, high=LIMIT_CEILINGS["max_cpu_s"])
+_wall_seconds_value = _bounded("a parse limit", 0.0, low_inclusive=False, high=LIMIT_CEILINGS["max_wall_s"])
 multiplier_value = _bounded("a width multiplier", 0.0, low_inclusive=False, high=MAX_MULTIPLIER)
 budget_value = _bounded("a budget", 0.0, low_inclusive=False)
 def hardware_value(text: str) -> str:
@@ -134,9 +137,30 @@ def input_shape_value(text: str) -> tuple[int, ...]:
     return shape
 
 
-def check_input_shape(graph: ChannelGraph, requested: tuple[int, ...]) -> None:
-    """Refuse an ``--input-shape`` the model was not captured at, or one too small for its
-    strides (a strided op that gets fewer pixels than its stride).
+FLOAT32_BYTES = 4  # zoo models are built, run and exported in float32
+
+
+def check_input_memory(requested: tuple[int, ...], limits: Limits) -> None:
+    """Refuse an ``--input-shape`` whose one float32 image alone exceeds the memory limit,
+    before the model is built (torch cannot even describe 3x4294967296x4294967296).
+
+    Raises
+    ------
+    GraphError
+        One line naming the shape, its size and the limit.
+    """
+    image_bytes = math.prod(requested) * FLOAT32_BYTES
+    if image_bytes > limits.max_memory_bytes:
+        raise GraphError(f"--input-shape {','.join(map(str, requested))}: one float32 image is "
+                         f"{human_bytes(image_bytes)}, over the {human_bytes(limits.max_memory_bytes)} "
+                         "memory limit (--max-memory-gb); use a smaller H,W")
+
+
+def check_input_shape(graph: ChannelGraph, requested: tuple[int, ...], limits: Limits) -> None:
+    """Refuse an ``--input-shape`` the model was not captured at, one too small for its
+    strides (a strided op that gets fewer pixels than its stride), or one at which an op's
+    float32 output (one image) exceeds the memory limit (running or exporting the model
+    would allocate it).
 
     Raises
     ------
@@ -154,18 +178,26 @@ def check_input_shape(graph: ChannelGraph, requested: tuple[int, ...]) -> None:
             raise GraphError(f"--input-shape {shape} is too small for {graph.name}: {name} "
                              f"(stride {'x'.join(map(str, stride))}) gets a "
                              f"{'x'.join(map(str, spatial))} map; use a larger H,W")
+    for name, attrs in graph.ops():
+        channels, spatial = attrs.get("out_channels") or 0, attrs.get("out_spatial") or ()
+        output_bytes = channels * math.prod(spatial) * FLOAT32_BYTES
+        if output_bytes > limits.max_memory_bytes:
+            raise GraphError(f"--input-shape {shape} is too large for {graph.name}: {name} outputs "
+                             f"{channels}x{'x'.join(map(str, spatial))} ({human_bytes(output_bytes)} "
+                             f"in float32), over the {human_bytes(limits.max_memory_bytes)} memory "
+                             "limit (--max-memory-gb); use a smaller H,W")
 
 
 def limit_arguments(parser: argparse.ArgumentParser) -> None:
     """``--max-memory-gb``, ``--max-cpu-seconds``, ``--max-wall-seconds``: the worker's limits."""
     limits = parser.add_argument_group("parse limits (files are parsed in a limited child process)")
-    limits.add_argument("--max-memory-gb", type=_limit_value, metavar="GB",
+    limits.add_argument("--max-memory-gb", type=_memory_gb_value, metavar="GB",
                         default=DEFAULT_LIMITS.max_memory_bytes / 2**30,
                         help=f"memory one parse may use (default {DEFAULT_LIMITS.max_memory_bytes / 2**30:g})")
-    limits.add_argument("--max-cpu-seconds", type=_limit_value, metavar="S",
+    limits.add_argument("--max-cpu-seconds", type=_cpu_seconds_value, metavar="S",
                         default=DEFAULT_LIMITS.max_cpu_s,
                         help=f"CPU time one parse may use (default {DEFAULT_LIMITS.max_cpu_s:g})")
-    limits.add_argument("--max-wall-seconds", type=_limit_value, metavar="S",
+    limits.add_argument("--max-wall-seconds", type=_wall_seconds_value, metavar="S",
                         default=DEFAULT_LIMITS.max_wall_s,
                         help=f"wall-clock time one parse may take (default {DEFAULT_LIMITS.max_wall_s:g})")
 

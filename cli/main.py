@@ -15,9 +15,10 @@ from typing import Any, Sequence, TextIO
 from morphscope.analyzers.hardware import DEFAULT_HARDWARE, HARDWARE
 from morphscope.analyzers.resources import RESOURCES
 from morphscope.cli.arguments import (EXIT_BAD_INPUT, MAX_MULTIPLIER, OneLineParser,
-                                      attach_signed_values, budget_value, check_input_shape, count_value,
-                                      hardware_value, input_shape_value, limit_arguments, limits_help,
-                                      limits_of, multiplier_value, round_to_value, threshold_value)
+                                      attach_signed_values, budget_value, check_input_memory,
+                                      check_input_shape, count_value, hardware_value, input_shape_value,
+                                      limit_arguments, limits_help, limits_of, multiplier_value,
+                                      round_to_value, threshold_value)
 from morphscope.cli.scope import scope_arguments, scope_line, scope_of
 from morphscope.errors import MorphScopeError
 
@@ -184,11 +185,13 @@ def _analysis(args: argparse.Namespace):
     if args.input_shape is not None and not args.model.startswith(ZOO_PREFIXES):
         raise MorphScopeError(f"--input-shape applies to {' and '.join(ZOO_PREFIXES)} models; "
                               f"{args.model} carries its own input shape")
-    _progress(f"importing {args.model} ...")
     limits = limits_of(args)
+    if args.input_shape is not None:
+        check_input_memory(args.input_shape, limits)
+    _progress(f"importing {args.model} ...")
     graph = load_model(args.model, args.input_shape, limits=limits)
     if args.input_shape is not None:
-        check_input_shape(graph, args.input_shape)
+        check_input_shape(graph, args.input_shape, limits)
     model = compile_width_model(graph, args.convention, scope_of(args))
     structures = [load_structure(graph, path, limits=limits) for path in (args.checkpoint or [])]
     morphed = [morph(model, s, args.threshold) for s in structures]

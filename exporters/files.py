@@ -52,7 +52,7 @@ def check_targets(targets: Mapping[str, str | Path], inputs: Mapping[str, str | 
     """
     resolved = {option: Path(os.path.realpath(path)) for option, path in targets.items()}
     for option, path in resolved.items():
-        _check_writable(option, Path(targets[option]), path)
+        _check_writable(option, str(targets[option]), path)
     named = [(f"input {option}", Path(path)) for option, path in inputs.items()]
     for option, path in resolved.items():
         for other, other_path in named:
@@ -73,10 +73,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_writable(option: str, given: Path, path: Path) -> None:
-    """One line if ``path`` is a folder, a special file, read-only or in a missing folder."""
+def _check_writable(option: str, given: str, path: Path) -> None:
+    """One line if ``given`` names a folder (a trailing separator) or ``path`` is a folder, a
+    symbolic link loop, a special file, read-only or in a missing folder."""
     if path.is_dir():
         raise OutputError(f"{option} {given}: is a folder; name a file in it")
+    if given.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise OutputError(f"{option} {given}: ends in a path separator, so it names a folder; "
+                          "name a file")
+    if path.is_symlink():  # realpath stops at a link it cannot resolve: a loop
+        raise OutputError(f"{option} {given}: a symbolic link loop; name a file or a link to one")
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
         raise OutputError(f"{option} {given}: not a regular file; name a new or regular file")
     folder = path.parent

@@ -38,6 +38,9 @@ MAX_JSON_BYTES = 512 * 2**20  # one JSON document (a .pt2's graph, a Keras confi
 MAX_JSON_DEPTH = 100  # nesting of [ and {; real files stay under 20
 MAX_PARAMS = 2 * 10**9  # parameters a Keras config may declare (about 8 GB in float32)
 MAX_TENSOR_BYTES = 2 * 2**30  # one tensor a header declares
+# Largest settings a caller may ask for: above them a number is a typo, and the operating
+# system or select() would overflow on it (setrlimit, a timeout of 1e300 s).
+LIMIT_CEILINGS = {"max_memory_bytes": 2**40, "max_cpu_s": 86_400, "max_wall_s": 86_400}
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,10 @@ class Limits:
 
     def __post_init__(self) -> None:
         for key, value in asdict(self).items():
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise UnsupportedFileError(f"limit {key}={value!r}: expected a finite positive number")
+            ceiling = LIMIT_CEILINGS.get(key, math.inf)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= ceiling):
+                raise UnsupportedFileError(f"limit {key}={value!r}: expected a finite positive number"
+                                           + (f" up to {ceiling:,}" if ceiling < math.inf else ""))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, to hand the limits to the worker."""

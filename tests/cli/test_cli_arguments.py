@@ -136,3 +136,52 @@ def test_hardware_sets_every_checkpoints_latency(capsys, tmp_path):
     assert seen["K80"] != pytest.approx(seen["TPUv2"])
     assert main(["report", "example:digits", "--checkpoint", str(all_alive), "--hardware", "TPUv2"]) == 0
     assert "(+0.0% vs seed" in capsys.readouterr().out.split("  latency")[-1]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    # 3 * 4294967296**2 * 4 bytes = 2.2e20 bytes: torch's storage size overflowed before.
+    (["report", R18, "--input-shape", "3,4294967296,4294967296"],
+     "--input-shape 3,4294967296,4294967296: one float32 image is 2.01e+08 TB, over the 2 GB memory limit"),
+    # 3 * 100000 * 100000 * 4 = 1.2e11 bytes = 111.8 GiB, against the 2 GiB default.
+    (["export", R18, "--checkpoint", "g.pth", "--out", "w.json", "--model-out", "x.pt2",
+      "--input-shape", "3,100000,100000"],
+     "--input-shape 3,100000,100000: one float32 image is 112 GB, over the 2 GB memory limit"),
+    # 3 * 1000 * 1000 * 4 = 12e6 bytes = 11.4 MiB, against 0.01 GiB = 10.2 MiB.
+    (["report", R18, "--input-shape", "3,1000,1000", "--max-memory-gb", "0.01"],
+     "--input-shape 3,1000,1000: one float32 image is 11.4 MB, over the 10.2 MB memory limit"),
+])
+def test_input_shape_over_the_memory_limit_is_refused_before_the_model_is_built(capsys, monkeypatch,
+                                                                                argv, fragment):
+    import morphscope.importers.load as load
+
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("the model was built"))
+    line = cli_error(capsys, *argv)
+    assert line == f"morphscope: error: {fragment} (--max-memory-gb); use a smaller H,W"
+
+
+def test_input_shape_whose_activations_exceed_the_memory_limit_is_refused(capsys):
+    # 3,224,224 is 3*224*224*4 = 602,112 bytes, under 0.002 GiB = 2,147,483 bytes; resnet18's
+    # conv1 (stride 2, 64 channels) outputs 64*112*112*4 = 3,211,264 bytes (3.06 MiB), over it.
+    line = cli_error(capsys, "report", R18, "--input-shape", "3,224,224", "--max-memory-gb", "0.002")
+    assert line == (f"morphscope: error: --input-shape 3,224,224 is too large for {R18}: conv1 outputs "
+                    "64x112x112 (3.06 MB in float32), over the 2.05 MB memory limit (--max-memory-gb); "
+                    "use a smaller H,W")
+
+
+@pytest.mark.parametrize("option, value, ceiling", [
+    ("--max-memory-gb", "1e300", "1024"),  # setrlimit overflowed
+    ("--max-memory-gb", "1025", "1024"),
+    ("--max-cpu-seconds", "1e300", "86400"),
+    ("--max-wall-seconds", "1e300", "86400"),  # select() overflowed in the parser server
+    ("--max-wall-seconds", "86401", "86400"),
+])
+def test_limits_above_their_ceiling_are_refused(capsys, option, value, ceiling):
+    line = cli_error(capsys, "report", R18, option, value)
+    assert line == (f"morphscope report: error: argument {option}: {value}: a parse limit must be "
+                    f"finite and > 0 and <= {ceiling} (see morphscope report --help)")
+
+
+def test_limits_at_their_ceiling_are_accepted():
+    args = build_parser().parse_args(["report", R18, "--max-memory-gb", "1024", "--max-cpu-seconds",
+                                      "86400", "--max-wall-seconds", "86400"])
+    assert (args.max_memory_gb, args.max_cpu_seconds, args.max_wall_seconds) == (1024, 86400, 86400)

@@ -209,3 +209,27 @@ def test_export_killed_mid_write_leaves_the_previous_files(tmp_path):
         child.communicate()
     assert child.returncode == -signal.SIGKILL
     assert snapshot(out) == before  # same names, same bytes: no partial or temporary file
+
+
+def test_output_ending_in_a_separator_is_refused(capsys, tmp_path, inputs):
+    # "name/" names a folder; nothing is there, and the export used to write a file "name".
+    model, checkpoint = inputs
+    for option in ("--out", "--table", "--model-out"):
+        extra = [] if option == "--out" else ["--out", tmp_path / "w.json"]
+        target = f"{tmp_path}/name/"
+        line = refused_leaving_unchanged(capsys, tmp_path, *export_args(model, checkpoint, *extra,
+                                                                        option, target))
+        assert line == (f"morphscope: error: {option} {target}: ends in a path separator, so it "
+                        "names a folder; name a file")
+
+
+def test_output_that_is_a_symlink_loop_is_refused(capsys, tmp_path, inputs):
+    model, checkpoint = inputs
+    loop, a, b = tmp_path / "loop.json", tmp_path / "a.json", tmp_path / "b.json"
+    loop.symlink_to(loop)  # loop.json -> itself
+    a.symlink_to(b)
+    b.symlink_to(a)  # a.json -> b.json -> a.json
+    for target in (loop, a):
+        line = refused_leaving_unchanged(capsys, tmp_path, *export_args(model, checkpoint, "--out", target))
+        assert line == f"morphscope: error: --out {target}: a symbolic link loop; name a file or a link to one"
+    assert loop.is_symlink() and a.is_symlink() and b.is_symlink()

@@ -260,3 +260,14 @@ def test_limits_must_be_finite_and_positive():
         Limits(max_cpu_s=0)
     with pytest.raises(UnsupportedFileError, match=r"limit max_memory_bytes=nan"):
         Limits(max_memory_bytes=float("nan"))
+
+
+def test_limits_above_their_ceilings_are_refused():
+    # 2**40 bytes (1 TiB) and 86,400 s (a day) are the ceilings; 1e300 overflowed setrlimit and select.
+    with pytest.raises(UnsupportedFileError, match=r"limit max_wall_s=1e\+300: expected a finite "
+                                                   r"positive number up to 86,400"):
+        Limits(max_wall_s=1e300)
+    with pytest.raises(UnsupportedFileError, match=r"limit max_memory_bytes=1099511627777: .* up to "
+                                                   r"1,099,511,627,776"):
+        Limits(max_memory_bytes=2**40 + 1)
+    assert Limits(max_memory_bytes=2**40, max_cpu_s=86_400, max_wall_s=86_400).max_cpu_s == 86_400
