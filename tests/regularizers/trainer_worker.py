@@ -56,7 +56,7 @@ def regularizer(net: torch.nn.Module) -> FlopsRegularizer:
 
 
 def run_hf(out: Path) -> None:
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from morphscope.regularizers.hf import MorphNetCallback
 
@@ -70,7 +70,7 @@ def run_hf(out: Path) -> None:
                              dataloader_num_workers=0, disable_tqdm=True)
     strengths = []
 
-    class Record(type(callback).__mro__[1]):  # a TrainerCallback
+    class Record(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             strengths.append(reg.strength)
 
