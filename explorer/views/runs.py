@@ -11,7 +11,7 @@ import streamlit as st
 
 from morphscope.errors import MorphScopeError
 from morphscope.explorer import cache, figures, state
-from morphscope.explorer.views.common import user_message
+from morphscope.explorer.views.common import unique_labels, user_message
 
 MAX_DRAWN_STEPS = 400  # columns of a heatmap, points of a cost line: drawn, not computed
 TOTALS_KEY = {"latency": "latency_s"}  # a run's target -> the totals key holding it
@@ -20,8 +20,11 @@ BUNDLED_RUNS = {"FLOPs run": "flops_structure", "size run": "size_structure"}
 
 def pick_runs(bundled_dir: Any = None) -> list[tuple[Any, str]]:
     """Sidebar: the run uploader (a .zip of run folders, or alive_<step> files and cost.jsonl)
-    and, for the bundled example, its two training runs. Returns ``(run, content key)`` pairs;
-    a bad upload shows its error and the other runs stay."""
+    and, for the bundled example, its two training runs. Returns ``(run, content key)`` pairs,
+    runs of one name told apart (``run``, ``run (2)``); a bad upload shows its error and the
+    other runs stay, and files an upload held besides its runs are listed."""
+    from dataclasses import replace
+
     from morphscope.importers.runs import run_from_dir
 
     runs: list[tuple[Any, str]] = []
@@ -30,7 +33,7 @@ def pick_runs(bundled_dir: Any = None) -> list[tuple[Any, str]]:
             help="The FLOP- and size-regularized runs' StructureLogger folders"):
         for label, folder in BUNDLED_RUNS.items():
             run = run_from_dir(bundled_dir / folder)
-            runs.append((type(run)(label, run.steps, run.alive, run.log), f"example/{folder}"))
+            runs.append((replace(run, name=label), "example"))
     uploads = st.sidebar.file_uploader(
         "Training runs (.zip of StructureLogger or learned_structure folders, or alive_<step> "
         "files and cost.jsonl)", accept_multiple_files=True, key=state.RUN_UPLOADS)
@@ -42,8 +45,12 @@ def pick_runs(bundled_dir: Any = None) -> list[tuple[Any, str]]:
             st.sidebar.error(user_message(err))
         else:
             key = cache.content_key(b"".join(name.encode() + data for name, data in files))
-            runs.extend((run, f"{key}/{run.name}") for run in loaded)
-    return runs
+            runs.extend((run, key) for run in loaded)
+    for run, _ in runs:
+        for note in run.notes:
+            st.sidebar.info(note)
+    labels = unique_labels([run.name for run, _ in runs])  # the content key of each run, too
+    return [(replace(run, name=label), f"{key}/{label}") for (run, key), label in zip(runs, labels)]
 
 
 def runs_section(graph: Any, model: Any, graph_key: str, runs: list[tuple[Any, str]],

@@ -135,3 +135,82 @@ def test_match_run_renames_morphnet_ops_and_checks_counts():
     too_many = run_from_files("r", {"alive_0": alive(**{"res2.conv1.0": 171})})
     with pytest.raises(CheckpointMismatchError, match="171 alive channels, the model's res2.conv1.0 has only 170"):
         runs.match_run(graph, too_many)
+
+
+@pytest.mark.parametrize("member, digits", [("alive_" + "7" * 5000, "5,000"), ("alive_1000000000001", "13"),
+                                            ("alive_" + "9" * 14 + ".json", "14")])
+def test_step_numbers_past_10_to_the_12_are_refused_before_int_reads_them(member, digits):
+    # 5,000 digits used to end in "ValueError: Exceeds the limit (4300 digits)".
+    with pytest.raises(UnsupportedFileError, match=f"step of {digits} digits; steps are whole numbers "
+                                                   "up to 1,000,000,000,000"):
+        runs_from_zip("big.zip", zip_of({member: alive(c=1)}))
+
+
+def test_the_largest_step_is_read():
+    assert run_from_files("r", {"alive_1000000000000": alive(c=1)}).steps == (10**12,)
+
+
+def test_non_ascii_digits_are_no_step():
+    # "alive_١٢" (Arabic-Indic digits) is no alive file: int() would have read it as 12.
+    with pytest.raises(UnsupportedFileError, match="not a run file"):
+        runs_from_uploads([("alive_\u0661\u0662", alive(c=1))])
+
+
+@pytest.mark.parametrize("line", [b'{"step": 1000000000001}', b'{"step": -1}', b'{"step": 1' + b"0" * 5000 + b"}"])
+def test_log_steps_outside_0_to_10_to_the_12_are_refused(line):
+    with pytest.raises(UnsupportedFileError, match="cost.jsonl line 2: "):
+        run_from_files("r", {"alive_0": alive(c=1), "cost.jsonl": b'{"step": 0}\n' + line + b"\n"})
+
+
+def test_a_step_logged_twice_is_refused():
+    with pytest.raises(UnsupportedFileError, match=r"r/alive_05: step 5 is logged twice \(also in alive_5\); keep one"):
+        run_from_files("r", {"alive_5": alive(c=1), "alive_05": alive(c=2)})
+
+
+def test_steps_per_run_and_records_per_log_are_bounded(monkeypatch):
+    monkeypatch.setattr(runs, "MAX_RUN_STEPS", 2)
+    files = {f"alive_{s}": alive(c=1) for s in range(3)}
+    with pytest.raises(UnsupportedFileError, match="r: 3 alive_<step> files, over the limit of 2 steps per run"):
+        run_from_files("r", files)
+    monkeypatch.setattr(runs, "MAX_LOG_LINES", 2)
+    log = b'{"step": 0}\n\n{"step": 1}\n{"step": 2}\n'  # 3 records; blank lines do not count
+    with pytest.raises(UnsupportedFileError, match="r/cost.jsonl: 3 records, over the limit of 2"):
+        run_from_files("r", {"alive_0": alive(c=1), "cost.jsonl": log})
+
+
+def test_a_log_line_deeper_than_the_file_shows_is_one_line():
+    # "]]]" first hides the next line's depth from the whole-file count: json.loads refuses it.
+    log = b'{"step": 0}\n' + b"]" * 5000 + b"\n" + b"[" * 5000 + b"]" * 5000 + b"\n"
+    with pytest.raises(UnsupportedFileError, match="r/cost.jsonl line 2: not valid JSON"):
+        run_from_files("r", {"alive_0": alive(c=1), "cost.jsonl": log})
+
+
+def test_all_uploads_together_are_bounded(monkeypatch):
+    # Five zips of 20,000 steps, or eight 16 MB cost logs, each within the per-file limits.
+    monkeypatch.setattr(runs, "MAX_RUN_FILES", 3)
+    two = zip_of({"alive_0": alive(c=1), "alive_1": alive(c=1)})
+    with pytest.raises(UnsupportedFileError, match=r"b.zip: 2 run files, over the limit of 3 for all uploads together \(2 in the uploads before it\)$"):
+        runs_from_uploads([("a.zip", two), ("b.zip", two)])
+    with pytest.raises(UnsupportedFileError, match=r"alive_9: 1 run files, over the limit of 3 for all uploads together \(3 in the uploads before it\)$"):
+        runs_from_uploads([("a.zip", two), ("alive_8", alive(c=1)), ("alive_9", alive(c=1))])
+    monkeypatch.setattr(runs, "MAX_RUN_FILES", 100)
+    monkeypatch.setattr(runs, "MAX_TOTAL_LOG_BYTES", 30)
+    log = b'{"step": 0, "cost": 1.0}\n'  # 25 bytes: one fits, the second does not
+    with_log = zip_of({"r/alive_0": alive(c=1), "r/cost.jsonl": log})
+    assert len(runs_from_uploads([("a.zip", with_log)])) == 1
+    with pytest.raises(UnsupportedFileError, match=r"b.zip: 25 bytes of cost.jsonl, over the limit of 30 bytes for all uploads together "
+                                                   r"\(25 bytes in the uploads before it\) \(log every Nth step\)$"):
+        runs_from_uploads([("a.zip", with_log), ("b.zip", with_log)])
+
+
+def test_files_that_are_no_run_files_are_noted_not_dropped(tmp_path):
+    data = zip_of({"s/a/alive_0": alive(c=4), "s/b/alive_0": alive(c=2), "README.txt": b"x",
+                   "s/a/alive_1.txt": b"x", "s/b/model.pt": b"x", "s/b/more.md": b"x"})
+    first, second = runs_from_zip("s.zip", data)
+    assert first.notes == ("s.zip: ignored 4 file(s) that are not alive_<step> files or cost.jsonl: "
+                           "README.txt, s/a/alive_1.txt, s/b/model.pt and 1 more",)
+    assert second.notes == ()
+    (tmp_path / "alive_7").write_bytes(alive(c=2))
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert run_from_dir(tmp_path).notes == (f"{tmp_path.name}: ignored 1 file(s) that are not alive_<step> "
+                                            "files or cost.jsonl: notes.txt",)
