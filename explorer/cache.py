@@ -1,7 +1,9 @@
 """Cached loaders: parsed graphs and compiled width models by content, never mutated.
 
 Uploads are untrusted: each is written to a private temporary folder only while the isolated
-worker parses it (:mod:`morphscope.importers.isolation`), then removed. Outcomes are cached by
+worker parses it (:mod:`morphscope.importers.isolation`), then removed. No server path is made
+from an upload's name: the file is called ``upload`` plus the name's suffix (what picks the
+reader), and the user's name is kept for messages only. Outcomes are cached by
 content, failures included, so a bad file that stays listed is parsed once, not on every
 rerun, and its one-line error names it by the user's own name.
 """
@@ -29,14 +31,31 @@ MAX_KEPT_UPLOADS = 8  # uploaded Keras models kept in memory to rebuild from
 _KEPT_UPLOADS: "OrderedDict[str, tuple[str, bytes]]" = OrderedDict()  # content key -> (name, bytes)
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "upload"
+_SERVER_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}")  # .pt2, .safetensors, .h5: what picks the reader
+_ALIVE_FILE = re.compile(r"alive_[0-9]+")  # a morph-net alive file, read by its name alone
+
+
+def server_file_name(name: str) -> str:
+    """The fixed name an upload gets on the server: ``alive_0`` for a morph-net alive file,
+    else ``upload`` plus the name's suffix when it is short and plain; nothing else of the
+    user's name (its length, folders, characters) reaches a path.
+
+    Examples
+    --------
+    >>> server_file_name("../../my model.PT2"), server_file_name("alive_1200"), server_file_name("x" * 300)
+    ('upload.PT2', 'alive_0', 'upload')
+    """
+    base = re.split(r"[\\/]", name)[-1]
+    if _ALIVE_FILE.fullmatch(base):
+        return "alive_0"
+    suffix = base[base.rfind("."):] if "." in base else ""
+    return "upload" + (suffix if _SERVER_SUFFIX.fullmatch(suffix) else "")
 
 
 @contextlib.contextmanager
 def upload_file(name: str, data: bytes) -> Iterator[Path]:
-    """An upload as a private temporary file keeping its name (the suffix picks the reader),
-    removed with its folder on exit.
+    """An upload as a private temporary file named by :func:`server_file_name` (the suffix
+    picks the reader), removed with its folder on exit.
 
     Raises
     ------
@@ -50,7 +69,7 @@ def upload_file(name: str, data: bytes) -> Iterator[Path]:
                                    f"{human_bytes(MAX_UPLOAD_BYTES)} upload limit")
     folder = Path(tempfile.mkdtemp(prefix="morphscope_upload_"))
     try:
-        path = folder / _safe_name(name)
+        path = folder / server_file_name(name)
         path.write_bytes(data)
         yield path
     finally:

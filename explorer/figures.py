@@ -32,6 +32,13 @@ def _axis_titles(fig: go.Figure, x: str, y: str) -> None:
 
 PALETTE = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3")
 SEED_COLOR = "#B6B6B6"
+_GOLDEN_ANGLE_DEG = 137.508  # successive hues this far apart never repeat and stay spread
+
+
+def _palette(n: int) -> list[str]:
+    """``n`` distinct colours: :data:`PALETTE`, then hues a golden angle apart (any number draws)."""
+    extra = [f"hsl({round(i * _GOLDEN_ANGLE_DEG) % 360}, 65%, 45%)" for i in range(max(0, n - len(PALETTE)))]
+    return [*PALETTE[:n], *extra]
 
 
 def width_bars(widths: dict[str, Any], resolutions: list[str] | None = None,
@@ -49,7 +56,7 @@ def width_bars(widths: dict[str, Any], resolutions: list[str] | None = None,
                   for n, w, m, p in zip(layers, widths["seed"], widths["macs"], widths["params"])]
     fig.add_bar(x=x, y=widths["seed"], name="seed", marker_color=SEED_COLOR,
                 hovertext=hover_seed, hoverinfo="text")
-    for color, (label, data) in zip(PALETTE, widths["structures"].items()):
+    for color, (label, data) in zip(_palette(len(widths["structures"])), widths["structures"].items()):
         rows = (tables or {}).get(label)
         hover = [f"{label}: {n}<br>width seed {s:,} / alive {a:,} / expanded {e:,}"
                  + (f"<br>MACs seed {human_count(r['seed_macs'])} / alive {human_count(r['alive_macs'])}"
@@ -77,7 +84,7 @@ def kept_by_resolution(kept: dict[str, Any]) -> go.Figure:
     fig = _figure()
     ticks = [f"{r}<br>{len(kept['layers'][r])} layers, {c:,} ch" for r, c in
              zip(kept["resolutions"], kept["seed_channels"])]
-    for color, (label, shares) in zip(PALETTE, kept["shares"].items()):
+    for color, (label, shares) in zip(_palette(len(kept["shares"])), kept["shares"].items()):
         fig.add_bar(x=ticks, y=[100 * v for v in shares], name=label, marker_color=color,
                     text=[f"{100 * v:.0f}%" for v in shares], textposition="outside",
                     hovertemplate=f"{label}<br>%{{x}}<br>kept %{{y:.1f}}% of the seed's channels<extra></extra>")
@@ -95,7 +102,7 @@ def gamma_histogram(magnitudes: dict[str, np.ndarray], threshold: float) -> go.F
     threshold / 1000 (zeros too) are gathered in a labelled floor bin."""
     fig = _figure()
     floor = threshold / 1e3
-    for color, (label, values) in zip(PALETTE, magnitudes.items()):
+    for color, (label, values) in zip(_palette(len(magnitudes)), magnitudes.items()):
         fig.add_histogram(x=np.log10(np.maximum(values, floor)), name=label, marker_color=color,
                           opacity=0.6, nbinsx=60)
     fig.update_layout(shapes=[
@@ -114,7 +121,8 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
     axes spanning 0.25x to 2x of the seed's values; a dot at the current factor, a star where
     the structure matches the seed's ``matched_resource`` (both explained in the legend)."""
     fig = _figure()
-    colors = {"seed": SEED_COLOR, **dict(zip([k for k in curves if k != "seed"], PALETTE))}
+    structures = [k for k in curves if k != "seed"]
+    colors = {"seed": SEED_COLOR, **dict(zip(structures, _palette(len(structures))))}
     one = int(np.argmin(np.abs(factors - 1.0)))
     seed_x, seed_y = curves["seed"]["flops"][one], curves["seed"][y][one]
     for label, curve in curves.items():
@@ -153,7 +161,7 @@ def run_costs(series: dict[str, dict[str, Any]], selected: dict[str, int]) -> go
     ``series``: label -> ``steps``, ``share`` (drawn points), ``target``, optional
     ``budget_share``."""
     fig = _figure()
-    for color, (label, run) in zip(PALETTE, series.items()):
+    for color, (label, run) in zip(_palette(len(series)), series.items()):
         fig.add_scatter(x=run["steps"], y=[100 * v for v in run["share"]], mode="lines",
                         name=f"{label} ({run['target']})", line={"color": color},
                         hovertemplate="step %{x:,}<br>%{y:.1f}% of the seed's " + run["target"] + "<extra></extra>")
@@ -174,7 +182,7 @@ def run_strengths(strengths: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.Fig
     """The strength each run's regularizer used against step (log scale): the trace of a run
     steered to a target. ``strengths``: label -> (steps, strengths)."""
     fig = _figure()
-    for color, (label, (steps, values)) in zip(PALETTE, strengths.items()):
+    for color, (label, (steps, values)) in zip(_palette(len(strengths)), strengths.items()):
         fig.add_scatter(x=steps, y=values, mode="lines", name=label, line={"color": color},
                         hovertemplate="step %{x:,}<br>strength %{y:.3g}<extra></extra>")
     fig.update_yaxes(type="log")
@@ -203,7 +211,7 @@ def sweep_scatter(points: dict[str, tuple[float, float]], metric: str) -> go.Fig
     """Several runs (a sweep of regularization strengths): final cost (share of the seed's)
     against the final logged ``metric``."""
     fig = _figure()
-    for color, (label, (share, value)) in zip(PALETTE * 10, points.items()):
+    for color, (label, (share, value)) in zip(_palette(len(points)), points.items()):
         fig.add_scatter(x=[100 * share], y=[value], mode="markers+text", name=label, text=[label],
                         textposition="top center", marker={"color": color, "size": 12},
                         hovertemplate=f"{label}<br>final cost %{{x:.1f}}% of seed<br>{metric} %{{y:.4g}}<extra></extra>")

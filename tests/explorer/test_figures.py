@@ -81,3 +81,24 @@ def test_every_figure_builder_is_covered():
     covered = {"width_bars", "kept_by_resolution", "gamma_histogram", "tradeoff_figure", "run_costs",
                "run_heatmap", "run_strengths", "sweep_scatter", "width_sweep"}
     assert public == covered
+
+
+def test_any_number_of_structures_draws_each_in_its_own_colour():
+    # Seven checkpoints used to end in KeyError: 'g6.pt' (a palette of six colours), and a
+    # seventh run or structure was left out of the run and width charts.
+    factors = np.array([0.5, 1.0, 2.0])
+    curve = {"flops": np.array([1.0, 4.0, 16.0]), "params": np.array([1.0, 4.0, 16.0])}
+    labels = [f"g{i}.pt" for i in range(9)]
+    fig = figures.tradeoff_figure({"seed": curve, **{label: curve for label in labels}}, factors,
+                                  {label: 1.0 for label in labels}, {label: 1.0 for label in labels})
+    lines = {t.name: t.line.color for t in fig.data if t.mode == "lines"}
+    assert list(lines) == ["seed", *labels]
+    assert len(set(lines.values())) == 10  # seed grey and nine distinct colours
+    series = {label: {"steps": [0, 1], "share": [1.0, 0.5], "target": "flops", "selected_share": 0.5}
+              for label in labels}
+    drawn = [t for t in figures.run_costs(series, {}).data if t.mode == "lines"]
+    assert len(drawn) == 9 and len({t.line["color"] for t in drawn}) == 9
+    widths = {"layers": ["a"], "seed": [8], "macs": [1], "params": [1],
+              "structures": {label: {"alive": [4], "expanded": [4]} for label in labels}}
+    bars = [t for t in figures.width_bars(widths).data if t.name.endswith(" alive")]
+    assert len(bars) == 9 and len({t.marker["color"] for t in bars}) == 9

@@ -283,3 +283,63 @@ def test_the_measured_panel_times_seed_and_structure_on_its_button(example):
     assert "threads, batch 1" in caption and "V100 roofline prediction" in caption
     at.sidebar.slider(key="factor").set_value(0.5).run()
     assert not [d for d in at.dataframe if "measured (median)" in d.value.columns]
+
+
+def _upload_many(at, key, files):
+    at.sidebar.file_uploader(key=key).set_value(
+        [(name, data, "application/octet-stream") for name, data in files]).run()
+
+
+def test_seven_checkpoints_on_one_model_all_draw():
+    # Used to end in KeyError: 'g6.pt' (a six-colour palette) in the trade-off chart.
+    from morphscope.importers.load import example_checkpoints
+
+    data = example_checkpoints("example:digits")["FLOPs-regularized"].read_bytes()
+    at = run_app()
+    names = [f"g{i}.pt" for i in range(7)]
+    _upload_many(at, "checkpoint_uploads", [(name, data) for name in names])
+    assert not at.exception and not at.error
+    drawn = [t["name"] for t in figure(at, "tradeoff_params")["data"] if t.get("mode") == "lines"]
+    assert all(name in drawn for name in names)
+    # 2 bundled checkpoints + 7 uploads, each a line of its own colour, and the seed.
+    colours = {t["line"]["color"] for t in figure(at, "tradeoff_params")["data"] if t.get("mode") == "lines"}
+    assert len(drawn) == 10 and len(colours) == 10
+
+
+def test_five_run_zips_and_runs_of_one_name_all_draw():
+    # Five zips beside the two bundled checkpoints used to end in KeyError: 'steps_4/r4' (the
+    # seventh structure); a loose run and run.zip's top-level run were both called "run".
+    small = {**SEED, "res2.conv1.0": 40}
+    zips = [(f"steps_{i}.zip", run_zip({f"r{i}": ({0: SEED, 10 * (i + 1): small}, 0.5 + i / 10)}))
+            for i in range(5)]
+    top_level = io.BytesIO()
+    with zipfile.ZipFile(top_level, "w") as archive:
+        archive.writestr("alive_3", json.dumps(small))
+    at = run_app()
+    _upload_many(at, "run_uploads", [*zips, ("run.zip", top_level.getvalue()), ("alive_7", json.dumps(SEED).encode())])
+    assert not at.exception and not at.error
+    lines = [t["name"] for t in figure(at, "run_costs")["data"] if t.get("mode") == "lines"]
+    assert lines == [*(f"steps_{i}/r{i} (flops)" for i in range(5)), "run (flops)", "run (2) (flops)"]
+    assert at.select_slider(key="run_step_run").value == 3 and at.select_slider(key="run_step_run (2)").value == 7
+
+
+def test_bad_run_file_names_get_one_line_and_ignored_files_a_note():
+    # A 4,000-digit step used to be dropped without a word; 5,000 digits ended in
+    # "ValueError: Exceeds the limit (4300 digits)".
+    at = run_app()
+    long_step = "alive_" + "1" * 4000
+    _upload_many(at, "run_uploads", [(long_step, json.dumps(SEED).encode())])
+    assert not at.exception
+    [error] = at.sidebar.error
+    # The name quoted as its first and last 28 characters: "alive_" and 22 digits, 28 digits.
+    shown = "alive_" + "1" * 22 + "..." + "1" * 28
+    assert error.value == (f"run/{shown}: step of 4,000 digits; steps are whole numbers up to "
+                           "1,000,000,000,000")
+    kept = io.BytesIO()
+    with zipfile.ZipFile(kept, "w") as archive:
+        archive.writestr("r/alive_0", json.dumps(SEED))
+        archive.writestr("r/notes.txt", "not a run file")
+    _upload_many(at, "run_uploads", [("kept.zip", kept.getvalue())])
+    assert not at.exception and not at.error
+    assert [i.value for i in at.sidebar.info] == [
+        "kept.zip: ignored 1 file(s) that are not alive_<step> files or cost.jsonl: r/notes.txt"]

@@ -131,3 +131,37 @@ def test_uploads_over_the_size_limit_are_refused(monkeypatch):
     with pytest.raises(UnsupportedFileError, match="big.pt: 11 bytes, over the 10 bytes upload limit"):
         with cache.upload_file("big.pt", b"x" * 11):
             pass
+
+
+def test_a_300_character_upload_name_never_reaches_a_server_path(private_tmp, monkeypatch):
+    # Used to end in "OSError: File name too long": the upload's name was the temporary file's.
+    paths = []
+    run = isolation._run_isolated
+
+    def recording(task, kind, path, name, *args, **kwargs):
+        paths.append((Path(path).name, name))
+        return run(task, kind, path, name, *args, **kwargs)
+
+    monkeypatch.setattr(isolation, "_run_isolated", recording)
+    long_name = "g" * 297 + ".pt"  # 300 characters; most filesystems allow 255
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.sidebar.file_uploader(key="checkpoint_uploads").upload(long_name, good_checkpoint()).run()
+    assert not at.exception and not at.error
+    assert f"{long_name} (alive)" in metrics_rows(at)  # the user's name, kept for the page
+    assert paths == [("upload.pt", long_name)]
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, server_name", [
+    ("g" * 297 + ".pt", "upload.pt"),
+    ("../../etc/model.PT2", "upload.PT2"),
+    ("C:\\Users\\me\\net.keras", "upload.keras"),
+    ("gammas.weights.h5", "upload.h5"),  # the reader takes .weights.h5 from the user's name
+    ("alive_12000", "alive_0"),  # morph-net alive files are known by their name alone
+    ("notes." + "x" * 40, "upload"),  # a suffix this long picks no reader
+    ("weights", "upload"),
+])
+def test_server_file_names_keep_only_the_suffix(name, server_name):
+    from morphscope.explorer.cache import server_file_name
+
+    assert server_file_name(name) == server_name
