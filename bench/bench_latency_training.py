@@ -10,9 +10,11 @@
 
 Prints one table, and for each latency run the FLOP runs' measured latency at its FLOPs and at
 its accuracy (linear interpolation between FLOP runs). Timing runs after all training, alone.
+Each run leaves ``<out>/<resource>_<target>/`` (StructureLogger files, ``result.json`` and the
+final ``weights.pt``); ``--measure-only`` times those again without training.
 
     python bench/bench_latency_training.py [--targets 0.3 0.5 0.7] [--epochs 2] [--jobs 3]
-        [--profile FILE.json] [--out FOLDER]
+        [--profile FILE.json] [--out FOLDER] [--measure-only]
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ from bench_strength_target import SeedCNN, load, run
 from morphscope.analyzers.hardware import load_profile
 
 
-def train_one(job: tuple[str, float, int, str, str]) -> dict:
+def train_one(job: tuple[str, float, int, str, str]) -> None:
     resource, target, epochs, profile_path, out = job
     torch.set_num_threads(1)
     train, test = load("train"), load("test")
     hardware = load_profile(profile_path) if resource == "latency" else "V100"
-    result, model, reg = run(target, epochs, train, test, Path(out), resource, hardware)
-    result["state_dict"] = model.state_dict()
-    return result
+    result, model, _ = run(target, epochs, train, test, Path(out), resource, hardware)
+    folder = Path(out) / f"{resource}_{target}"
+    torch.save(model.state_dict(), folder / "weights.pt")
+    (folder / "result.json").write_text(json.dumps(result))
 
 
 def main() -> None:
@@ -47,26 +50,30 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="a profile JSON (default: profile this CPU now)")
     parser.add_argument("--out", type=Path, default=Path("latency_training"))
+    parser.add_argument("--measure-only", action="store_true", help="time the runs already in --out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     profile_path = args.profile or args.out / "cpu_profile.json"
-    if args.profile is None:
+    if args.profile is None and not args.measure_only:
         print("profiling this CPU (1 thread, batch 1) ...", flush=True)
         morphscope.profile("this-cpu", batch=1, threads=1, out=profile_path)
     profile = load_profile(profile_path)
-    jobs = [(resource, t, args.epochs, str(profile_path), str(args.out))
-            for resource in ("flops", "latency") for t in args.targets]
-    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-        results = pool.map(train_one, jobs)
+    folders = [args.out / f"{resource}_{t}" for resource in ("flops", "latency") for t in args.targets]
+    if not args.measure_only:
+        jobs = [(resource, t, args.epochs, str(profile_path), str(args.out))
+                for resource in ("flops", "latency") for t in args.targets]
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            pool.map(train_one, jobs)
     torch.set_num_threads(1)
     example = torch.zeros(1, 1, 28, 28)
     rows = []
-    for result in results:
-        structure = result.pop("state_dict")
+    for folder in folders:
+        result = json.loads((folder / "result.json").read_text())
+        structure = torch.load(folder / "weights.pt", weights_only=True)
         timed = morphscope.measure(SeedCNN(), structure, batch=1, threads=1, runs=50, hardware=profile,
                                    example_input=example)
         report = morphscope.report(SeedCNN(), structure, example_input=example)["morphed"][0]
-        rows.append({**result, "flops": report["alive"]["flops"], "params": report["alive"]["params"],
+        rows.append({**result, "flops": report["flops"], "params": report["params"],
                      "predicted_s": timed["morphed"]["predicted_s"], "measured_s": timed["morphed"]["measured_s"],
                      "seed_measured_s": timed["seed"]["measured_s"], "speedup": timed["speedup_measured"]})
     print(f"\n{'run':<14}{'FLOPs':>12}{'params':>9}{'predicted':>11}{'measured':>11}{'speedup':>9}{'accuracy':>10}")

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from morphscope.analyzers.hardware import load_profile
 from morphscope.regularizers.torch_regularizer import FlopsRegularizer, LatencyRegularizer, StructureLogger
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -132,11 +133,14 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resource", choices=sorted(REGULARIZERS), default="flops")
+    parser.add_argument("--hardware", default="V100", help="for latency: a named roofline or a profile JSON file")
     parser.add_argument("--out", type=Path, help="folder for results.json and each run's StructureLogger files")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, test = load("train"), load("test")
-    results = [run(t, args.epochs, train, test, args.out)[0] for t in args.targets]
+    hardware = load_profile(args.hardware) if args.hardware.endswith(".json") else args.hardware
+    results = [run(t, args.epochs, train, test, args.out, args.resource, hardware)[0] for t in args.targets]
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))

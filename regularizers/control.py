@@ -42,6 +42,11 @@ DEFAULT_FALL = 5.0  # below the budget, the strength falls this many times faste
 SMOOTHING = 0.2  # weight of the newest change of log cost in the trend (a moving average)
 MAX_ERROR = 0.5  # |log(cost / budget)| counted at most: the step is at most gain * MAX_ERROR
 INITIAL_PENALTY = 0.1  # the starting strength makes strength * G(seed) this much of a unit loss
+# The strength stays below this multiple of the one that makes strength * G(seed) a unit loss:
+# far beyond it the task loss no longer counts and every channel dies at once (a latency
+# profile on Fashion-MNIST: the strength rose ~9,000-fold while the cost fell slowly, then the
+# whole network died within 100 steps).
+MAX_PENALTY = 100.0
 
 
 @dataclass
@@ -69,6 +74,7 @@ class StrengthController:
     gain: float = DEFAULT_GAIN
     lead: float = DEFAULT_LEAD
     fall: float = DEFAULT_FALL
+    max_log_strength: float = math.inf
     last_step: int | None = None
     last_cost: float | None = None
     trend: float = 0.0
@@ -80,7 +86,7 @@ class StrengthController:
         """A controller for ``target`` (fraction of ``seed_cost``, in (0, 1]) or ``budget``
         (absolute), exactly one. The first strength is ``strength`` where given, else the
         one making ``strength * seed_penalty`` (G at the seed's gammas) equal to
-        ``INITIAL_PENALTY``.
+        ``INITIAL_PENALTY``; the strength never exceeds the one making it ``MAX_PENALTY``.
 
         Raises
         ------
@@ -96,13 +102,15 @@ class StrengthController:
         budget = seed_cost * target if target is not None else budget
         if not (math.isfinite(budget) and budget > 0.0):
             raise MorphScopeError(f"budget={budget}: must be a cost above zero")
+        unit = 1.0 / seed_penalty if seed_penalty > 0.0 else 1.0  # strength * G(seed) = 1
         if strength is None:
-            strength = INITIAL_PENALTY / seed_penalty if seed_penalty > 0.0 else 1.0
+            strength = INITIAL_PENALTY * unit
         if not (math.isfinite(strength) and strength > 0.0):
             raise MorphScopeError(f"strength={strength}: must be above zero")
         if int(every) != every or every < 1:
             raise MorphScopeError(f"adapt_every={every}: a whole number of steps, at least 1")
-        return cls(float(budget), float(seed_cost), math.log(strength), int(every), float(gain))
+        return cls(float(budget), float(seed_cost), math.log(strength), int(every), float(gain),
+                   max_log_strength=math.log(max(MAX_PENALTY * unit, strength)))
 
     @property
     def strength(self) -> float:
@@ -123,4 +131,5 @@ class StrengthController:
         self.last_step, self.last_cost = step, cost
         gain = self.gain * (self.fall if error < 0.0 else 1.0)
         self.log_strength += gain * max(-MAX_ERROR, min(MAX_ERROR, error + self.lead * self.trend))
+        self.log_strength = min(self.log_strength, self.max_log_strength)
         return self.strength

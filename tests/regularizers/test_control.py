@@ -25,6 +25,13 @@ def test_budget_and_first_strength_from_the_seed():
     assert StrengthController.for_target(1000.0, 50.0, budget=300.0, strength=2e-3).strength == pytest.approx(2e-3)
 
 
+def test_the_strength_stops_where_the_seed_penalty_is_a_hundred_unit_losses():
+    controller = StrengthController.for_target(seed_cost=1000.0, seed_penalty=50.0, target=0.1)
+    for step in range(0, 2000, 10):  # the cost never moves: the strength rises by exp(0.1) a step ...
+        controller.update(1000.0, step)
+    assert controller.strength == pytest.approx(100.0 / 50.0)  # ... up to 100 / G(seed), not beyond
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({}, "give target= .* or budget="),
     ({"target": 0.5, "budget": 10.0}, "not both"),
