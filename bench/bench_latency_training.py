@@ -43,6 +43,16 @@ def train_one(job: tuple[str, float, int, str, str]) -> None:
     (folder / "result.json").write_text(json.dumps(result))
 
 
+def _between(value: float, runs: list[dict], key: str) -> str:
+    """The runs' measured latency at ``value`` of ``key``, interpolated linearly, or why not."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    low, high = ordered[0][key], ordered[-1][key]
+    if not low <= value <= high:
+        return f"not comparable ({key} {value:,.4g} outside the FLOP runs' {low:,.4g} to {high:,.4g})"
+    measured = np.interp(value, [r[key] for r in ordered], [r["measured_s"] for r in ordered])
+    return f"{1e6 * measured:.1f} us (interpolated)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
@@ -83,12 +93,9 @@ def main() -> None:
               f"{r['test_accuracy']:>10.4f}")
     flop_runs = sorted((r for r in rows if r["resource"] == "flops"), key=lambda r: r["flops"])
     for r in (r for r in rows if r["resource"] == "latency"):
-        at_flops = np.interp(r["flops"], [f["flops"] for f in flop_runs], [f["measured_s"] for f in flop_runs])
-        by_accuracy = sorted(flop_runs, key=lambda f: f["test_accuracy"])
-        at_accuracy = np.interp(r["test_accuracy"], [f["test_accuracy"] for f in by_accuracy],
-                                [f["measured_s"] for f in by_accuracy])
         print(f"latency {r['target']}: measured {1e6 * r['measured_s']:.1f} us; FLOP runs at its FLOPs "
-              f"{1e6 * at_flops:.1f} us, at its accuracy {1e6 * at_accuracy:.1f} us (interpolated)")
+              f"{_between(r['flops'], flop_runs, 'flops')}, at its accuracy "
+              f"{_between(r['test_accuracy'], flop_runs, 'test_accuracy')}")
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
 
 
