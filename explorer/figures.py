@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,13 @@ def _vline(x: float, text: str = "", **line: Any) -> dict[str, Any]:
     return {"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
             "line": line, "label": {"text": text, "textposition": "end", "textangle": 0, "xanchor": "left",
                                     "yanchor": "bottom", "font": {"size": 11}}}
+
+
+def _text(name: str) -> str:
+    """A user-supplied name (file, run, layer, metric) as literal text in plotly, which draws
+    ``<a href>``, ``<b>``, ``<br>`` and entities in names, ticks, titles and hover text, and fills
+    ``%{...}`` in hover templates: ``<``, ``>``, ``&`` and ``%`` become entities."""
+    return html.escape(name, quote=False).replace("%", "&#37;")
 
 
 def _figure() -> go.Figure:
@@ -49,7 +57,7 @@ def width_bars(widths: dict[str, Any], resolutions: list[str] | None = None,
     row names each layer's output resolution; ``tables`` (label -> per-layer rows of
     :func:`~morphscope.exporters.writers.layer_table`) put alive and expanded MACs and params in
     the hover."""
-    layers = widths["layers"]
+    layers = [_text(n) for n in widths["layers"]]
     x = [resolutions, layers] if resolutions else layers
     fig = _figure()
     hover_seed = [f"{n}<br>seed {w:,}<br>MACs {human_count(m)}<br>params {human_count(p)}"
@@ -58,17 +66,17 @@ def width_bars(widths: dict[str, Any], resolutions: list[str] | None = None,
                 hovertext=hover_seed, hoverinfo="text")
     for color, (label, data) in zip(_palette(len(widths["structures"])), widths["structures"].items()):
         rows = (tables or {}).get(label)
-        hover = [f"{label}: {n}<br>width seed {s:,} / alive {a:,} / expanded {e:,}"
+        hover = [f"{_text(label)}: {n}<br>width seed {s:,} / alive {a:,} / expanded {e:,}"
                  + (f"<br>MACs seed {human_count(r['seed_macs'])} / alive {human_count(r['alive_macs'])}"
                     f" / expanded {human_count(r['expanded_macs'])}<br>params seed "
                     f"{human_count(r['seed_params'])} / alive {human_count(r['alive_params'])} / "
                     f"expanded {human_count(r['expanded_params'])}" if r else "")
                  for n, s, a, e, r in zip(layers, widths["seed"], data["alive"], data["expanded"],
                                           rows or [None] * len(layers))]
-        fig.add_bar(x=x, y=data["alive"], name=f"{label} alive", marker_color=color,
+        fig.add_bar(x=x, y=data["alive"], name=f"{_text(label)} alive", marker_color=color,
                     hovertext=hover, hoverinfo="text")
         if data["expanded"] != data["alive"]:  # only once a width multiplier changes them
-            fig.add_bar(x=x, y=data["expanded"], name=f"{label} expanded", marker_color=color,
+            fig.add_bar(x=x, y=data["expanded"], name=f"{_text(label)} expanded", marker_color=color,
                         marker_pattern_shape="/", opacity=0.55, hovertext=hover, hoverinfo="text")
     title = "layer (input to output), output resolution below" if resolutions else "layer (input to output)"
     _axis_titles(fig, title, "output channels")
@@ -85,9 +93,9 @@ def kept_by_resolution(kept: dict[str, Any]) -> go.Figure:
     ticks = [f"{r}<br>{len(kept['layers'][r])} layers, {c:,} ch" for r, c in
              zip(kept["resolutions"], kept["seed_channels"])]
     for color, (label, shares) in zip(_palette(len(kept["shares"])), kept["shares"].items()):
-        fig.add_bar(x=ticks, y=[100 * v for v in shares], name=label, marker_color=color,
+        fig.add_bar(x=ticks, y=[100 * v for v in shares], name=_text(label), marker_color=color,
                     text=[f"{100 * v:.0f}%" for v in shares], textposition="outside",
-                    hovertemplate=f"{label}<br>%{{x}}<br>kept %{{y:.1f}}% of the seed's channels<extra></extra>")
+                    hovertemplate=f"{_text(label)}<br>%{{x}}<br>kept %{{y:.1f}}% of the seed's channels<extra></extra>")
     fig.update_layout(shapes=[{"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": 100,
                                "y1": 100, "line": {"dash": "dot", "color": SEED_COLOR},
                                "label": {"text": "seed", "textposition": "end"}}])
@@ -103,7 +111,7 @@ def gamma_histogram(magnitudes: dict[str, np.ndarray], threshold: float) -> go.F
     fig = _figure()
     floor = threshold / 1e3
     for color, (label, values) in zip(_palette(len(magnitudes)), magnitudes.items()):
-        fig.add_histogram(x=np.log10(np.maximum(values, floor)), name=label, marker_color=color,
+        fig.add_histogram(x=np.log10(np.maximum(values, floor)), name=_text(label), marker_color=color,
                           opacity=0.6, nbinsx=60)
     fig.update_layout(shapes=[
         _vline(np.log10(threshold), f"threshold {threshold:g}", dash="dash", color="black"),
@@ -126,7 +134,7 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
     one = int(np.argmin(np.abs(factors - 1.0)))
     seed_x, seed_y = curves["seed"]["flops"][one], curves["seed"][y][one]
     for label, curve in curves.items():
-        fig.add_scatter(x=curve["flops"], y=curve[y], name=label, mode="lines",
+        fig.add_scatter(x=curve["flops"], y=curve[y], name=_text(label), mode="lines",
                         line={"color": colors[label]}, customdata=factors,
                         hovertemplate="x%{customdata:.2f}<br>FLOPs %{x:.3s}<br>%{y:.3s}<extra></extra>")
     for marks, symbol, size, name in ((current, "circle", 10, "current factor"),
@@ -137,7 +145,7 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
                         y=[curves[label][y][i] for label, i in zip(shown, at)], mode="markers", name=name,
                         marker={"color": [colors[label] for label in shown], "symbol": symbol, "size": size,
                                 "line": {"color": "black", "width": 1}},
-                        text=[f"{label} x{marks[label]:.3f}" for label in shown],
+                        text=[f"{_text(label)} x{marks[label]:.3f}" for label in shown],
                         hovertemplate="%{text}<extra></extra>")
     # 0.25x to 2x of the seed, widened to keep every current-factor dot and star on the plot
     marked = [(curves[label]["flops"][i], curves[label][y][i]) for marks in (current, matched)
@@ -149,7 +157,7 @@ def tradeoff_figure(curves: dict[str, dict[str, np.ndarray]], factors: np.ndarra
     if seed_y > 0:
         fig.update_yaxes(type="log", range=[np.log10(min([0.25 * seed_y, *[0.8 * v for v in ys]])),
                                             np.log10(max([2 * seed_y, *[1.25 * v for v in ys]]))])
-    y_title = {"params": "parameters", "latency_s": f"latency (s, predicted: {latency_source})"}.get(y, y)
+    y_title = {"params": "parameters", "latency_s": f"latency (s, predicted: {_text(latency_source)})"}.get(y, y)
     _axis_titles(fig, "FLOPs per inference (log, 0.25x to 2x seed)", y_title + " (log)")
     fig.update_layout(margin={"t": 30, "b": 10}, height=400, legend={"orientation": "h", "y": -0.3})
     return fig
@@ -161,16 +169,17 @@ def run_costs(series: dict[str, dict[str, Any]], selected: dict[str, int]) -> go
     ``series``: label -> ``steps``, ``share`` (drawn points), ``target``, optional
     ``budget_share``."""
     fig = _figure()
-    for color, (label, run) in zip(_palette(len(series)), series.items()):
+    for color, (raw_label, run) in zip(_palette(len(series)), series.items()):
+        label, target = _text(raw_label), _text(run["target"])
         fig.add_scatter(x=run["steps"], y=[100 * v for v in run["share"]], mode="lines",
-                        name=f"{label} ({run['target']})", line={"color": color},
-                        hovertemplate="step %{x:,}<br>%{y:.1f}% of the seed's " + run["target"] + "<extra></extra>")
+                        name=f"{label} ({target})", line={"color": color},
+                        hovertemplate="step %{x:,}<br>%{y:.1f}% of the seed's " + target + "<extra></extra>")
         if run.get("budget_share") is not None:
             fig.add_scatter(x=[run["steps"][0], run["steps"][-1]], y=[100 * run["budget_share"]] * 2,
                             mode="lines", line={"color": color, "dash": "dash"}, name=f"{label}: budget",
-                            hovertemplate=f"{label}: budget %{{y:.1f}}% of the seed's {run['target']}<extra></extra>")
-        if label in selected:
-            fig.add_scatter(x=[selected[label]], y=[100 * run["selected_share"]], mode="markers",
+                            hovertemplate=f"{label}: budget %{{y:.1f}}% of the seed's {target}<extra></extra>")
+        if raw_label in selected:
+            fig.add_scatter(x=[selected[raw_label]], y=[100 * run["selected_share"]], mode="markers",
                             marker={"color": color, "size": 11, "symbol": "diamond"}, showlegend=False,
                             hovertemplate=f"{label}: selected step %{{x:,}}<extra></extra>")
     _axis_titles(fig, "training step", "target cost (% of seed)")
@@ -183,7 +192,7 @@ def run_strengths(strengths: dict[str, tuple[np.ndarray, np.ndarray]]) -> go.Fig
     steered to a target. ``strengths``: label -> (steps, strengths)."""
     fig = _figure()
     for color, (label, (steps, values)) in zip(_palette(len(strengths)), strengths.items()):
-        fig.add_scatter(x=steps, y=values, mode="lines", name=label, line={"color": color},
+        fig.add_scatter(x=steps, y=values, mode="lines", name=_text(label), line={"color": color},
                         hovertemplate="step %{x:,}<br>strength %{y:.3g}<extra></extra>")
     fig.update_yaxes(type="log")
     _axis_titles(fig, "training step", "regularizer strength (log)")
@@ -195,13 +204,13 @@ def run_heatmap(label: str, steps: np.ndarray, layers: list[str], shares: np.nda
                 selected_step: int) -> go.Figure:
     """Each layer's alive width as a share of the seed's (rows, input to output, top to bottom)
     against step (columns): how the structure evolved; a line at the selected step."""
-    fig = go.Figure(go.Heatmap(z=100 * np.asarray(shares), x=steps, y=layers, zmin=0, zmax=100,
+    fig = go.Figure(go.Heatmap(z=100 * np.asarray(shares), x=steps, y=[_text(n) for n in layers], zmin=0, zmax=100,
                                colorscale="Viridis", colorbar={"title": "% of seed"},
                                hovertemplate="%{y}<br>step %{x:,}<br>%{z:.0f}% of seed width<extra></extra>"))
     fig.update_layout(shapes=[_vline(selected_step, color="red", width=2)])
     fig.update_yaxes(autorange="reversed", tickfont_size=9)
     _axis_titles(fig, "training step", "layer (input to output)")
-    fig.update_layout(title={"text": f"{label}: alive width per layer", "font": {"size": 14}},
+    fig.update_layout(title={"text": f"{_text(label)}: alive width per layer", "font": {"size": 14}},
                       margin={"t": 40, "b": 10},
                       height=max(260, 18 * len(layers) + 120))
     return fig
@@ -211,11 +220,13 @@ def sweep_scatter(points: dict[str, tuple[float, float]], metric: str) -> go.Fig
     """Several runs (a sweep of regularization strengths): final cost (share of the seed's)
     against the final logged ``metric``."""
     fig = _figure()
-    for color, (label, (share, value)) in zip(_palette(len(points)), points.items()):
+    shown_metric = _text(metric)
+    for color, (raw_label, (share, value)) in zip(_palette(len(points)), points.items()):
+        label = _text(raw_label)
         fig.add_scatter(x=[100 * share], y=[value], mode="markers+text", name=label, text=[label],
                         textposition="top center", marker={"color": color, "size": 12},
-                        hovertemplate=f"{label}<br>final cost %{{x:.1f}}% of seed<br>{metric} %{{y:.4g}}<extra></extra>")
-    _axis_titles(fig, "final cost in each run's own target (% of the seed's; target in the label)", metric)
+                        hovertemplate=f"{label}<br>final cost %{{x:.1f}}% of seed<br>{shown_metric} %{{y:.4g}}<extra></extra>")
+    _axis_titles(fig, "final cost in each run's own target (% of the seed's; target in the label)", shown_metric)
     fig.update_layout(margin={"t": 30, "b": 10}, height=360, showlegend=False)
     return fig
 

@@ -12,7 +12,7 @@ import streamlit as st
 from morphscope.errors import MorphScopeError
 from morphscope.explorer import cache, figures, state
 from morphscope.explorer.views import resolution, runs
-from morphscope.explorer.views.common import unique_labels, user_message
+from morphscope.explorer.views.common import plain, unique_labels, user_message
 from morphscope.units import human_count, human_seconds
 
 SOURCES = ("Bundled example", "Upload a file", "Zoo model")
@@ -51,7 +51,7 @@ def _pick_model() -> LoadedModel | None:
                 st.sidebar.text(f"Still showing {previous.graph.name} until a model file arrives.")  # a file's name: plain text
             if upload is not None:
                 data = upload.getvalue()
-                with st.spinner(f"Parsing {upload.name}..."):
+                with st.spinner(f"Parsing {plain(upload.name)}..."):
                     graph, model, path = cache.model_from_upload(upload.name, data)
                 loaded = LoadedModel(f"{upload.name}#{cache.content_key(data)}", graph, model, path)
         else:
@@ -61,11 +61,11 @@ def _pick_model() -> LoadedModel | None:
             if not spec.startswith(ZOO_PREFIXES) or spec in ZOO_PREFIXES:  # never a server path
                 raise MorphScopeError(f"{spec!r}: name a zoo model as torchvision:NAME or keras:NAME "
                                       "(files go through 'Upload a file')")
-            with st.spinner(f"Building and capturing {spec}..."):
+            with st.spinner(f"Building and capturing {plain(spec)}..."):
                 graph, model = cache.model_from_spec(spec, side)
             loaded = LoadedModel(f"{spec}@{side}", graph, model, spec, side)
     except MorphScopeError as err:
-        st.sidebar.error(user_message(err))
+        st.sidebar.error(plain(user_message(err)))
     if loaded is not None:
         st.session_state[state.LAST_GOOD_MODEL] = loaded
         return loaded
@@ -87,13 +87,13 @@ def _pick_checkpoints(loaded: LoadedModel) -> list[tuple[str, dict[str, Any]]]:
     uploads = uploads or []
     for upload, default in zip(uploads, unique_labels([u.name for u in uploads])):
         # two uploads of the same name: told apart by a suffix, each with its own label box
-        label = st.sidebar.text_input(f"Label for {default}", default,
+        label = st.sidebar.text_input(f"Label for {plain(default)}", default,
                                       key=state.LABEL_PREFIX + upload.file_id)
         try:
             structures.append((label, cache.structure_from_bytes(
                 loaded.graph, loaded.key, upload.name, upload.getvalue())))
         except MorphScopeError as err:
-            st.sidebar.error(user_message(err))
+            st.sidebar.error(plain(user_message(err)))
     return structures
 
 
@@ -116,7 +116,7 @@ def _counting_controls(loaded: LoadedModel) -> Any:
     try:
         return cache.scoped_model(loaded.graph, loaded.key, convention, prune, boundary)
     except MorphScopeError as err:
-        st.sidebar.error(user_message(err))
+        st.sidebar.error(plain(user_message(err)))
         return loaded.model
 
 
@@ -155,8 +155,8 @@ def explorer_view() -> None:
         try:
             hardware = profile_from_bytes(profile.getvalue(), profile.name)
         except MorphScopeError as err:
-            st.sidebar.error(user_message(err))
-    st.sidebar.caption(f"Latency: {hardware.prediction}.")
+            st.sidebar.error(plain(user_message(err)))
+    st.sidebar.caption(f"Latency: {plain(hardware.prediction)}.")
     st.session_state.setdefault(state.FACTOR, 1.0)
     factor = st.sidebar.slider("What-if width multiplier", 0.25, 3.0, step=0.001, format="%.3f",
                                key=state.FACTOR)
@@ -164,7 +164,7 @@ def explorer_view() -> None:
                                     help="Hardware alignment: 8 for tensor cores. Every pruned width "
                                          "is rounded up; tied layers stay equal.")
 
-    st.caption(f"{graph.name}: {graph.framework}, input {'x'.join(map(str, graph.input_shape))}, "
+    st.caption(f"{plain(graph.name)}: {graph.framework}, input {'x'.join(map(str, graph.input_shape))}, "
                f"{len(graph)} ops. FLOPs = 2 x MACs; size = conv/linear kernel weights.")
     costs_area = st.container()  # filled once the runs' selected steps are known
     if picked_runs:
@@ -212,14 +212,14 @@ def _metrics(seed: dict[str, Any], views: list[Any], selected: Any) -> None:
     from morphscope.analyzers.compare import metrics_rows
 
     expanded = selected is not None and selected.is_expanded
-    st.subheader(f"Costs: {selected.label}" + (", expanded" if expanded else "") if selected else "Costs: seed")
+    st.subheader(f"Costs: {plain(selected.label)}" + (", expanded" if expanded else "") if selected else "Costs: seed")
     cols = st.columns(4)
     shown = selected.expanded_totals if selected else seed
-    for col, (key, label, fmt) in zip(cols, (("flops", "FLOPs", human_count), ("params", "Params", human_count),
-                                            ("size", "Size", human_count), ("latency_s", "Latency", human_seconds))):
+    for col, (key, card, fmt) in zip(cols, (("flops", "FLOPs", human_count), ("params", "Params", human_count),
+                                           ("size", "Size", human_count), ("latency_s", "Latency", human_seconds))):
         delta = f"{(shown[key] / seed[key] - 1) * 100:+.1f}% vs seed" if selected and seed[key] else None
-        col.metric(label, fmt(shown[key]), delta, delta_color="inverse",
-                   help=f"{selected.label} at the current threshold and width multiplier"
+        col.metric(card, fmt(shown[key]), delta, delta_color="inverse",
+                   help=f"{plain(selected.label)} at the current threshold and width multiplier"
                    if selected else "seed network")
     rows = metrics_rows(seed, views)
     count = st.column_config.NumberColumn(format="localized")
@@ -272,7 +272,7 @@ def _reports(graph, model, structures, alive, threshold) -> None:
     for label, s in structures:
         topology = topology_report(graph, model.spaces, alive[label], s["gammas"], threshold)
         groups = consistency_report(model.spaces, s["gammas"], threshold)
-        with st.expander(f"{label}: {len(topology.removable_blocks)} removable blocks, "
+        with st.expander(f"{plain(label)}: {len(topology.removable_blocks)} removable blocks, "
                          f"{len(topology.dead_towers)} dead towers, {sum(1 for g in groups if g.broken)} "
                          "groups with disagreeing channels"):
             st.dataframe(_table([{"group": g.name, "members": ", ".join(g.members), "alive": g.alive,
@@ -284,7 +284,7 @@ def _reports(graph, model, structures, alive, threshold) -> None:
                                    for c, t in topology.dead_towers], ["add", "branch", "why"]),
                          hide_index=True)
             for note in s["notes"]:
-                st.caption(note)
+                st.caption(plain(note))
     pinned = [{"space": model.spaces.name_of(i), "channels": int(model.spaces.sizes[i]), "why": why}
               for i, why in sorted(model.spaces.pin_reasons.items())]
     with st.expander(f"Pinned spaces ({len(pinned)}): never pruned"):
@@ -294,7 +294,7 @@ def _reports(graph, model, structures, alive, threshold) -> None:
 def _downloads(graph, model, loaded, view, structures, threshold, factor, round_to) -> None:
     from morphscope.exporters.writers import layer_table, table_csv, widths_json
 
-    st.subheader(f"Export: {view.label}")
+    st.subheader(f"Export: {plain(view.label)}")
     label = view.label
     stem = download_stem(graph.name, label, factor, round_to)
     cols = st.columns(3)
@@ -309,12 +309,12 @@ def _downloads(graph, model, loaded, view, structures, threshold, factor, round_
                 st.session_state[state.MODEL_FILE] = (built_from, *_rebuild_bytes(
                     graph, model, loaded, structures, label, view, threshold, factor, round_to))
             except MorphScopeError as err:
-                st.error(user_message(err))
+                st.error(plain(user_message(err)))
     built = st.session_state.get(state.MODEL_FILE)
     if built and built[0] == built_from:
         _, name, data, note = built
-        cols[2].download_button(f"Download {name}", data, file_name=name, key="dl_model")
-        cols[2].caption(note)
+        cols[2].download_button(f"Download {plain(name)}", data, file_name=name, key="dl_model")
+        cols[2].caption(plain(note))
 
 
 def _measured(graph, model, loaded, view, structures, threshold, factor, round_to, hardware) -> None:
@@ -340,7 +340,7 @@ def _measured(graph, model, loaded, view, structures, threshold, factor, round_t
                                      hardware, progress=progress)
             st.session_state[state.MEASURED] = (measured_for, result)
         except MorphScopeError as err:
-            st.error(user_message(err))
+            st.error(plain(user_message(err)))
         bar.empty()
     shown = st.session_state.get(state.MEASURED)
     if not shown or shown[0] != measured_for:
@@ -352,8 +352,8 @@ def _measured(graph, model, loaded, view, structures, threshold, factor, round_t
                    "prediction error": f"{result[label]['error']:+.0%}"} for label in ("seed", "morphed")],
                  hide_index=True, key="measured_table")
     st.caption(f"Speedup {result['speedup_measured']:.2f}x measured, {result['speedup_predicted']:.2f}x predicted. "
-               f"Measured on {result['machine']}, PyTorch {result['threads']} threads, batch {result['batch']}; "
-               f"predicted: {result['prediction']}.")
+               f"Measured on {plain(result['machine'])}, PyTorch {result['threads']} threads, batch {result['batch']}; "
+               f"predicted: {plain(result['prediction'])}.")
 
 
 def _plan_of(graph, model, structures, view, threshold, factor, round_to, source):

@@ -9,6 +9,7 @@ from typing import Any
 import streamlit as st
 
 from morphscope.explorer import figures, state
+from morphscope.explorer.views.common import plain
 
 WIDTH_SWEEP = "width_sweep.json"  # examples/width_sweep_digits.py writes it beside the example
 
@@ -45,7 +46,7 @@ def layer_table_section(graph: Any, model: Any, view: Any) -> None:
     from morphscope.analyzers.resolution import layer_resolutions
     from morphscope.exporters.writers import layer_table
 
-    st.subheader(f"Per-layer table: {view.label}")
+    st.subheader(f"Per-layer table: {plain(view.label)}")
     rows = layer_table(graph, model, view.alive, view.expanded)
     resolutions = layer_resolutions(graph, [r["layer"] for r in rows])
     shown = [{"layer": r["layer"], "resolution": res, **{k: v for k, v in r.items() if k != "layer"}}
@@ -78,5 +79,5 @@ def result_section(example_dir: Any) -> None:
     runs = len(doc["runs"])
     st.caption(f"Every point: {len(doc['points'][0]['accuracies'])} trainings from scratch "
                f"({doc['epochs']} epochs each; mean, bar = one standard deviation). Task: "
-               f"{doc['task']}. {runs} trainings took {doc['seconds'] / 60:.0f} min in "
+               f"{plain(doc['task'])}. {runs} trainings took {doc['seconds'] / 60:.0f} min in "
                f"{doc['workers']} processes (examples/width_sweep_digits.py).")

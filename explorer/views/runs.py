@@ -11,7 +11,7 @@ import streamlit as st
 
 from morphscope.errors import MorphScopeError
 from morphscope.explorer import cache, figures, state
-from morphscope.explorer.views.common import unique_labels, user_message
+from morphscope.explorer.views.common import plain, unique_labels, user_message
 
 MAX_DRAWN_STEPS = 400  # columns of a heatmap, points of a cost line: drawn, not computed
 TOTALS_KEY = {"latency": "latency_s"}  # a run's target -> the totals key holding it
@@ -42,13 +42,13 @@ def pick_runs(bundled_dir: Any = None) -> list[tuple[Any, str]]:
         try:
             loaded = cache.runs_from_uploads(files)
         except MorphScopeError as err:
-            st.sidebar.error(user_message(err))
+            st.sidebar.error(plain(user_message(err)))
         else:
             key = cache.content_key(b"".join(name.encode() + data for name, data in files))
             runs.extend((run, key) for run in loaded)
     for run, _ in runs:
         for note in run.notes:
-            st.sidebar.info(note)
+            st.sidebar.info(plain(note))
     labels = unique_labels([run.name for run, _ in runs])  # the content key of each run, too
     return [(replace(run, name=label), f"{key}/{label}") for (run, key), label in zip(runs, labels)]
 
@@ -66,7 +66,7 @@ def runs_section(graph: Any, model: Any, graph_key: str, runs: list[tuple[Any, s
         try:
             steps = cache.run_steps(graph, model, graph_key, run, key)
         except MorphScopeError as err:
-            st.error(user_message(err))
+            st.error(plain(user_message(err)))
             continue
         target = log_target(run.log)
         costs = costs_per_step(model, steps["widths"], hardware)
@@ -75,7 +75,7 @@ def runs_section(graph: Any, model: Any, graph_key: str, runs: list[tuple[Any, s
             target, cost_key = "flops", "flops"
         share = costs[cost_key] / max(seed[cost_key], 1e-30)
         budget = final_metric(run.log, "budget") if target == log_target(run.log) else None
-        step = st.select_slider(f"{run.name}: step", options=list(run.steps), value=run.steps[-1],
+        step = st.select_slider(f"{plain(run.name)}: step", options=list(run.steps), value=run.steps[-1],
                                 key=state.RUN_STEP_PREFIX + run.name,
                                 help="This step's structure is used by the rest of the page")
         i = run.steps.index(step)

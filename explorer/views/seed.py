@@ -3,6 +3,7 @@
 import streamlit as st
 
 from morphscope.explorer import state
+from morphscope.explorer.views.common import plain
 from morphscope.units import human_count
 from morphscope.errors import MorphScopeError
 
@@ -36,10 +37,10 @@ def seed_view() -> None:
     try:
         if not spec.startswith(ZOO_PREFIXES):  # no server-side paths from a text box
             raise MorphScopeError(f"{spec}: name a model as torchvision:NAME, keras:NAME or example:NAME")
-        with st.spinner(f"Importing {spec}..."):
+        with st.spinner(f"Importing {plain(spec)}..."):
             doc = _seed_report(spec, None if spec.startswith("example:") else side)
     except MorphScopeError as err:
-        st.error(str(err))
+        st.error(plain(str(err)))
         return
     seed = doc["seed"]
     cols = st.columns(4)

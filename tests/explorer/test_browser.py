@@ -23,6 +23,7 @@ from morphscope.analyzers.alive import alive_masks, alive_widths, group_scores
 from morphscope.analyzers.morph import source_op_widths, widths_from_counts
 from morphscope.analyzers.widths import apply_multiplier, compile_width_model
 from morphscope.explorer.screenshots import open_page, serve_app, wait_idle
+from morphscope.explorer.views.common import plain
 from morphscope.exporters.writers import widths_json
 from morphscope.importers.checkpoints import load_structure
 from morphscope.importers.load import EXAMPLES_DIR, load_model
@@ -200,8 +201,38 @@ def test_run_upload_and_step_selector_drive_bars_and_costs(page, tmp_path):
         flops = model.totals(apply_multiplier(model.spaces, expected[step][1], factor))["flops"]
         expect(page.locator("[data-testid='stMetricValue']").first).to_have_text(
             human_count(flops), timeout=60_000)
-        slider = page.get_by_role("slider", name="flops_run/flops_run: step")
+        # Streamlit puts the label's markdown source in the slider's aria-label: escapes included.
+        slider = page.get_by_role("slider", name=plain("flops_run/flops_run") + ": step")
         slider.focus()
         for _ in range(2):  # two logged steps back: 8 -> 4
             page.keyboard.press("ArrowLeft")
         wait_idle(page)
+
+
+def test_hostile_names_render_as_text(page):
+    # A checkpoint and a run folder named as markdown used to make the page fetch the image and
+    # show the link (issue 26); port 9 (discard) answers nothing, and nothing may ask it.
+    from morphscope.importers.load import example_checkpoints
+
+    hostile = "![p](http://127.0.0.1:9/p.png)[a](http://127.0.0.1:9/a) <a href='http://127.0.0.1:9/h'>h</a>"
+    asked = []
+    page.on("request", lambda request: asked.append(request.url) if ":9/" in request.url else None)
+    runs = io.BytesIO()
+    with zipfile.ZipFile(runs, "w") as archive:
+        archive.writestr(f"{hostile}/alive_0", json.dumps({"res2.conv1.0": 40}))
+    checkpoint = example_checkpoints("example:digits")["FLOPs-regularized"].read_bytes()
+    uploaders = page.locator("[data-testid='stFileUploaderDropzoneInput']")
+    uploaders.nth(0).set_input_files(files=[{"name": f"{hostile}.pt", "mimeType": "application/octet-stream",
+                                              "buffer": checkpoint}])
+    page.get_by_text("![p](http").first.wait_for()
+    wait_idle(page)
+    uploaders.nth(1).set_input_files(files=[{"name": "runs.zip", "mimeType": "application/zip",
+                                              "buffer": runs.getvalue()}])
+    page.get_by_text("Training runs", exact=True).wait_for()
+    wait_idle(page)
+    images = page.evaluate("() => Array.from(document.images).map(i => i.src)")
+    links = page.evaluate("() => Array.from(document.querySelectorAll('a'))"  # plotly's are SVG <a>
+                          ".map(a => a.getAttribute('href') || a.getAttribute('xlink:href') || '')")
+    assert [u for u in images + links if ":9/" in u] == [] and asked == []
+    # The name is on the page as the text it is: the step slider's label, the report's expander.
+    assert page.get_by_text("'>h</a>").count() >= 2

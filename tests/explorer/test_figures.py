@@ -102,3 +102,15 @@ def test_any_number_of_structures_draws_each_in_its_own_colour():
               "structures": {label: {"alive": [4], "expanded": [4]} for label in labels}}
     bars = [t for t in figures.width_bars(widths).data if t.name.endswith(" alive")]
     assert len(bars) == 9 and len({t.marker["color"] for t in bars}) == 9
+
+
+def test_names_reach_plotly_as_text_not_markup():
+    # plotly draws <a href>, <b> and <br> in names, ticks, titles and hover text, and fills
+    # %{...} in hover templates; a run, layer or metric name is shown as it is (issue 26).
+    heat = figures.run_heatmap("<b>r</b>", np.array([0, 5]), ["<a href='http://h/x'>l</a>"], np.ones((1, 2)), 5)
+    assert list(heat.data[0].y) == ["&lt;a href='http://h/x'&gt;l&lt;/a&gt;"]
+    assert heat.layout.title.text == "&lt;b&gt;r&lt;/b&gt;: alive width per layer"
+    [point] = figures.sweep_scatter({"r %{x} & co": (0.5, 0.9)}, "<i>acc</i>").data
+    assert point.name == "r &#37;{x} &amp; co"
+    assert point.hovertemplate == ("r &#37;{x} &amp; co<br>final cost %{x:.1f}% of seed<br>"
+                                   "&lt;i&gt;acc&lt;/i&gt; %{y:.4g}<extra></extra>")

@@ -2,6 +2,8 @@
 
 from streamlit.testing.v1 import AppTest
 
+from morphscope.explorer.views.common import plain
+
 PAGE = "from morphscope.explorer.views.seed import seed_view\nseed_view()\n"
 
 
@@ -23,4 +25,4 @@ def test_seed_page_refuses_a_server_path():
     at.text_input(key="seed_model").set_value("/etc/passwd").run()
     assert not at.exception
     [error] = at.error
-    assert "/etc/passwd: name a model as torchvision:NAME" in error.value
+    assert plain("/etc/passwd: name a model as torchvision:NAME") in error.value  # shown escaped

@@ -17,6 +17,7 @@ from morphscope.analyzers.alive import alive_masks, alive_widths, group_scores
 from morphscope.analyzers.hardware import get_hardware
 from morphscope.analyzers.morph import source_op_widths
 from morphscope.exporters.writers import layer_table
+from morphscope.explorer.views.common import plain
 from morphscope.importers.load import EXAMPLES_DIR
 from morphscope.units import human_count
 
@@ -215,10 +216,10 @@ def test_zoo_box_and_uploads_keep_the_state(example):
     at.sidebar.radio(key="model_source").set_value("Zoo model").run()
     at.sidebar.text_input(key="zoo_spec").set_value(str(EXAMPLES_DIR / "digits" / "seed.pt2")).run()
     assert not at.exception
-    assert "name a zoo model as torchvision:NAME or keras:NAME" in at.sidebar.error[0].value
-    assert at.caption[0].value.startswith("torchvision:resnet18")  # the zoo box's default stays
+    assert plain("name a zoo model as torchvision:NAME or keras:NAME") in at.sidebar.error[0].value
+    assert at.caption[0].value.startswith(plain("torchvision:resnet18"))  # the zoo box's default stays
     at.sidebar.text_input(key="zoo_spec").set_value("torchvision:resnet19").run()
-    closest = at.sidebar.error[0].value.split("closest: ")[1].split(" (")[0].split(", ")
+    closest = at.sidebar.error[0].value.split(plain("closest: "))[1].split(plain(" ("))[0].split(", ")
     assert closest[0] == "resnet18" and len(closest) <= 5  # the few closest names, not all 80
     at.sidebar.radio(key="model_source").set_value("Bundled example").run()
     # Two checkpoints of the same name: told apart, no crash; a bad one shows no server path.
@@ -233,10 +234,10 @@ def test_zoo_box_and_uploads_keep_the_state(example):
     assert table.loc["alive_5 (alive)", "flops"] == 2 * (seed_macs - 9 * 16 * 150 * 130 * 2)
     assert table.loc["alive_5 (2) (alive)", "flops"] == 2 * (seed_macs - 9 * 16 * 150 * 110 * 2)
     [error] = [e.value for e in at.sidebar.error]
-    assert error.startswith("bad.pt") and tempfile.gettempdir() + "/" not in error
+    assert error.startswith(plain("bad.pt:")) and tempfile.gettempdir() + "/" not in error
     # A bad run upload: one line; the structures stay.
     at.sidebar.file_uploader(key="run_uploads").upload("runs.zip", b"not a zip").run()
-    assert "runs.zip: not a readable zip archive" in " ".join(e.value for e in at.sidebar.error)
+    assert plain("runs.zip: not a readable zip archive") in " ".join(e.value for e in at.sidebar.error)
     assert "alive_5 (2) (alive)" in metrics_table(at).index
 
 
@@ -260,12 +261,12 @@ def test_a_built_model_download_is_only_offered_for_what_it_was_built_from(examp
 
     [label] = model_downloads()
     built_from, name, _, _ = at.session_state["model_file"]
-    assert name == "digits_FLOPs-regularized_x1.000.pt2" and name in label  # example:digits
+    assert name == "digits_FLOPs-regularized_x1.000.pt2" and plain(name) in label  # example:digits
     at.sidebar.slider(key="factor").set_value(0.388).run()  # another multiplier: stale, not offered
     assert model_downloads() == []
     at.button(key="build_model").click().run()  # rebuilt for the new multiplier
     [label] = model_downloads()
-    assert "x0.388" in label
+    assert plain("x0.388") in label
     at.sidebar.selectbox(key="round_to").set_value(8).run()  # another rounding: stale again
     assert model_downloads() == []
 
@@ -333,8 +334,8 @@ def test_bad_run_file_names_get_one_line_and_ignored_files_a_note():
     [error] = at.sidebar.error
     # The name quoted as its first and last 28 characters: "alive_" and 22 digits, 28 digits.
     shown = "alive_" + "1" * 22 + "..." + "1" * 28
-    assert error.value == (f"run/{shown}: step of 4,000 digits; steps are whole numbers up to "
-                           "1,000,000,000,000")
+    assert error.value == plain(f"run/{shown}: step of 4,000 digits; steps are whole numbers up to "
+                                 "1,000,000,000,000")
     kept = io.BytesIO()
     with zipfile.ZipFile(kept, "w") as archive:
         archive.writestr("r/alive_0", json.dumps(SEED))
@@ -342,4 +343,4 @@ def test_bad_run_file_names_get_one_line_and_ignored_files_a_note():
     _upload_many(at, "run_uploads", [("kept.zip", kept.getvalue())])
     assert not at.exception and not at.error
     assert [i.value for i in at.sidebar.info] == [
-        "kept.zip: ignored 1 file(s) that are not alive_<step> files or cost.jsonl: r/notes.txt"]
+        plain("kept.zip: ignored 1 file(s) that are not alive_<step> files or cost.jsonl: r/notes.txt")]

@@ -9,6 +9,7 @@ from morphscope.analyzers.conventions import Scope
 from morphscope.analyzers.hardware import get_hardware
 from morphscope.analyzers.widths import compile_width_model
 from morphscope.explorer import state
+from morphscope.explorer.views.common import plain
 from morphscope.importers.load import load_model
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -38,4 +39,4 @@ def test_convention_and_boundary_controls_change_the_seed_numbers():
     assert int(scoped.spaces.pinned.sum()) > int(morphnet.spaces.pinned.sum())
     at.text_input(key=state.OUTPUT_BOUNDARY).set_value("no_such_op").run()
     assert not at.exception
-    assert "boundary 'no_such_op' is not an op of the model" in at.error[0].value
+    assert plain("boundary 'no_such_op' is not an op of the model") in at.error[0].value

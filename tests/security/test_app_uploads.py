@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from morphscope.explorer.views.common import plain
 from morphscope.importers import isolation
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -77,7 +78,7 @@ def test_bad_checkpoints_keep_the_model_and_the_good_checkpoints(tmp_path, priva
             [mine, (name, data, "application/octet-stream")]).run()
         assert not at.exception
         errors = [e.value for e in at.sidebar.error]
-        assert any(e.startswith(f"{name}:") for e in errors), errors
+        assert any(e.startswith(plain(f"{name}:")) for e in errors), errors
         assert all("\n" not in e and str(private_tmp) not in e for e in errors)
         assert metrics_rows(at) == before  # model, bundled and uploaded checkpoints all still there
     assert list(private_tmp.iterdir()) == []
@@ -96,7 +97,7 @@ def test_a_bad_model_upload_keeps_the_model_the_user_had(tmp_path, private_tmp):
         at.sidebar.file_uploader(key="model_upload").upload(name, data).run()
         assert not at.exception
         [error] = at.sidebar.error
-        assert error.value.startswith(f"{name}:") and str(private_tmp) not in error.value
+        assert error.value.startswith(plain(f"{name}:")) and str(private_tmp) not in error.value
         assert metrics_rows(at) == before
     assert list(private_tmp.iterdir()) == []
 
@@ -105,7 +106,7 @@ def test_a_listed_bad_file_is_parsed_once_over_ten_reruns(tmp_path, private_tmp,
     at = AppTest.from_file(APP, default_timeout=300).run()
     noise = bytes(range(255, -1, -1)) * 8  # content no other test uploads: not cached yet
     at.sidebar.file_uploader(key="checkpoint_uploads").upload("noise.pt", noise).run()
-    assert [e.value for e in at.sidebar.error][0].startswith("noise.pt: not a readable PyTorch file")
+    assert [e.value for e in at.sidebar.error][0].startswith(plain("noise.pt: not a readable PyTorch file"))
     for step in range(10):  # slider moves rerun the script with the bad file still listed
         at.sidebar.slider(key="factor").set_value(1.0 + 0.01 * (step + 1)).run()
         assert not at.exception
@@ -165,3 +166,53 @@ def test_server_file_names_keep_only_the_suffix(name, server_name):
     from morphscope.explorer.cache import server_file_name
 
     assert server_file_name(name) == server_name
+
+
+HOSTILE = "![p](http://127.0.0.1:9/p.png)[a](http://127.0.0.1:9/a) <b>b</b> $x$ :red[c]"
+SHOWN_FIELDS = {"body", "label", "help", "placeholder", "caption"}  # proto fields Streamlit renders as markdown
+
+
+def _texts_of(message):
+    for field, value in message.ListFields():
+        if isinstance(value, str) and field.name in SHOWN_FIELDS:
+            yield value
+        elif hasattr(value, "ListFields"):  # e.g. an expander's label sits in block.expandable
+            yield from _texts_of(value)
+
+
+def shown_texts(node):
+    """Every markdown text of the page AppTest holds: bodies, captions, alerts, headers, widget
+    labels and help, expander labels (never widget keys or values, which are not rendered)."""
+    proto = getattr(node, "proto", None)
+    texts = list(_texts_of(proto)) if proto is not None else []
+    for child in getattr(node, "children", {}).values():
+        texts += shown_texts(child)
+    return texts
+
+
+def test_hostile_upload_and_run_names_are_shown_as_literal_text(private_tmp):
+    # Names that used to make every viewer's browser fetch an image from 127.0.0.1:9, show a
+    # live link, bold text, LaTeX and red text (issue 26).
+    import json
+    import zipfile
+
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    runs = io.BytesIO()
+    with zipfile.ZipFile(runs, "w") as archive:
+        archive.writestr(f"{HOSTILE}/alive_0", json.dumps({"res2.conv1.0": 40}))
+        archive.writestr(f"{HOSTILE}/alive_10", json.dumps({"res2.conv1.0": 60}))
+    at.sidebar.file_uploader(key="checkpoint_uploads").upload(f"{HOSTILE}.pt", good_checkpoint()).run()
+    at.sidebar.file_uploader(key="run_uploads").upload(f"{HOSTILE}.zip", runs.getvalue()).run()
+    assert not at.exception and not at.error
+    assert f"{HOSTILE}.pt (alive)" in metrics_rows(at)  # the structure keeps the user's name
+    texts = shown_texts(at._tree)
+    for raw in ("](http", "<b>", "$x$", ":red["):
+        assert [t for t in texts if raw in t] == []
+    # Shown escaped: as its own label, in the run's step slider and its notes, in the reports.
+    assert sum(plain(f"{HOSTILE}.pt") in t for t in texts) >= 2
+    assert any(t.endswith(": step") and plain("[a](http:") in t for t in texts)
+    at.sidebar.selectbox(key="expand_target").set_value(f"{HOSTILE}.pt").run()
+    assert at.subheader[0].value == "Costs: " + plain(f"{HOSTILE}.pt")
+    # Charts: plotly draws <b> and <a href> in names and hover text; they reach it as entities.
+    specs = [json.dumps(json.loads(chart.proto.spec)) for chart in at.get("plotly_chart")]  # \u003c read as <
+    assert not [s for s in specs if "<b>b</b>" in s] and any("&lt;b&gt;b&lt;/b&gt;" in s for s in specs)
