@@ -197,7 +197,7 @@ _PLAIN_TEXT = re.compile(r"[^\w .,()@+:/-]")
 
 
 _MEASURED_FIELDS = ("device", "framework", "threads", "dtype", "created", "mape", "points", "torch",
-                   "network_scale", "network_per_op_s")
+                   "keras", "network_scale", "network_per_op_s")
 
 
 def _seconds(name: str, field_name: str, value: Any) -> float:

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "profile (--hardware FILE.json everywhere)")
     profile.add_argument("--out", required=True, metavar="FILE.json", help="the profile to write")
     profile.add_argument("--name", default="this-machine", help="what reports call it")
+    profile.add_argument("--framework", default="torch", choices=("torch", "keras"),
+                         help="whose ops to time: PyTorch's (eager) or Keras' (tf.function) (default torch)")
     _timing_args(profile)
 
     bench = commands.add_parser("bench", help="time the seed and the morphed model on this machine, "
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _timing_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=count_value, default=1, metavar="N", help="images per call (default 1)")
     parser.add_argument("--threads", type=count_value, metavar="N",
-                        help="PyTorch intra-op threads (default: PyTorch's own choice)")
+                        help="intra-op threads (default: the framework's own choice)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time (default cpu)")
 
 
@@ -366,7 +368,8 @@ def _run_profile(args: argparse.Namespace) -> int:
 
     target = check_targets({"--out": args.out}, {})["--out"]
     doc = profile_device(args.name, args.batch, args.threads, args.device,
-                         progress=lambda done, total: _progress(f"timed op {done} of {total}"))
+                         progress=lambda done, total: _progress(f"timed op {done} of {total}"),
+                         framework=args.framework)
     write_files({target: (json.dumps(doc, indent=2) + "\n").encode()})
     hw = profile_from_doc(doc, args.out)
     print(f"wrote {args.out}: {hw.source}")

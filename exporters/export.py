@@ -142,9 +142,11 @@ def write_rebuilt_model(source: Any, graph: ChannelGraph, model: WidthModel, pla
 
 
 def runnable_module(source: Any, graph: ChannelGraph, model: WidthModel, plan: ExportPlan | None) -> Any:
-    """A PyTorch module to run: the seed (``plan`` None) or the plan's rebuild. A
-    :class:`Pt2Archive` runs only as rewritten by us (the seed: rewritten with nothing cut, so
-    its example-inputs pickle is ours, not the file's)."""
+    """A PyTorch module or Keras model to run: the seed (``plan`` None) or the plan's rebuild.
+    A :class:`Pt2Archive` runs only as rewritten by us (the seed: rewritten with nothing cut,
+    so its example-inputs pickle is ours, not the file's)."""
+    if graph.framework == "keras":  # never imports torch
+        return source if plan is None else rebuild_model(source, graph, model, plan)
     import io
 
     import torch

@@ -212,8 +212,9 @@ def measure(model: Any, structure: Any = None, multiplier: float | None = None, 
 
     Rebuilds the morphed model as :func:`rebuild` does (a ``.pt2`` seed is rewritten, never run
     as it came: the seed timed is the same archive rewritten with nothing cut), then times
-    each forward pass (PyTorch, eval mode, no autograd, a zero input of ``batch`` images):
-    ``runs`` timed calls after 5 warm-up calls, at ``threads`` intra-op threads.
+    each forward pass on random inputs of ``batch`` images (PyTorch: eval mode, no autograd;
+    Keras: a ``tf.function`` in inference mode, CPU): ``runs`` timed calls after 5 warm-up
+    calls, at ``threads`` intra-op threads.
 
     Returns
     -------
@@ -227,7 +228,7 @@ def measure(model: Any, structure: Any = None, multiplier: float | None = None, 
     Raises
     ------
     MorphScopeError
-        A Keras model (timing is PyTorch's), or a profile measured at another batch.
+        A profile measured at another batch or with another framework, or a Keras model on cuda.
     """
     from morphscope.analyzers.hardware import get_hardware
     from morphscope.analyzers.widths import compile_width_model
@@ -245,8 +246,9 @@ def measure(model: Any, structure: Any = None, multiplier: float | None = None, 
 
 
 def profile(name: str = "this-machine", batch: int = 1, threads: int | None = None, device: str = "cpu",
-            runs: int = 10, out: str | Path | None = None, progress: Any = None) -> Any:
-    """Time the op classes the cost model knows on this machine and fit a latency profile
+            runs: int = 10, out: str | Path | None = None, progress: Any = None, framework: str = "torch") -> Any:
+    """Time the op classes the cost model knows on this machine, in ``framework`` (``torch``
+    or ``keras``), and fit a latency profile
     (see :mod:`morphscope.analyzers.hardware`); with ``out``, also write its JSON file, which
     ``hardware=`` accepts wherever a hardware name is (report, expand, the latency regularizers).
 
@@ -260,7 +262,7 @@ def profile(name: str = "this-machine", batch: int = 1, threads: int | None = No
     from morphscope.analyzers.hardware import profile_from_doc
     from morphscope.exporters.timing import profile_device
 
-    doc = profile_device(name, batch, threads, device, runs, progress)
+    doc = profile_device(name, batch, threads, device, runs, progress, framework=framework)
     if out is not None:
         from morphscope.exporters.files import check_targets, write_files
 
