@@ -116,10 +116,9 @@ def tensorflow_threads() -> int:
     return tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
 
 
-@contextlib.contextmanager
-def keras_threads(threads: int | None) -> Iterator[int]:
-    """TensorFlow's intra-op threads set to ``threads`` (possible only before TensorFlow has
-    run anything in this process, so it stays set afterwards).
+def set_keras_threads(threads: int | None) -> int:
+    """Set TensorFlow's intra-op threads to ``threads`` (possible only before TensorFlow has
+    run anything in this process, so it stays set); the threads in force.
 
     Raises
     ------
@@ -137,7 +136,14 @@ def keras_threads(threads: int | None) -> Iterator[int]:
         except RuntimeError:
             raise MorphScopeError(f"TensorFlow already runs with {tensorflow_threads()} threads in this "
                                   f"process; time Keras at {threads} threads in a new process") from None
-    yield tensorflow_threads()
+    return tensorflow_threads()
+
+
+@contextlib.contextmanager
+def keras_threads(threads: int | None) -> Iterator[int]:
+    """:func:`set_keras_threads` as the context :class:`FrameworkTiming` asks for (TensorFlow's
+    threads are not restored: they cannot change once it runs)."""
+    yield set_keras_threads(threads)
 
 
 def keras_timing() -> FrameworkTiming:
