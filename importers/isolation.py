@@ -18,6 +18,7 @@ file. Zoo names (``torchvision:``, ``keras:``, ``example:``) are ours and stay i
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import os
 import select
@@ -104,6 +105,8 @@ TASKS: dict[str, Callable[..., None]] = {"model": _task_model, "checkpoint": _ta
 def _set_limits(limits: Limits) -> None:
     import resource
 
+    written = int(limits.max_unzipped_bytes)  # no file the parse writes (an extracted member) is larger
+    resource.setrlimit(resource.RLIMIT_FSIZE, (written, written))
     base = _address_space_bytes()
     cpu = int(limits.max_cpu_s)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -130,11 +133,23 @@ def _out_of_memory(err: BaseException | None) -> bool:
     return False
 
 
+def _scratch_inside(out: Path) -> None:
+    """Every temporary file of this child, the frameworks' included (Keras' extracted archive
+    members, inductor and triton caches), goes under ``out/tmp``: the parent removes ``out`` on
+    every outcome, so a killed or refused parse leaves nothing in the system's temp folder."""
+    scratch = out / "tmp"
+    scratch.mkdir()
+    tempfile.tempdir = str(scratch)
+    os.environ.update(TMPDIR=str(scratch), TORCHINDUCTOR_CACHE_DIR=str(scratch / "inductor"),
+                      TRITON_CACHE_DIR=str(scratch / "triton"))
+
+
 def _child(request: dict[str, Any]) -> int:
     """Run one task in a forked child; the outcome goes to ``out/result.json``."""
     out = Path(request["out"])
     name = request["name"]
     try:
+        _scratch_inside(out)
         limits = Limits(**request["limits"])
         _set_limits(limits)
         TASKS[request["task"]](Path(request["path"]), name, limits, out, request["full"])
@@ -142,6 +157,10 @@ def _child(request: dict[str, Any]) -> int:
     except Exception as err:  # noqa: BLE001 - the child exists to turn any parser failure into a line
         if _out_of_memory(err):
             outcome, code = {"limit": "memory"}, _EXIT_MEMORY
+        elif isinstance(err, OSError) and err.errno == errno.EFBIG:  # over RLIMIT_FSIZE (_set_limits)
+            outcome, code = {"error": "UnsupportedFileError", "message": (
+                f"{name}: unpacks a file larger than {human_bytes(request['limits']['max_unzipped_bytes'])}; "
+                f"limit {human_bytes(request['limits']['max_unzipped_bytes'])}")}, _EXIT_ERROR
         elif isinstance(err, MorphScopeError):
             outcome, code = {"error": type(err).__name__, "message": str(err)}, _EXIT_ERROR
         else:  # a parser that met what it did not expect; a graph-building bug says so
