@@ -29,6 +29,7 @@ from morphscope.importers.h5safe import open_h5
 from morphscope.importers.limits import (DEFAULT_LIMITS, Limits, check_tensor_shape, describe_error,
                                          loads_json, open_zip, read_member)
 from morphscope.importers.load import check_file, read_torch_pickle
+from morphscope.importers.runs import ALIVE_NAME
 from morphscope.importers.torch_zip import (STATE_DICT_WRAPPERS, index_ranges, padded_rows, paused_gc,
                                             shape_tuples)
 
@@ -410,7 +411,7 @@ def read_alive_json(path: str | Path, name: str | None = None, limits: Limits = 
 def is_alive_json(path: str | Path) -> bool:
     """morph-net alive files have no extension (``alive_12000``); ours end in ``.json``."""
     path = Path(path)
-    return path.suffix.lower() == ".json" or re.fullmatch(r"alive_\d+", path.name) is not None
+    return path.suffix.lower() == ".json" or ALIVE_NAME.fullmatch(path.name) is not None
 
 
 def load_structure(graph: ChannelGraph, path: str | Path, name: str | None = None,

@@ -214,3 +214,11 @@ def test_files_that_are_no_run_files_are_noted_not_dropped(tmp_path):
     (tmp_path / "notes.txt").write_text("ignored")
     assert run_from_dir(tmp_path).notes == (f"{tmp_path.name}: ignored 1 file(s) that are not alive_<step> "
                                             "files or cost.jsonl: notes.txt",)
+
+
+def test_checkpoint_loading_knows_alive_files_by_the_runs_rule():
+    from morphscope.importers.checkpoints import is_alive_json
+
+    assert is_alive_json("learned_structure/alive_12000") and is_alive_json("widths.json")
+    assert not is_alive_json("alive_\u0661\u0662")  # Arabic-Indic digits: no step number
+    assert not is_alive_json("alive_12.pt")
