@@ -113,7 +113,8 @@ def run(target: float, epochs: int, train, test, out: Path | None, resource: str
             else:
                 reg.adapt(step)
             if step % 100 == 0:
-                trace.append({"step": step, "strength": reg.strength, "cost_share": reg.cost() / reg.controller.seed_cost})
+                share = reg.cost() / reg.controller.seed_cost
+                trace.append({"step": step, "strength": reg.strength, "cost_share": share})
                 print(f"  {resource} target {target}: step {step:5d}  strength {reg.strength:.3g}  "
                       f"alive {resource} {trace[-1]['cost_share']:.3f} of the seed's", flush=True)
             step += 1
