@@ -87,8 +87,9 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, zlib.error,
-               EOFError, OSError, ValueError, RuntimeError)  # RuntimeError: encrypted members
+# What reading a hostile zip member may raise (RuntimeError: an encrypted member).
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, zlib.error,
+              EOFError, OSError, ValueError, RuntimeError)
 _BOMB_FLOOR_BYTES = 2**20  # members smaller than this are never called bombs
 
 
@@ -163,7 +164,7 @@ def open_zip(source: Any, name: str, limits: Limits = DEFAULT_LIMITS) -> zipfile
     try:
         archive = zipfile.ZipFile(source)
         infos = archive.infolist()
-    except _ZIP_ERRORS as err:
+    except ZIP_ERRORS as err:
         raise UnsupportedFileError(f"{name}: not a readable zip archive ({describe_error(err)})") from err
     try:
         check_members(name, [info.filename for info in infos], [info.file_size for info in infos],
@@ -192,7 +193,7 @@ def read_member(archive: zipfile.ZipFile, member: str, name: str, max_bytes: int
     try:
         with archive.open(info) as handle:
             data = handle.read(max_bytes + 1)
-    except _ZIP_ERRORS as err:
+    except ZIP_ERRORS as err:
         raise UnsupportedFileError(f"{name}: corrupt zip member {member} ({describe_error(err)})") from err
     if len(data) > max_bytes:
         raise UnsupportedFileError(f"{name}: {member} inflates past {human_bytes(max_bytes)}")

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from morphscope.errors import UnsupportedFileError
-from morphscope.importers.limits import describe_error, json_depth
+from morphscope.importers.limits import ZIP_ERRORS, describe_error, json_depth
 from morphscope.units import human_bytes
 
 MAX_RUN_FILES = 20_000  # alive files and logs in all uploads together
@@ -263,8 +263,8 @@ def runs_from_zip(name: str, data: bytes, budget: UploadBudget | None = None) ->
         try:  # zipfile stops at the declared size and checks the CRC
             with archive.open(info) as member:
                 content = member.read()
-        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as err:
-            raise UnsupportedFileError(f"{where}: cannot be unpacked ({err})") from err
+        except ZIP_ERRORS as err:
+            raise UnsupportedFileError(f"{where}: cannot be unpacked ({describe_error(err)})") from err
         folder = str(PurePosixPath(info.filename).parent)
         folders.setdefault(folder, {})[info.filename] = content
     if not folders:

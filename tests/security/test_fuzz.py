@@ -3,7 +3,9 @@
 
 Mutations: bit flips, truncation, deleted and duplicated spans, and inside zip archives (.pt2,
 .keras) the same on one member, rewritten with a valid CRC, or a JSON value swapped for another
-type, so the parsers behind the zip and JSON layers are reached too.
+type, so the parsers behind the zip and JSON layers are reached too; a safetensors header gets
+the JSON swaps with its length rewritten (or left lying). Training runs zips (what the
+explorer's run uploader reads) get the zip and JSON mutations through the runs parser.
 """
 
 import io
@@ -95,9 +97,20 @@ def mutate_zip(data, rng):
     return buffer.getvalue()
 
 
+def mutate_safetensors_header(data, rng):
+    """A safetensors file whose JSON header (after the 8-byte length) has one value swapped,
+    its length field rewritten to fit, or, one time in four, left as it was (a lying length)."""
+    length = int.from_bytes(data[:8], "little")
+    header = swap_json_value(data[8:8 + length], rng)
+    declared = len(header) if rng.random() < 0.75 else length
+    return declared.to_bytes(8, "little") + header + data[8 + length:]
+
+
 def mutate(fmt, data, rng):
     if fmt in (".pt2", ".keras") and rng.random() < 0.7:
         return mutate_zip(data, rng)
+    if fmt == ".safetensors" and rng.random() < 0.6:
+        return mutate_safetensors_header(data, rng)
     if fmt in (".json", "alive") and rng.random() < 0.6:
         return swap_json_value(data, rng)
     mutated = rng.choice(BYTE_MUTATIONS)(data, rng)
@@ -137,3 +150,36 @@ def test_mutated_files_give_one_line_errors_never_tracebacks(seeds, graphs, tmp_
         else:
             json.loads(out)  # a valid report
     assert outcomes[2] > 0  # the mutations do break files
+
+
+def _runs_zip() -> bytes:
+    """Two StructureLogger folders: alive files and a cost log with a metric."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for run in ("flops", "size"):
+            for step in (0, 10, 20):
+                archive.writestr(f"{run}/alive_{step}", json.dumps({"conv1/Conv2D": 8 - step // 10, "fc/MatMul": 4}))
+            archive.writestr(f"{run}/cost.jsonl", "".join(
+                json.dumps({"step": step, "target": "flops", "cost": 1e6 - step, "loss": 0.5, "val_accuracy": 0.9})
+                + "\n" for step in (0, 10, 20)))
+    return buffer.getvalue()
+
+
+def test_mutated_runs_zips_give_one_line_errors_never_tracebacks():
+    from morphscope.errors import MorphScopeError
+    from morphscope.importers.runs import runs_from_uploads
+
+    seed = _runs_zip()
+    rng = random.Random("morphscope-fuzz-runs")
+    outcomes = {"runs": 0, "refused": 0}
+    for case in range(64):
+        data = mutate_zip(seed, rng) if rng.random() < 0.8 else rng.choice(BYTE_MUTATIONS)(seed, rng)
+        try:
+            runs = runs_from_uploads([("runs.zip", data)])  # anything but a MorphScopeError fails the test
+        except MorphScopeError as err:
+            assert "\n" not in str(err) and str(err).startswith("runs"), (case, str(err))  # runs.zip or runs/<member>
+            outcomes["refused"] += 1
+        else:
+            assert all(list(run.steps) == sorted(run.steps) for run in runs), case
+            outcomes["runs"] += 1
+    assert outcomes["refused"] > 0 and outcomes["runs"] > 0  # the mutations break some, not all
