@@ -50,6 +50,13 @@ INITIAL_PENALTY = 0.1  # the starting strength makes strength * G(seed) this muc
 MAX_PENALTY = 100.0
 
 
+def check_strength(strength: float) -> float:
+    """``strength`` as a float, refused in one line unless finite and above zero."""
+    if not (math.isfinite(strength) and strength > 0.0):
+        raise MorphScopeError(f"strength={strength}: must be above zero")
+    return float(strength)
+
+
 @dataclass
 class StrengthController:
     """The strength of one regularizer and the budget it is steered to.
@@ -104,10 +111,7 @@ class StrengthController:
         if not (math.isfinite(budget) and budget > 0.0):
             raise MorphScopeError(f"budget={budget}: must be a cost above zero")
         unit = 1.0 / seed_penalty if seed_penalty > 0.0 else 1.0  # strength * G(seed) = 1
-        if strength is None:
-            strength = INITIAL_PENALTY * unit
-        if not (math.isfinite(strength) and strength > 0.0):
-            raise MorphScopeError(f"strength={strength}: must be above zero")
+        strength = check_strength(INITIAL_PENALTY * unit if strength is None else strength)
         if int(every) != every or every < 1:
             raise MorphScopeError(f"adapt_every={every}: a whole number of steps, at least 1")
         return cls(float(budget), float(seed_cost), math.log(strength), int(every), float(gain),

@@ -33,7 +33,7 @@ from morphscope.analyzers.resources import get_resource
 from morphscope.analyzers.widths import WidthModel
 from morphscope.errors import MorphScopeError
 from morphscope.graph import ChannelGraph, is_depthwise
-from morphscope.regularizers.control import StrengthController
+from morphscope.regularizers.control import StrengthController, check_strength
 
 
 class TensorOps(Protocol):
@@ -280,10 +280,12 @@ class StructureLogger:
 class Strength:
     """The strength half both frameworks' regularizers share: a fixed ``strength``, or one
     steered to ``target`` / ``budget`` by a :class:`~morphscope.regularizers.control.StrengthController`.
-    Each framework keeps the value in a tensor or variable (``_store_strength``,
-    ``_assign_strength``) that a compiled step reads without being traced again."""
+    The value is a Python float here; each framework also keeps it in a tensor or variable
+    (``_store_strength``, ``_assign_strength``) that a compiled step reads without being
+    traced again."""
 
     controller: StrengthController | None = None
+    strength: float | None = None  # None where neither strength= nor target= was given
     _strength: Any = None
 
     def _init_strength(self, strength: float | None, target: float | None, budget: float | None,
@@ -293,33 +295,32 @@ class Strength:
             self.controller = StrengthController.for_target(seed_cost, self.loss_value(), target, budget,
                                                             strength, adapt_every)
             strength = self.controller.strength
-        elif strength is not None and not (np.isfinite(strength) and strength > 0.0):
-            raise MorphScopeError(f"strength={strength}: must be above zero")
-        self._strength = None if strength is None else self._store_strength(float(strength))
+        self.strength = None if strength is None else check_strength(strength)
+        self._strength = None if strength is None else self._store_strength(self.strength)
 
-    @property
-    def strength(self) -> float | None:
-        """The strength now (None where neither strength= nor target= was given)."""
-        return None if self._strength is None else float(self._strength_value())
-
-    def penalty(self) -> Any:
-        """``strength * loss()``: the term to add to the task loss.
+    def require_strength(self) -> None:
+        """Refuse, in one line, a regularizer built without ``strength=``, ``target=`` or ``budget=``.
 
         Raises
         ------
         MorphScopeError
-            If the regularizer was built without ``strength=``, ``target=`` or ``budget=``.
+            If it has no strength.
         """
-        if self._strength is None:
+        if self._strength is None:  # the stored tensor, not the float: a compiled step guards on what it reads
             raise MorphScopeError(f"{type(self).__name__}: no strength: pass strength= (e.g. 1e-9) "
                                   "or target= (a fraction of the seed's cost) when building it")
+
+    def penalty(self) -> Any:
+        """``strength * loss()``: the term to add to the task loss (see :meth:`require_strength`)."""
+        self.require_strength()
         return self._strength * self.loss()
 
     def adapt(self, step: int) -> float | None:
         """With a target, every ``adapt_every`` steps: move the strength for the alive cost
         now (call it once per step, on every rank; the callbacks do). The strength."""
         if self.controller is not None and self.controller.due(step):
-            self._assign_strength(self.controller.update(self.cost(), step))
+            self.strength = self.controller.update(self.cost(), step)
+            self._assign_strength(self.strength)
         return self.strength
 
 

@@ -115,9 +115,6 @@ class KerasGammaRegularizer(Strength):
     def _assign_strength(self, value: float) -> None:
         self._strength.assign(value)
 
-    def _strength_value(self) -> float:
-        return self.keras.ops.convert_to_numpy(self._strength)
-
     def _cover(self) -> dict[int, list[tuple[str, int]]] | None:
         """The ops whose scores regularize each space: None, the bn scales (the group-lasso
         family overrides it)."""
@@ -178,7 +175,7 @@ class KerasGammaRegularizer(Strength):
                 raise MorphScopeError(f"{model.name}: the regularizer steers its strength to a target; "
                                       "attach it without strength=")
             self._init_strength(strength, None, None, 1)
-        self.penalty()  # refuses now, in one line, when there is no strength at all
+        self.require_strength()
         task_loss = getattr(model, "_morphscope_task_loss", model.compute_loss)
         model._morphscope_task_loss = task_loss
         calls = []

@@ -33,7 +33,7 @@ class MorphNetCallback(Callback):
     """
 
     def __init__(self, regularizer: Any, out_dir: str | Path, every: int = 100, metrics: Any = None) -> None:
-        regularizer.penalty()  # refuses now, in one line, when there is no strength
+        regularizer.require_strength()  # refuses now, in one line
         self.regularizer, self.metrics = regularizer, metrics
         self.logger = StructureLogger(regularizer, out_dir, every)
         self._logged_step = None

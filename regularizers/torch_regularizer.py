@@ -200,9 +200,6 @@ class GammaRegularizer(Strength):
     def _assign_strength(self, value: float) -> None:
         self._strength.fill_(value)
 
-    def _strength_value(self) -> float:
-        return self._strength.item()
-
     def _cover(self) -> dict[int, list[tuple[str, int]]] | None:
         """The ops whose scores regularize each space: None, the bn scales (the group-lasso
         family overrides it)."""
