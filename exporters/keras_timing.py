@@ -12,7 +12,7 @@ import math
 import time
 from typing import Any, Callable, Iterator
 
-from morphscope.exporters.timing import COLD_BYTES, FrameworkTiming, SweepOp, Timing, time_call
+from morphscope.exporters.timing import FrameworkTiming, SweepOp, Timing, input_copies, time_over_inputs
 
 
 def _hwc(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -94,16 +94,11 @@ def measure_keras(model: Any, input_shape: tuple[int, ...], batch: int = 1, runs
     import tensorflow as tf
 
     shape = (batch, *_hwc(input_shape))
-    copies = max(1, min(64, COLD_BYTES // (4 * math.prod(shape)))) if cold else 1
     rng = np.random.default_rng(0)
-    inputs = [tf.constant(rng.standard_normal(shape, dtype=np.float32)) for _ in range(copies)]
+    inputs = [tf.constant(rng.standard_normal(shape, dtype=np.float32))
+              for _ in range(input_copies(math.prod(shape), cold))]
     forward = tf.function(lambda x: model(x, training=False))
-    turn = iter(range(1 << 62))
-
-    def call() -> None:
-        forward(inputs[next(turn) % copies]).numpy()  # .numpy(): wait for the result
-
-    timing = time_call(call, runs, warmup, min_time_s=0.2, clock=clock)
+    timing = time_over_inputs(lambda x: forward(x).numpy(), inputs, runs, warmup, clock)  # .numpy(): wait for it
     return dataclasses.replace(timing, threads=tensorflow_threads())
 
 

@@ -77,6 +77,19 @@ def torch_threads(threads: int | None) -> Iterator[int]:
 COLD_BYTES = 64 << 20  # inputs rotated through per call: more than a server CPU's last-level cache
 
 
+def input_copies(numel: int, cold: bool) -> int:
+    """How many copies of a ``numel``-value float32 input a timing rotates through: one, or
+    (``cold``) as many as fill :data:`COLD_BYTES`, from 1 to 64."""
+    return max(1, min(64, COLD_BYTES // (4 * numel))) if cold else 1
+
+
+def time_over_inputs(forward: Callable[[Any], Any], inputs: list[Any], runs: int, warmup: int,
+                     clock: Callable[[], float]) -> Timing:
+    """:func:`time_call` of ``forward`` on each of ``inputs`` in turn (at least 0.2 s timed)."""
+    turn = iter(range(1 << 62))
+    return time_call(lambda: forward(inputs[next(turn) % len(inputs)]), runs, warmup, min_time_s=0.2, clock=clock)
+
+
 def measure_model(module: Any, input_shape: tuple[int, ...], batch: int = 1, threads: int | None = None,
                   runs: int = 20, warmup: int = 5, device: str = "cpu",
                   clock: Callable[[], float] = time.perf_counter, cold: bool = False) -> Timing:
@@ -87,18 +100,16 @@ def measure_model(module: Any, input_shape: tuple[int, ...], batch: int = 1, thr
     import torch
 
     module = module.eval().to(device)
-    numel = batch * math.prod(input_shape)
-    copies = max(1, min(64, COLD_BYTES // (4 * numel))) if cold else 1
+    copies = input_copies(batch * math.prod(input_shape), cold)
     inputs = [torch.randn((batch, *input_shape), device=device) for _ in range(copies)]
-    turn = iter(range(1 << 62))
 
-    def call() -> None:
-        module(inputs[next(turn) % copies])
+    def call(x: Any) -> None:
+        module(x)
         if device != "cpu":
             torch.cuda.synchronize()
 
     with torch.inference_mode(), torch_threads(threads) as used:
-        timing = time_call(call, runs, warmup, min_time_s=0.2, clock=clock)
+        timing = time_over_inputs(call, inputs, runs, warmup, clock)
     return dataclasses.replace(timing, threads=used)
 
 
